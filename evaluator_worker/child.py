@@ -1,0 +1,274 @@
+"""The candidate process: imports one candidate (or the reference) and runs what the judge asks.
+
+Everything here runs inside the sandbox, next to untrusted code, so nothing here decides a
+verdict: it runs calls, takes timings and reports raw data. The judge regenerates the inputs
+itself and compares. Requests and replies are :mod:`evaluator_worker.protocol` messages.
+
+Roles: ``candidate`` builds ``ModelNew`` and loads the re-randomised reference parameters
+into it; ``baseline`` builds the reference ``Model`` eagerly and under ``torch.compile``, so
+the baselines are timed by the same code as the candidate, in a process without candidate code.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from typing import Any
+
+import torch
+
+from evaluator_worker import features, inputs, protocol, timing
+from evaluator_worker.modules import describe, error_line, import_file
+
+CUDA_FATAL_MARKERS = ("illegal memory access", "CUDA error", "cudaError", "illegal instruction",
+                      "unspecified launch failure", "misaligned address", "device-side assert")
+
+
+class CandidateFailure(Exception):
+    """A failure the judge turns into a verdict; ``kind`` is the verdict name."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+class Child:
+    """State of one candidate process between the judge's requests."""
+
+    def __init__(self, sandbox: dict[str, Any]) -> None:
+        self.sandbox = sandbox
+        self.models: dict[str, Any] = {}
+        self.pool: list[list[Any]] = []
+        self.pool_specs: list[dict[str, Any]] | None = None
+        self.warm: set[str] = set()
+        self.last: dict[str, Any] = {}
+        self.kept: Any = None
+        self.flusher: timing.Flusher | None = None
+        self.candidate_path: str | None = None
+        self.candidate: Any = None
+
+    # -- requests -------------------------------------------------------------------------
+    def setup(self, req: dict[str, Any]) -> dict[str, Any]:
+        self.device = torch.device(req["device"])
+        self.cuda = self.device.type == "cuda"
+        allow_tf32 = bool(req.get("allow_tf32", False))
+        torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+        torch.backends.cudnn.allow_tf32 = allow_tf32
+        torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
+        if self.cuda:
+            torch.cuda.set_device(self.device)
+        t0 = time.perf_counter()
+        self.task = import_file(req["task_path"], "kernelmap_task")
+        init, ref = inputs.build_reference(self.task, int(req["init_seed"]),
+                                           int(req["param_seed"]), self.device)
+        if req["role"] == "baseline":
+            self.models["eager"] = ref
+            if req.get("compile"):
+                self.models["compile"] = torch.compile(ref)
+            return {"ok": True, "load_s": time.perf_counter() - t0, "sandbox": self.sandbox}
+        cuda_t0 = time.perf_counter()
+        if self.cuda:
+            torch.zeros(1, device=self.device)
+        cuda_init_s = time.perf_counter() - cuda_t0
+        self.candidate_path = req["candidate_path"]
+        t1 = time.perf_counter()
+        try:
+            mod = import_file(self.candidate_path, "kernelmap_candidate", inject=req.get("params"))
+        except SyntaxError as e:
+            raise CandidateFailure("COMPILE_ERROR", self._where(e, f"syntax error: {e.msg}")) from None
+        except Exception as e:
+            raise CandidateFailure("LOAD_ERROR", self._where(e, f"importing the candidate raised {describe(e)}")) from None
+        cls = getattr(mod, "ModelNew", None)
+        if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
+            raise CandidateFailure("LOAD_ERROR", "the candidate defines no class ModelNew(nn.Module)")
+        try:
+            with torch.device(self.device):
+                model = cls(*init)
+            model = model.to(self.device)
+        except Exception as e:
+            raise CandidateFailure("LOAD_ERROR", self._where(e, f"ModelNew(*get_init_inputs()) raised {describe(e)}")) from None
+        want = ref.state_dict()
+        have = model.state_dict()
+        if want:
+            missing = sorted(set(want) - set(have))
+            extra = sorted(set(have) - set(want))
+            if missing or extra:
+                raise CandidateFailure(
+                    "LOAD_ERROR",
+                    "ModelNew's parameters and buffers must have the reference Model's state_dict"
+                    f" keys (they are loaded from it): missing {missing[:8]}, unexpected {extra[:8]}",
+                )
+            try:
+                model.load_state_dict(want, strict=True)
+            except Exception as e:
+                raise CandidateFailure("LOAD_ERROR", f"loading the reference parameters into ModelNew failed: {describe(e)}") from None
+        del ref, want
+        self.models["candidate"] = model.eval()
+        self.candidate = mod
+        return {"ok": True, "load_s": time.perf_counter() - t1, "cuda_init_s": cuda_init_s,
+                "task_s": t1 - t0 - cuda_init_s, "sandbox": self.sandbox}
+
+    def _where(self, exc: BaseException, text: str) -> str:
+        line = error_line(exc, self.candidate_path) if self.candidate_path else None
+        return f"line {line}: {text}" if line else text
+
+    def _forward(self, variant: str, args: list[Any]) -> list[torch.Tensor]:
+        model = self.models[variant]
+        with torch.no_grad():
+            out = model(*args)
+        if self.cuda:
+            torch.cuda.synchronize()
+        if type(out) in (tuple, list):
+            flat = list(out)
+        else:
+            flat = [out]
+        for k, y in enumerate(flat):
+            if type(y) is not torch.Tensor:
+                raise CandidateFailure(
+                    "INCORRECT", f"forward output {k} is a {type(y).__name__}, not exactly a torch.Tensor")
+            if y.device != self.device and not (y.device.type == self.device.type):
+                raise CandidateFailure("INCORRECT", f"forward output {k} is on {y.device}, expected {self.device}")
+        return flat
+
+    def _poison(self, sizes: list[int]) -> None:
+        # Free memory full of NaN: a kernel that returns torch.empty(...) without writing it
+        # gets NaN, never a leftover of an earlier correct result.
+        for n in sizes:
+            t = torch.empty(max(1, int(n) // 4), dtype=torch.float32, device=self.device)
+            t.fill_(float("nan"))
+            del t
+
+    def call(self, req: dict[str, Any]) -> dict[str, Any]:
+        variant = req["variant"]
+        spec = inputs.InputSpec.from_dict(req["spec"])
+        xs = inputs.generate(self.task, spec, self.device)
+        args, bufs = [], []
+        for x in xs:
+            if isinstance(x, torch.Tensor):
+                view, buf = inputs.guarded(x)
+                args.append(view)
+                bufs.append(buf)
+            else:
+                args.append(x)
+        del xs
+        self._poison(req.get("poison_bytes", []))
+        outs = [self._forward(variant, args) for _ in range(int(req.get("repeat", 1)))]
+        self.kept = (outs, bufs)
+        return {"outputs": outs, "buffers": bufs if req.get("return_inputs", True) else []}
+
+    def _pool(self, specs: list[dict[str, Any]]) -> list[list[Any]]:
+        """The timing pool for ``specs``, refilled in place when the specs change.
+
+        The tensor objects stay the same while their values change, so a cache keyed by
+        object identity returns stale outputs (which the judge's re-check catches).
+        """
+        if specs == self.pool_specs:
+            return self.pool
+        fresh = [inputs.generate(self.task, inputs.InputSpec.from_dict(s), self.device) for s in specs]
+        if len(fresh) == len(self.pool):
+            for old, new in zip(self.pool, fresh, strict=True):
+                for k, (a, b) in enumerate(zip(old, new, strict=True)):
+                    if isinstance(a, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype:
+                        a.copy_(b)
+                    else:
+                        old[k] = b
+        else:
+            self.pool = fresh
+        del fresh
+        self.pool_specs = specs
+        return self.pool
+
+    def time(self, req: dict[str, Any]) -> dict[str, Any]:
+        variant = req["variant"]
+        pool = self._pool(req["pool"])
+        fwd = lambda x: self._forward_fast(variant, x)  # noqa: E731
+        warm = 0
+        t0 = time.perf_counter()
+        if req.get("warmup", True) and variant not in self.warm:
+            warm = timing.warm_up(fwd, pool, int(req["warmup_calls"]), float(req["warmup_s"]), self.cuda)
+            self.warm.add(variant)
+        warm_s = time.perf_counter() - t0
+        n, start = int(req["n"]), int(req.get("start", 0))
+        if self.cuda:
+            if self.flusher is None:
+                self.flusher = timing.Flusher(self.device)
+            r = timing.time_cuda(fwd, pool, n, self.flusher, start, paired=req.get("paired", True))
+        else:
+            r = timing.time_cpu(fwd, pool, n, start)
+        self.last[variant] = (r.pop("out"), r["last_index"])
+        r["warmup_calls"], r["warmup_s"] = warm, warm_s
+        return r
+
+    def _forward_fast(self, variant: str, x: list[Any]) -> Any:
+        with torch.no_grad():
+            return self.models[variant](*x)
+
+    def last_output(self, req: dict[str, Any]) -> dict[str, Any]:
+        out, idx = self.last[req["variant"]]
+        flat = list(out) if type(out) in (tuple, list) else [out]
+        for k, y in enumerate(flat):
+            if type(y) is not torch.Tensor:
+                raise CandidateFailure("INCORRECT", f"timed output {k} is a {type(y).__name__}")
+        if self.cuda:
+            torch.cuda.synchronize()
+        self.kept = flat
+        return {"outputs": flat, "index": idx}
+
+    def profile(self, req: dict[str, Any]) -> dict[str, Any]:
+        if not self.cuda:
+            return {"profile": None}
+        variant = req["variant"]
+        xs = inputs.generate(self.task, inputs.InputSpec.from_dict(req["spec"]), self.device)
+        marker = torch.zeros(1, device=self.device)
+        own = features.kernel_names(self.candidate) if self.candidate is not None else set()
+        return {"profile": features.profile_call(lambda: self._forward_fast(variant, xs),
+                                                 lambda: marker.add_(1), own)}
+
+    def features(self, req: dict[str, Any]) -> dict[str, Any]:
+        if self.candidate is None or not self.cuda:
+            return {"triton": [], "cupy": []}
+        return {"triton": features.triton_features(self.candidate),
+                "cupy": features.cupy_features(self.candidate)}
+
+
+def classify(exc: BaseException, stage: str) -> tuple[str, str]:
+    """The verdict name and message for an exception raised by candidate code."""
+    if isinstance(exc, CandidateFailure):
+        return exc.kind, str(exc)
+    text = describe(exc)
+    name, mod = type(exc).__name__, type(exc).__module__
+    if any(m in str(exc) for m in CUDA_FATAL_MARKERS) or name == "AcceleratorError":
+        return "CUDA_FATAL", text
+    if (mod.startswith("triton") and "Compil" in name) or name == "CompileException":
+        return "COMPILE_ERROR", text
+    return ("LOAD_ERROR" if stage == "setup" else "RUNTIME_ERROR"), text
+
+
+def serve(sock: socket.socket, sandbox: dict[str, Any]) -> int:
+    """Answer the judge's requests until it says ``exit`` or closes the channel."""
+    child = Child(sandbox)
+    handlers = {"setup": child.setup, "call": child.call, "time": child.time,
+                "last_output": child.last_output, "profile": child.profile,
+                "features": child.features}
+    while True:
+        try:
+            req = protocol.recv(sock)
+        except protocol.ProtocolError:
+            return 0
+        op = req.get("op")
+        if op == "exit":
+            return 0
+        try:
+            reply = handlers[op](req)
+        except BaseException as e:  # every failure of candidate code becomes a report
+            kind, text = classify(e, op)
+            if op != "setup" and child.candidate_path and kind != "CUDA_FATAL":
+                line = error_line(e, child.candidate_path)
+                text = f"line {line}: {text}" if line else text
+            reply = {"error": {"kind": kind, "message": text}}
+        try:
+            protocol.send(sock, reply)
+        except protocol.ProtocolError as e:
+            protocol.send(sock, {"error": {"kind": "RUNTIME_ERROR", "message": f"cannot report: {e}"}})
+        if "error" in reply and reply["error"]["kind"] == "CUDA_FATAL":
+            return 3

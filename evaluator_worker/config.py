@@ -1,0 +1,71 @@
+"""Plain configuration of one evaluation (no pydantic here: this package runs on bare GPU hosts)."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+Device = Literal["auto", "cpu", "cuda"]
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """How to evaluate a candidate.
+
+    Attributes
+    ----------
+    device:
+        ``"cuda"``, ``"cpu"`` or ``"auto"`` (CUDA when a GPU is visible).
+    timeout_s:
+        Bound on each stage of the candidate (load, correctness, timing), in seconds.
+    trials:
+        Correctness trials with fresh secret-seeded inputs (at least 5), rotating the input
+        distributions; the task's held-out ``SHAPES`` are checked in addition.
+    warmup_calls, warmup_s:
+        Warm-up before timing: at least this many calls and this many seconds.
+    samples:
+        Timed samples per variant (candidate, eager, torch.compile); at least 100.
+    rounds:
+        The samples are taken in this many interleaved rounds across the variants.
+    pool_bytes:
+        Upper bound on the memory the pool of fresh timing inputs may take.
+    compile_baseline:
+        ``"auto"`` times torch.compile of the reference on CUDA only (inductor's CPU
+        compile takes tens of seconds); ``"always"`` / ``"never"`` force it.
+    stress_calls:
+        Calls made on the CPU for Triton candidates (whose interpreted time is not
+        performance) before the last output is re-checked.
+    memory_limit_mb:
+        Address-space limit of a CPU candidate process (CUDA processes cannot take one).
+    quarantine_factor:
+        A speedup over eager above this is quarantined until re-measured independently.
+    floor_margin:
+        A median below ``floor * floor_margin`` is ``IMPOSSIBLE``.
+    static_gate:
+        Apply the AST static gate. Only tests of the sandbox's defence in depth turn it off.
+    """
+
+    device: Device = "auto"
+    timeout_s: float = 60.0
+    trials: int = 5
+    warmup_calls: int = 10
+    warmup_s: float = 0.025
+    samples: int = 100
+    rounds: int = 5
+    pool_bytes: int = 8 << 30
+    compile_baseline: Literal["auto", "always", "never"] = "auto"
+    stress_calls: int = 12
+    memory_limit_mb: int = 16384
+    quarantine_factor: float = 10.0
+    floor_margin: float = 0.9
+    static_gate: bool = True
+
+    def __post_init__(self) -> None:
+        if self.trials < 5:
+            raise ValueError(f"trials must be at least 5, got {self.trials}")
+        if self.samples < 100:
+            raise ValueError(f"samples must be at least 100, got {self.samples}")
+        if self.timeout_s <= 0:
+            raise ValueError(f"timeout must be positive, got {self.timeout_s}")
+        if self.device not in ("auto", "cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")

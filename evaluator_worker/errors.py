@@ -1,0 +1,34 @@
+"""Typed errors a user can cause; each message says what was wrong and how to fix it."""
+
+from __future__ import annotations
+
+
+class KernelmapError(Exception):
+    """Base class of every error a user can cause (bad file, bad request, bad option)."""
+
+
+class TaskError(KernelmapError):
+    """The task file is not a valid kernel task.
+
+    Parameters
+    ----------
+    message:
+        What is wrong and how to fix it.
+    path:
+        The task file.
+    line:
+        The 1-based line the problem is on, when there is one.
+    """
+
+    def __init__(self, message: str, path: str | None = None, line: int | None = None) -> None:
+        self.path = path
+        self.line = line
+        self.reason = message
+        where = ""
+        if path:
+            where = f"{path}:{line}: " if line else f"{path}: "
+        super().__init__(f"invalid task: {where}{message}")
+
+
+class CandidateFileError(KernelmapError):
+    """The candidate file cannot be read at all (missing, not UTF-8, not a .py file)."""

@@ -1,0 +1,103 @@
+"""Judge-side handle of one sandboxed candidate process.
+
+Every request has a deadline; when it passes, the whole process group is killed
+(``TIMEOUT``). A process that closes its channel has died or exited: its exit code proves
+nothing, so that is a failure of the stage it was in, never a success.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+from typing import Any
+
+from evaluator_worker import protocol
+from evaluator_worker.verdict import Verdict
+from evaluator_worker.zygote import Zygote
+
+DIED = {"setup": Verdict.LOAD_ERROR}
+
+
+class Failure(Exception):
+    """A candidate failure that ends the evaluation with ``verdict``."""
+
+    def __init__(self, verdict: Verdict, message: str) -> None:
+        super().__init__(message)
+        self.verdict = verdict
+        self.message = message
+
+
+class CandidateProcess:
+    """One forked, sandboxed child and its channel."""
+
+    def __init__(self, zygote: Zygote, sandbox: dict[str, Any]) -> None:
+        t0 = time.monotonic()
+        self.pid, self.sock, self.capture = zygote.spawn(sandbox)
+        self.spawn_s = time.monotonic() - t0
+        self.alive = True
+
+    def request(self, msg: dict[str, Any], timeout_s: float, what: str) -> dict[str, Any]:
+        """Send ``msg`` and wait for the reply; raises :class:`Failure` on any failure."""
+        if not self.alive:
+            raise Failure(Verdict.RUNTIME_ERROR, f"{what}: the candidate process is gone")
+        deadline = time.monotonic() + timeout_s
+        try:
+            protocol.send(self.sock, msg, cuda_ipc=False)
+            reply = protocol.recv(self.sock, deadline)
+        except protocol.PeerTimeout:
+            self.kill()
+            raise Failure(Verdict.TIMEOUT, f"{what} did not finish within {timeout_s:g} s;"
+                          " the candidate process group was killed") from None
+        except protocol.ProtocolError as e:
+            self.kill()
+            verdict = DIED.get(msg.get("op", ""), Verdict.RUNTIME_ERROR)
+            raise Failure(verdict, f"{what}: the candidate process died or exited ({e});"
+                          f" its exit code proves nothing{self._tail()}") from None
+        if not isinstance(reply, dict):
+            self.kill()
+            raise Failure(Verdict.RUNTIME_ERROR, f"{what}: malformed reply from the candidate")
+        err = reply.get("error")
+        if err:
+            try:
+                verdict = Verdict(err.get("kind"))
+            except ValueError:
+                verdict = Verdict.RUNTIME_ERROR
+            if verdict == Verdict.CUDA_FATAL:
+                self.kill()
+            raise Failure(verdict, f"{what}: {err.get('message', '')}")
+        return reply
+
+    def _tail(self, n: int = 600) -> str:
+        text = self.output(n)
+        return f"; its last output (untrusted): {text!r}" if text else ""
+
+    def output(self, n: int = 2000) -> str:
+        """The end of what the candidate printed (untrusted text, for display only)."""
+        try:
+            self.capture.seek(0, os.SEEK_END)
+            size = self.capture.tell()
+            self.capture.seek(max(0, size - n))
+            return self.capture.read().decode(errors="replace").strip()
+        except (OSError, ValueError):
+            return ""
+
+    def kill(self) -> None:
+        """Kill the child's whole process group (it is a session leader)."""
+        if self.alive:
+            self.alive = False
+            try:
+                os.killpg(self.pid, signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+
+    def close(self) -> None:
+        """Ask the child to exit, then make sure it is gone."""
+        if self.alive:
+            try:
+                protocol.send(self.sock, {"op": "exit"}, cuda_ipc=False)
+            except (protocol.ProtocolError, OSError):
+                pass
+        self.kill()
+        self.sock.close()
+        self.capture.close()

@@ -1,0 +1,1 @@
+"""evolution: see architecture.md."""

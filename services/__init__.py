@@ -1,0 +1,1 @@
+"""services: see architecture.md."""

@@ -1,0 +1,33 @@
+"""The service's one settings object, read from ``KERNELMAP_*`` environment variables."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from evaluator_worker.config import EvalConfig
+
+
+class Settings(BaseSettings):
+    """Settings of kernelmap; each field is ``KERNELMAP_<NAME>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix="KERNELMAP_", extra="ignore")
+
+    data_dir: Path = Field(default=Path.home() / ".kernelmap", description="Where kernelmap keeps its data")
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    timeout_s: float = Field(default=60.0, gt=0, description="Bound on each stage of a candidate")
+    trials: int = Field(default=5, ge=5)
+    samples: int = Field(default=100, ge=100)
+    compile_baseline: Literal["auto", "always", "never"] = "auto"
+    memory_limit_mb: int = Field(default=16384, gt=0)
+
+    def eval_config(self, **overrides: Any) -> EvalConfig:
+        """The evaluator's configuration, with command-line ``overrides`` applied."""
+        base = {"device": self.device, "timeout_s": self.timeout_s, "trials": self.trials,
+                "samples": self.samples, "compile_baseline": self.compile_baseline,
+                "memory_limit_mb": self.memory_limit_mb}
+        base.update({k: v for k, v in overrides.items() if v is not None})
+        return EvalConfig(**base)

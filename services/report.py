@@ -1,0 +1,59 @@
+"""Human-readable rendering of evaluation results (the CLI without ``--json``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from evaluator_worker.result import EvalResult, Stats
+
+
+def _stats(name: str, s: Stats | None) -> str:
+    if s is None:
+        return f"  {name:<10} not measured"
+    lo, hi = s.ci95_ms
+    return (f"  {name:<10} median {s.median_ms:.4g} ms   IQR {s.iqr_ms:.3g} ms"
+            f"   95% CI [{lo:.4g}, {hi:.4g}]   n={s.n}")
+
+
+def _speedup(x: float | None) -> str:
+    return "n/a" if x is None else f"{x:.3f}x"
+
+
+def _features(f: dict[str, Any]) -> str:
+    skip = {"kernels", "triton_kernels", "cupy_kernels"}
+    parts = [f"{k}={v}" for k, v in f.items() if k not in skip and v not in (None, [], {})]
+    return ", ".join(parts) or "none"
+
+
+def render(result: EvalResult, title: str = "") -> str:
+    """A multi-line report: verdict, speedups, timings, features, messages, stage times."""
+    lines = [title] if title else []
+    tag = "correct" if result.correct else "not accepted"
+    lines.append(f"verdict   {result.verdict.value} ({tag})")
+    hw = result.hardware
+    lines.append(f"device    {result.device} ({hw.get('name', '?')}; torch {hw.get('torch')},"
+                 f" triton {hw.get('triton')})")
+    if result.params:
+        lines.append("params    " + ", ".join(f"{k}={v}" for k, v in result.params.items()))
+    lines.append(f"speedup   vs eager {_speedup(result.speedup_vs_eager)}"
+                 f"   vs torch.compile {_speedup(result.speedup_vs_compile)}")
+    t = result.timing
+    if t is not None:
+        lines.append(f"timing    ({t.method})")
+        lines.append(_stats("candidate", t.candidate))
+        lines.append(_stats("eager", t.eager))
+        lines.append(_stats("compile", t.compile))
+        if t.candidate_synced is not None:
+            lines.append(_stats("synced", t.candidate_synced))
+        if t.floor_ms is not None:
+            lines.append(f"  floor      {t.floor_ms:.4g} ms ({t.floor_basis})")
+    else:
+        lines.append("timing    none")
+    lines.append(f"features  {_features(result.features)}")
+    if result.messages:
+        lines.append("messages")
+        lines.extend(f"  - {m}" for m in result.messages)
+    st = result.stages_s
+    if st:
+        lines.append("stages    " + ", ".join(f"{k[:-2]} {v:.2f} s" for k, v in st.items()))
+    return "\n".join(lines)
