@@ -20,8 +20,15 @@ import torch
 from evaluator_worker import features, inputs, protocol, timing
 from evaluator_worker.modules import describe, error_line, import_file
 
-CUDA_FATAL_MARKERS = ("illegal memory access", "CUDA error", "cudaError", "illegal instruction",
-                      "unspecified launch failure", "misaligned address", "device-side assert")
+CUDA_FATAL_MARKERS = (
+    "illegal memory access",
+    "CUDA error",
+    "cudaError",
+    "illegal instruction",
+    "unspecified launch failure",
+    "misaligned address",
+    "device-side assert",
+)
 
 
 class CandidateFailure(Exception):
@@ -59,8 +66,9 @@ class Child:
             torch.cuda.set_device(self.device)
         t0 = time.perf_counter()
         self.task = import_file(req["task_path"], "kernelmap_task")
-        init, ref = inputs.build_reference(self.task, int(req["init_seed"]),
-                                           int(req["param_seed"]), self.device)
+        init, ref = inputs.build_reference(
+            self.task, int(req["init_seed"]), int(req["param_seed"]), self.device
+        )
         if req["role"] == "baseline":
             self.models["eager"] = ref
             if req.get("compile"):
@@ -75,18 +83,26 @@ class Child:
         try:
             mod = import_file(self.candidate_path, "kernelmap_candidate", inject=req.get("params"))
         except SyntaxError as e:
-            raise CandidateFailure("COMPILE_ERROR", self._where(e, f"syntax error: {e.msg}")) from None
+            raise CandidateFailure(
+                "COMPILE_ERROR", self._where(e, f"syntax error: {e.msg}")
+            ) from None
         except Exception as e:
-            raise CandidateFailure("LOAD_ERROR", self._where(e, f"importing the candidate raised {describe(e)}")) from None
+            raise CandidateFailure(
+                "LOAD_ERROR", self._where(e, f"importing the candidate raised {describe(e)}")
+            ) from None
         cls = getattr(mod, "ModelNew", None)
         if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
-            raise CandidateFailure("LOAD_ERROR", "the candidate defines no class ModelNew(nn.Module)")
+            raise CandidateFailure(
+                "LOAD_ERROR", "the candidate defines no class ModelNew(nn.Module)"
+            )
         try:
             with torch.device(self.device):
                 model = cls(*init)
             model = model.to(self.device)
         except Exception as e:
-            raise CandidateFailure("LOAD_ERROR", self._where(e, f"ModelNew(*get_init_inputs()) raised {describe(e)}")) from None
+            raise CandidateFailure(
+                "LOAD_ERROR", self._where(e, f"ModelNew(*get_init_inputs()) raised {describe(e)}")
+            ) from None
         want = ref.state_dict()
         have = model.state_dict()
         if want:
@@ -96,17 +112,26 @@ class Child:
                 raise CandidateFailure(
                     "LOAD_ERROR",
                     "ModelNew's parameters and buffers must have the reference Model's state_dict"
-                    f" keys (they are loaded from it): missing {missing[:8]}, unexpected {extra[:8]}",
+                    f" keys (they are loaded from it): missing {missing[:8]},"
+                    f" unexpected {extra[:8]}",
                 )
             try:
                 model.load_state_dict(want, strict=True)
             except Exception as e:
-                raise CandidateFailure("LOAD_ERROR", f"loading the reference parameters into ModelNew failed: {describe(e)}") from None
+                raise CandidateFailure(
+                    "LOAD_ERROR",
+                    f"loading the reference parameters into ModelNew failed: {describe(e)}",
+                ) from None
         del ref, want
         self.models["candidate"] = model.eval()
         self.candidate = mod
-        return {"ok": True, "load_s": time.perf_counter() - t1, "cuda_init_s": cuda_init_s,
-                "task_s": t1 - t0 - cuda_init_s, "sandbox": self.sandbox}
+        return {
+            "ok": True,
+            "load_s": time.perf_counter() - t1,
+            "cuda_init_s": cuda_init_s,
+            "task_s": t1 - t0 - cuda_init_s,
+            "sandbox": self.sandbox,
+        }
 
     def _where(self, exc: BaseException, text: str) -> str:
         line = error_line(exc, self.candidate_path) if self.candidate_path else None
@@ -125,9 +150,13 @@ class Child:
         for k, y in enumerate(flat):
             if type(y) is not torch.Tensor:
                 raise CandidateFailure(
-                    "INCORRECT", f"forward output {k} is a {type(y).__name__}, not exactly a torch.Tensor")
+                    "INCORRECT",
+                    f"forward output {k} is a {type(y).__name__}, not exactly a torch.Tensor",
+                )
             if y.device != self.device and not (y.device.type == self.device.type):
-                raise CandidateFailure("INCORRECT", f"forward output {k} is on {y.device}, expected {self.device}")
+                raise CandidateFailure(
+                    "INCORRECT", f"forward output {k} is on {y.device}, expected {self.device}"
+                )
         return flat
 
     def _poison(self, sizes: list[int]) -> None:
@@ -164,7 +193,9 @@ class Child:
         """
         if specs == self.pool_specs:
             return self.pool
-        fresh = [inputs.generate(self.task, inputs.InputSpec.from_dict(s), self.device) for s in specs]
+        fresh = [
+            inputs.generate(self.task, inputs.InputSpec.from_dict(s), self.device) for s in specs
+        ]
         if len(fresh) == len(self.pool):
             for old, new in zip(self.pool, fresh, strict=True):
                 for k, (a, b) in enumerate(zip(old, new, strict=True)):
@@ -185,7 +216,9 @@ class Child:
         warm = 0
         t0 = time.perf_counter()
         if req.get("warmup", True) and variant not in self.warm:
-            warm = timing.warm_up(fwd, pool, int(req["warmup_calls"]), float(req["warmup_s"]), self.cuda)
+            warm = timing.warm_up(
+                fwd, pool, int(req["warmup_calls"]), float(req["warmup_s"]), self.cuda
+            )
             self.warm.add(variant)
         warm_s = time.perf_counter() - t0
         n, start = int(req["n"]), int(req.get("start", 0))
@@ -221,14 +254,19 @@ class Child:
         xs = inputs.generate(self.task, inputs.InputSpec.from_dict(req["spec"]), self.device)
         marker = torch.zeros(1, device=self.device)
         own = features.kernel_names(self.candidate) if self.candidate is not None else set()
-        return {"profile": features.profile_call(lambda: self._forward_fast(variant, xs),
-                                                 lambda: marker.add_(1), own)}
+        return {
+            "profile": features.profile_call(
+                lambda: self._forward_fast(variant, xs), lambda: marker.add_(1), own
+            )
+        }
 
     def features(self, req: dict[str, Any]) -> dict[str, Any]:
         if self.candidate is None or not self.cuda:
             return {"triton": [], "cupy": []}
-        return {"triton": features.triton_features(self.candidate),
-                "cupy": features.cupy_features(self.candidate)}
+        return {
+            "triton": features.triton_features(self.candidate),
+            "cupy": features.cupy_features(self.candidate),
+        }
 
 
 def classify(exc: BaseException, stage: str) -> tuple[str, str]:
@@ -247,9 +285,14 @@ def classify(exc: BaseException, stage: str) -> tuple[str, str]:
 def serve(sock: socket.socket, sandbox: dict[str, Any]) -> int:
     """Answer the judge's requests until it says ``exit`` or closes the channel."""
     child = Child(sandbox)
-    handlers = {"setup": child.setup, "call": child.call, "time": child.time,
-                "last_output": child.last_output, "profile": child.profile,
-                "features": child.features}
+    handlers = {
+        "setup": child.setup,
+        "call": child.call,
+        "time": child.time,
+        "last_output": child.last_output,
+        "profile": child.profile,
+        "features": child.features,
+    }
     while True:
         try:
             req = protocol.recv(sock)
@@ -269,6 +312,8 @@ def serve(sock: socket.socket, sandbox: dict[str, Any]) -> int:
         try:
             protocol.send(sock, reply)
         except protocol.ProtocolError as e:
-            protocol.send(sock, {"error": {"kind": "RUNTIME_ERROR", "message": f"cannot report: {e}"}})
+            protocol.send(
+                sock, {"error": {"kind": "RUNTIME_ERROR", "message": f"cannot report: {e}"}}
+            )
         if "error" in reply and reply["error"]["kind"] == "CUDA_FATAL":
             return 3

@@ -12,8 +12,9 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+from collections.abc import Callable
 from types import ModuleType
-from typing import Any, Callable
+from typing import Any
 
 
 def _triton_functions(module: ModuleType) -> dict[str, Any]:
@@ -52,16 +53,20 @@ def triton_features(module: ModuleType) -> list[dict[str, Any]]:
                         kernel._init_handles()
                     md = kernel.metadata
                     ptx = kernel.asm.get("ptx", "") if hasattr(kernel, "asm") else ""
-                    out.append({
-                        "kernel": name,
-                        "n_regs": int(getattr(kernel, "n_regs", 0) or 0),
-                        "n_spills": int(getattr(kernel, "n_spills", 0) or 0),
-                        "shared": int(getattr(md, "shared", 0) or 0),
-                        "num_warps": int(getattr(md, "num_warps", 0) or 0),
-                        "num_stages": int(getattr(md, "num_stages", 0) or 0),
-                        "tensor_cores": ("wgmma" in ptx) or (" mma." in ptx) or ("\tmma." in ptx),
-                        "vector_load_v4": "ld.global.v4" in ptx,
-                    })
+                    out.append(
+                        {
+                            "kernel": name,
+                            "n_regs": int(getattr(kernel, "n_regs", 0) or 0),
+                            "n_spills": int(getattr(kernel, "n_spills", 0) or 0),
+                            "shared": int(getattr(md, "shared", 0) or 0),
+                            "num_warps": int(getattr(md, "num_warps", 0) or 0),
+                            "num_stages": int(getattr(md, "num_stages", 0) or 0),
+                            "tensor_cores": ("wgmma" in ptx)
+                            or (" mma." in ptx)
+                            or ("\tmma." in ptx),
+                            "vector_load_v4": "ld.global.v4" in ptx,
+                        }
+                    )
                 except Exception as e:  # a feature we cannot read is reported, never fatal
                     out.append({"kernel": name, "error": f"{type(e).__name__}: {e}"})
     return out
@@ -74,16 +79,22 @@ def cupy_features(module: ModuleType) -> list[dict[str, Any]]:
         if type(obj).__name__ == "RawKernel" and type(obj).__module__.startswith("cupy"):
             try:
                 a = obj.attributes
-                out.append({"kernel": name, "num_regs": a.get("num_regs"),
-                            "shared_size_bytes": a.get("shared_size_bytes"),
-                            "local_size_bytes": a.get("local_size_bytes")})
+                out.append(
+                    {
+                        "kernel": name,
+                        "num_regs": a.get("num_regs"),
+                        "shared_size_bytes": a.get("shared_size_bytes"),
+                        "local_size_bytes": a.get("local_size_bytes"),
+                    }
+                )
             except Exception as e:  # not compiled yet, or no device
                 out.append({"kernel": name, "error": f"{type(e).__name__}: {e}"})
     return out
 
 
-def profile_call(call: Callable[[], Any], marker: Callable[[], Any],
-                 own_kernels: set[str]) -> dict[str, Any]:
+def profile_call(
+    call: Callable[[], Any], marker: Callable[[], Any], own_kernels: set[str]
+) -> dict[str, Any]:
     """Trace one call with torch.profiler; the marker kernel launched first names the stream."""
     import torch
     from torch.profiler import ProfilerActivity, profile
@@ -117,8 +128,16 @@ def profile_call(call: Callable[[], Any], marker: Callable[[], Any],
         own = any(k and k in name for k in own_kernels)
         own_us += dur if own else 0.0
         lib_us += 0.0 if own else dur
-        rows.append({"name": name[:120], "us": dur, "stream": args.get("stream"),
-                     "grid": args.get("grid"), "block": args.get("block"), "own": own})
+        rows.append(
+            {
+                "name": name[:120],
+                "us": dur,
+                "stream": args.get("stream"),
+                "grid": args.get("grid"),
+                "block": args.get("block"),
+                "own": own,
+            }
+        )
     return {
         "kernels": rows,
         "kernel_count": len(rows),

@@ -44,8 +44,9 @@ def peaks_for(name: str) -> Peaks | None:
     return None
 
 
-def floor_ms(nbytes: int, flops: int, dtype: torch.dtype, allow_tf32: bool,
-             peaks: Peaks) -> tuple[float, str]:
+def floor_ms(
+    nbytes: int, flops: int, dtype: torch.dtype, allow_tf32: bool, peaks: Peaks
+) -> tuple[float, str]:
     """The floor in ms and a sentence saying what bounds it."""
     if dtype in (torch.float16, torch.bfloat16):
         peak, kind = peaks.half, "fp16/bf16"

@@ -160,8 +160,9 @@ def nbytes(xs: Any) -> int:
     return 0
 
 
-def build_reference(task: ModuleType, init_seed: int, param_seed: int,
-                    device: torch.device) -> tuple[list[Any], torch.nn.Module]:
+def build_reference(
+    task: ModuleType, init_seed: int, param_seed: int, device: torch.device
+) -> tuple[list[Any], torch.nn.Module]:
     """``(init_inputs, model)``: the reference built and re-randomised identically everywhere."""
     with torch.random.fork_rng(devices=_rng_devices(device)):
         torch.manual_seed(init_seed)

@@ -32,8 +32,10 @@ from evaluator_worker.timing import stats
 from evaluator_worker.verdict import Verdict
 from evaluator_worker.zygote import Zygote
 
-INTERPRETED = ("Triton ran in Triton's interpreter on the CPU (TRITON_INTERPRET=1): its time is"
-               " not performance, so speedups are null")
+INTERPRETED = (
+    "Triton ran in Triton's interpreter on the CPU (TRITON_INTERPRET=1): its time is"
+    " not performance, so speedups are null"
+)
 ASYNC_RATIO = 2.0
 ASYNC_MIN_MS = 0.02
 
@@ -44,16 +46,22 @@ def resolve_device(device: str) -> torch.device:
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise KernelmapError("--device cuda was asked for, but no CUDA GPU is visible")
-    return torch.device("cuda", torch.cuda.current_device()) if device == "cuda" else torch.device("cpu")
+    return (
+        torch.device("cuda", torch.cuda.current_device())
+        if device == "cuda"
+        else torch.device("cpu")
+    )
 
 
 def choose_params(space: dict | None, given: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``SEARCH_SPACE`` values to inject: ``given`` checked against the space, else the first."""
+    """The ``SEARCH_SPACE`` values to inject: ``given`` (checked), else the first of each."""
     space = space or {}
     given = dict(given or {})
     for name, value in given.items():
         if name not in space:
-            raise KernelmapError(f"parameter {name!r} is not in the candidate's SEARCH_SPACE {sorted(space)}")
+            raise KernelmapError(
+                f"parameter {name!r} is not in the candidate's SEARCH_SPACE {sorted(space)}"
+            )
         if value not in space[name]:
             raise KernelmapError(f"parameter {name}={value!r} is not one of {space[name]}")
     for name, values in space.items():
@@ -65,8 +73,12 @@ def choose_params(space: dict | None, given: dict[str, Any] | None) -> dict[str,
 
 def hardware(device: torch.device) -> dict[str, Any]:
     """What ran the evaluation: device name, versions."""
-    hw: dict[str, Any] = {"device": device.type, "torch": torch.__version__,
-                          "python": platform.python_version(), "machine": platform.machine()}
+    hw: dict[str, Any] = {
+        "device": device.type,
+        "torch": torch.__version__,
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+    }
     try:
         import triton
 
@@ -75,8 +87,12 @@ def hardware(device: torch.device) -> dict[str, Any]:
         hw["triton"] = None
     if device.type == "cuda":
         props = torch.cuda.get_device_properties(device)
-        hw.update(name=props.name, sms=props.multi_processor_count,
-                  memory_gb=round(props.total_memory / 2**30, 1), cuda=torch.version.cuda)
+        hw.update(
+            name=props.name,
+            sms=props.multi_processor_count,
+            memory_gb=round(props.total_memory / 2**30, 1),
+            cuda=torch.version.cuda,
+        )
     else:
         hw["name"] = platform.processor() or "cpu"
     return hw
@@ -129,15 +145,25 @@ class Evaluator:
 
     def _spawn(self, interpret: bool) -> CandidateProcess:
         work = tempfile.mkdtemp(dir=self._tmp.name)
-        return CandidateProcess(self.zygote(), {
-            "workdir": work, "device": self.device.type, "interpret": interpret,
-            "memory_limit_mb": self.config.memory_limit_mb, "isolate_network": True,
-            "inductor_cache": str(Path(self._tmp.name) / "inductor"),
-        })
+        return CandidateProcess(
+            self.zygote(),
+            {
+                "workdir": work,
+                "device": self.device.type,
+                "interpret": interpret,
+                "memory_limit_mb": self.config.memory_limit_mb,
+                "isolate_network": True,
+                "inductor_cache": str(Path(self._tmp.name) / "inductor"),
+            },
+        )
 
     # -- the evaluation --------------------------------------------------------------------
-    def evaluate(self, task_path: str | Path, candidate_path: str | Path,
-                 params: dict[str, Any] | None = None) -> EvalResult:
+    def evaluate(
+        self,
+        task_path: str | Path,
+        candidate_path: str | Path,
+        params: dict[str, Any] | None = None,
+    ) -> EvalResult:
         """Evaluate one candidate file against one task file.
 
         Raises :class:`TaskError` for an invalid task, :class:`CandidateFileError` for an
@@ -153,10 +179,15 @@ class Evaluator:
             source = cpath.read_text(encoding="utf-8")
         except (OSError, UnicodeDecodeError) as e:
             raise CandidateFileError(f"cannot read the candidate file {cpath}: {e}") from None
-        result = EvalResult(verdict=Verdict.OK, device=self.device.type, hardware=hardware(self.device))
+        result = EvalResult(
+            verdict=Verdict.OK, device=self.device.type, hardware=hardware(self.device)
+        )
         gate = static_gate.check_source(source, str(cpath))
-        result.features.update(uses_triton=gate.uses_triton, uses_cupy=gate.uses_cupy,
-                               custom_kernels=gate.custom_kernels)
+        result.features.update(
+            uses_triton=gate.uses_triton,
+            uses_cupy=gate.uses_cupy,
+            custom_kernels=gate.custom_kernels,
+        )
         if gate.syntax_error:
             result.verdict = Verdict.COMPILE_ERROR
             result.messages.append(gate.syntax_error)
@@ -166,7 +197,9 @@ class Evaluator:
                 result.verdict = Verdict.STATIC_REJECT
                 result.messages.extend(gate.reasons)
                 return result
-            result.messages.append("static gate switched off; it would have rejected: " + "; ".join(gate.reasons))
+            result.messages.append(
+                "static gate switched off; it would have rejected: " + "; ".join(gate.reasons)
+            )
         result.params = choose_params(gate.search_space, params)
         interpret = self.device.type == "cpu" and gate.uses_triton
         run = _Run(self, task, cpath, result, gate, interpret)
@@ -184,8 +217,15 @@ class Evaluator:
 class _Run:
     """One evaluation in progress (the processes it started, the secrets it drew)."""
 
-    def __init__(self, ev: Evaluator, task: Task, cpath: Path, result: EvalResult,
-                 gate: static_gate.GateReport, interpret: bool) -> None:
+    def __init__(
+        self,
+        ev: Evaluator,
+        task: Task,
+        cpath: Path,
+        result: EvalResult,
+        gate: static_gate.GateReport,
+        interpret: bool,
+    ) -> None:
         self.ev, self.cfg, self.task, self.cpath = ev, ev.config, task, cpath
         self.result, self.gate, self.interpret = result, gate, interpret
         self.device = ev.device
@@ -201,20 +241,35 @@ class _Run:
         t0 = time.monotonic()
         proc = self.ev._spawn(interpret)
         self.procs.append(proc)
-        msg = {"op": "setup", "role": role, "task_path": str(Path(self.task.path).resolve()), "device": str(self.device),
-               "init_seed": self.init_seed, "param_seed": self.param_seed,
-               "allow_tf32": self.task.allow_tf32, **extra}
-        reply = proc.request(msg, self.cfg.timeout_s, "loading the candidate" if role == "candidate"
-                             else "loading the baseline")
-        return proc, {"spawn_s": proc.spawn_s, "setup_s": time.monotonic() - t0 - proc.spawn_s, **reply}
+        msg = {
+            "op": "setup",
+            "role": role,
+            "task_path": str(Path(self.task.path).resolve()),
+            "device": str(self.device),
+            "init_seed": self.init_seed,
+            "param_seed": self.param_seed,
+            "allow_tf32": self.task.allow_tf32,
+            **extra,
+        }
+        reply = proc.request(
+            msg,
+            self.cfg.timeout_s,
+            "loading the candidate" if role == "candidate" else "loading the baseline",
+        )
+        return proc, {
+            "spawn_s": proc.spawn_s,
+            "setup_s": time.monotonic() - t0 - proc.spawn_s,
+            **reply,
+        }
 
     def execute(self) -> None:
         cfg, res, stages = self.cfg, self.result, self.result.stages_s
         t0 = time.monotonic()
         self.ev.zygote()
         stages["zygote_start_s"] = time.monotonic() - t0
-        cand, info = self._setup("candidate", self.interpret, candidate_path=str(self.cpath.resolve()),
-                                 params=res.params)
+        cand, info = self._setup(
+            "candidate", self.interpret, candidate_path=str(self.cpath.resolve()), params=res.params
+        )
         stages["spawn_s"] = info["spawn_s"]
         stages["load_s"] = info["setup_s"]
         sandbox = info.get("sandbox", {})
@@ -224,7 +279,9 @@ class _Run:
         t1 = time.monotonic()
         reference = correctness.Reference(self.task, self.init_seed, self.param_seed, self.device)
         specs = correctness.plan(self.task, cfg.trials, self.rng)
-        checked = correctness.run_trials(cand, reference, specs, self.rng, cfg.timeout_s, res.messages)
+        checked = correctness.run_trials(
+            cand, reference, specs, self.rng, cfg.timeout_s, res.messages
+        )
         stages["correctness_s"] = time.monotonic() - t1
         res.features.update(trials=checked["trials"], worst_rel_l2=checked["worst_rel_l2"])
         t2 = time.monotonic()
@@ -233,9 +290,17 @@ class _Run:
             # identity or shape then returns a stale output, which the re-check catches.
             for _ in range(2):
                 pool = self._new_pool(2)
-                cand.request({"op": "time", "variant": "candidate", "pool": pool,
-                              "n": max(1, cfg.stress_calls // 2), "warmup": False},
-                             cfg.timeout_s, "repeated calls")
+                cand.request(
+                    {
+                        "op": "time",
+                        "variant": "candidate",
+                        "pool": pool,
+                        "n": max(1, cfg.stress_calls // 2),
+                        "warmup": False,
+                    },
+                    cfg.timeout_s,
+                    "repeated calls",
+                )
             self._recheck_last(cand, reference, pool)
             res.messages.append(INTERPRETED)
             stages["measure_s"] = time.monotonic() - t2
@@ -266,28 +331,46 @@ class _Run:
     def _measure(self, cand: CandidateProcess) -> tuple[Timing, list[dict[str, Any]]]:
         cfg, res = self.cfg, self.result
         want_compile = cfg.compile_baseline == "always" or (
-            cfg.compile_baseline == "auto" and self.device.type == "cuda")
+            cfg.compile_baseline == "auto" and self.device.type == "cuda"
+        )
         base, _ = self._setup("baseline", False, compile=want_compile)
         procs = {"candidate": cand, "eager": base}
         if want_compile:
             procs["compile"] = base
         else:
-            res.messages.append("torch.compile baseline not timed on the CPU (inductor's CPU compile"
-                                " takes tens of seconds); set compile_baseline='always' to time it")
-        samples: dict[str, dict[str, list[float]]] = {v: {"samples_ms": [], "synced_ms": [], "wall_ms": []}
-                                                     for v in procs}
+            res.messages.append(
+                "torch.compile baseline not timed on the CPU (inductor's CPU compile"
+                " takes tens of seconds); set compile_baseline='always' to time it"
+            )
+        samples: dict[str, dict[str, list[float]]] = {
+            v: {"samples_ms": [], "synced_ms": [], "wall_ms": []} for v in procs
+        }
         per_round = math.ceil(cfg.samples / cfg.rounds)
         order = list(procs)
         n_pool = self._pool_size(per_round)
         for r in range(cfg.rounds):
             pool = self._new_pool(n_pool)
-            for variant in order[r % len(order):] + order[: r % len(order)]:
+            for variant in order[r % len(order) :] + order[: r % len(order)]:
                 proc = procs[variant]
-                what = "timing the candidate" if variant == "candidate" else f"timing the {variant} baseline"
+                what = (
+                    "timing the candidate"
+                    if variant == "candidate"
+                    else f"timing the {variant} baseline"
+                )
                 try:
-                    reply = proc.request({"op": "time", "variant": variant, "pool": pool, "n": per_round,
-                                          "start": r * per_round, "warmup_calls": cfg.warmup_calls,
-                                          "warmup_s": cfg.warmup_s}, cfg.timeout_s, what)
+                    reply = proc.request(
+                        {
+                            "op": "time",
+                            "variant": variant,
+                            "pool": pool,
+                            "n": per_round,
+                            "start": r * per_round,
+                            "warmup_calls": cfg.warmup_calls,
+                            "warmup_s": cfg.warmup_s,
+                        },
+                        cfg.timeout_s,
+                        what,
+                    )
                 except Failure as f:
                     if variant != "compile":
                         raise
@@ -300,82 +383,132 @@ class _Run:
                     samples[variant][key].extend(float(x) for x in reply.get(key, []))
         cstats = {v: stats(s["samples_ms"]) for v, s in samples.items()}
         for v, s in samples.items():
-            bad = sum(1 for e, w in zip(s["samples_ms"], s["wall_ms"], strict=False) if e > w * 1.05 + 0.05)
+            bad = sum(
+                1
+                for e, w in zip(s["samples_ms"], s["wall_ms"], strict=False)
+                if e > w * 1.05 + 0.05
+            )
             if bad:
-                raise Failure(Verdict.IMPOSSIBLE, f"{v}: {bad} event timings exceed the wall clock around"
-                              " the same call; the timers are not trustworthy")
+                raise Failure(
+                    Verdict.IMPOSSIBLE,
+                    f"{v}: {bad} event timings exceed the wall clock around"
+                    " the same call; the timers are not trustworthy",
+                )
         synced = samples["candidate"]["synced_ms"]
-        timing = Timing(device=self.device.type,
-                        method="cuda-events+l2-flush" if self.device.type == "cuda" else "cpu-perf-counter",
-                        candidate=cstats["candidate"], eager=cstats.get("eager"),
-                        compile=cstats.get("compile"),
-                        candidate_synced=stats(synced) if synced else None)
+        timing = Timing(
+            device=self.device.type,
+            method="cuda-events+l2-flush" if self.device.type == "cuda" else "cpu-perf-counter",
+            candidate=cstats["candidate"],
+            eager=cstats.get("eager"),
+            compile=cstats.get("compile"),
+            candidate_synced=stats(synced) if synced else None,
+        )
         return timing, pool
 
-    def _recheck_last(self, cand: CandidateProcess, reference: correctness.Reference,
-                      pool: list[dict[str, Any]]) -> None:
-        reply = cand.request({"op": "last_output", "variant": "candidate"}, self.cfg.timeout_s,
-                             "fetching the last timed output")
+    def _recheck_last(
+        self, cand: CandidateProcess, reference: correctness.Reference, pool: list[dict[str, Any]]
+    ) -> None:
+        reply = cand.request(
+            {"op": "last_output", "variant": "candidate"},
+            self.cfg.timeout_s,
+            "fetching the last timed output",
+        )
         idx = int(reply["index"])
         if not 0 <= idx < len(pool):
             raise Failure(Verdict.RUNTIME_ERROR, "the candidate process reported a bad pool index")
         xs = inputs.generate(self.task.module, inputs.InputSpec.from_dict(pool[idx]), self.device)
         ref, ref64 = reference.outputs(xs)
         outs = [o.to(self.device).clone() for o in reply["outputs"]]
-        correctness.check_outputs(outs, ref, ref64, self.task.tolerance, "re-check of the last timed call")
+        correctness.check_outputs(
+            outs, ref, ref64, self.task.tolerance, "re-check of the last timed call"
+        )
 
     def _score(self, t: Timing) -> None:
         res = self.result
         cand = t.candidate
-        if t.candidate_synced is not None and t.candidate_synced.median_ms > ASYNC_RATIO * cand.median_ms \
-                and t.candidate_synced.median_ms - cand.median_ms > ASYNC_MIN_MS:
+        if (
+            t.candidate_synced is not None
+            and t.candidate_synced.median_ms > ASYNC_RATIO * cand.median_ms
+            and t.candidate_synced.median_ms - cand.median_ms > ASYNC_MIN_MS
+        ):
             res.verdict = Verdict.ASYNC_WORK
             res.messages.append(
-                f"with a device-wide sync before the end event the call takes {t.candidate_synced.median_ms:.4g} ms,"
-                f" {t.candidate_synced.median_ms / cand.median_ms:.1f}x the event time: work is left"
-                " running after the call returns; scored at the synced time")
+                "with a device-wide sync before the end event the call takes"
+                f" {t.candidate_synced.median_ms:.4g} ms,"
+                f" {t.candidate_synced.median_ms / cand.median_ms:.1f}x the event time: work is"
+                " left running after the call returns; scored at the synced time"
+            )
             cand = t.candidate_synced
         res.speedup_vs_eager = _ratio(t.eager, cand)
         res.speedup_vs_compile = _ratio(t.compile, cand)
-        if res.speedup_vs_eager is not None and res.speedup_vs_eager > self.cfg.quarantine_factor \
-                and res.verdict == Verdict.OK:
+        if (
+            res.speedup_vs_eager is not None
+            and res.speedup_vs_eager > self.cfg.quarantine_factor
+            and res.verdict == Verdict.OK
+        ):
             res.verdict = Verdict.QUARANTINE
-            res.messages.append(f"{res.speedup_vs_eager:.1f}x faster than eager (over"
-                                f" {self.cfg.quarantine_factor:g}x): quarantined until re-measured by an"
-                                " independent method")
+            res.messages.append(
+                f"{res.speedup_vs_eager:.1f}x faster than eager (over"
+                f" {self.cfg.quarantine_factor:g}x): quarantined until re-measured by an"
+                " independent method"
+            )
 
-    def _gpu_checks(self, cand: CandidateProcess, reference: correctness.Reference,
-                    pool: list[dict[str, Any]], t: Timing) -> None:
+    def _gpu_checks(
+        self,
+        cand: CandidateProcess,
+        reference: correctness.Reference,
+        pool: list[dict[str, Any]],
+        t: Timing,
+    ) -> None:
         res = self.result
-        prof = cand.request({"op": "profile", "variant": "candidate", "spec": pool[0]},
-                            self.cfg.timeout_s, "profiling one call").get("profile") or {}
+        prof = (
+            cand.request(
+                {"op": "profile", "variant": "candidate", "spec": pool[0]},
+                self.cfg.timeout_s,
+                "profiling one call",
+            ).get("profile")
+            or {}
+        )
         feats = cand.request({"op": "features"}, self.cfg.timeout_s, "reading kernel features")
         res.features.update(_derive(feats, prof))
         if prof.get("side_stream_kernels") and res.verdict == Verdict.OK:
             res.verdict = Verdict.ASYNC_WORK
-            res.messages.append(f"{prof['side_stream_kernels']} kernels ran on another CUDA stream than the call's")
+            res.messages.append(
+                f"{prof['side_stream_kernels']} kernels ran on another CUDA stream than the call's"
+            )
         total = (prof.get("own_us") or 0.0) + (prof.get("library_us") or 0.0)
-        if self.gate.claims_custom_kernels and total > 0 and prof["library_us"] > 0.5 * total \
-                and res.verdict in (Verdict.OK, Verdict.QUARANTINE):
+        if (
+            self.gate.claims_custom_kernels
+            and total > 0
+            and prof["library_us"] > 0.5 * total
+            and res.verdict in (Verdict.OK, Verdict.QUARANTINE)
+        ):
             res.verdict = Verdict.BASELINE_WRAP
             res.messages.append(
                 f"the candidate defines custom kernels {self.gate.custom_kernels}, but"
-                f" {100 * prof['library_us'] / total:.0f}% of the GPU time is in library kernels")
+                f" {100 * prof['library_us'] / total:.0f}% of the GPU time is in library kernels"
+            )
         peaks = floor.peaks_for(res.hardware.get("name", ""))
         if peaks is None:
-            res.messages.append(f"no datasheet peaks for {res.hardware.get('name')}: no speed-of-light floor")
+            res.messages.append(
+                f"no datasheet peaks for {res.hardware.get('name')}: no speed-of-light floor"
+            )
             return
         xs = inputs.generate(self.task.module, inputs.InputSpec.from_dict(pool[0]), self.device)
         out = reference.model(*xs)
         nbytes = inputs.nbytes(xs) + inputs.nbytes(out)
         flops = floor.count_flops(reference.model, xs)
-        t.floor_ms, t.floor_basis = floor.floor_ms(nbytes, flops, self.task.dtype, self.task.allow_tf32, peaks)
+        t.floor_ms, t.floor_basis = floor.floor_ms(
+            nbytes, flops, self.task.dtype, self.task.allow_tf32, peaks
+        )
         measured = t.candidate.median_ms
         res.features["floor_fraction"] = t.floor_ms / measured if measured > 0 else None
         if measured < t.floor_ms * self.cfg.floor_margin:
             res.verdict = Verdict.IMPOSSIBLE
-            res.messages.append(f"median {measured:.4g} ms is below the speed-of-light floor {t.floor_ms:.4g} ms"
-                                f" ({t.floor_basis}) with a {100 * (1 - self.cfg.floor_margin):.0f}% margin")
+            res.messages.append(
+                f"median {measured:.4g} ms is below the speed-of-light floor {t.floor_ms:.4g} ms"
+                f" ({t.floor_basis}) with a {100 * (1 - self.cfg.floor_margin):.0f}% margin"
+            )
 
 
 def _ratio(base: Stats | None, cand: Stats) -> float | None:
@@ -386,21 +519,36 @@ def _ratio(base: Stats | None, cand: Stats) -> float | None:
 
 def _derive(feats: dict[str, Any], prof: dict[str, Any]) -> dict[str, Any]:
     tri = [k for k in feats.get("triton", []) if "error" not in k]
-    out: dict[str, Any] = {"triton_kernels": feats.get("triton", []), "cupy_kernels": feats.get("cupy", [])}
+    out: dict[str, Any] = {
+        "triton_kernels": feats.get("triton", []),
+        "cupy_kernels": feats.get("cupy", []),
+    }
     if tri:
-        out.update(n_regs=max(k["n_regs"] for k in tri), n_spills=max(k["n_spills"] for k in tri),
-                   shared_bytes=max(k["shared"] for k in tri), num_warps=max(k["num_warps"] for k in tri),
-                   num_stages=max(k["num_stages"] for k in tri),
-                   tensor_cores=any(k["tensor_cores"] for k in tri),
-                   vector_load_v4=any(k["vector_load_v4"] for k in tri))
+        out.update(
+            n_regs=max(k["n_regs"] for k in tri),
+            n_spills=max(k["n_spills"] for k in tri),
+            shared_bytes=max(k["shared"] for k in tri),
+            num_warps=max(k["num_warps"] for k in tri),
+            num_stages=max(k["num_stages"] for k in tri),
+            tensor_cores=any(k["tensor_cores"] for k in tri),
+            vector_load_v4=any(k["vector_load_v4"] for k in tri),
+        )
     if prof:
-        out.update(kernel_count=prof.get("kernel_count"), kernels=prof.get("kernels", [])[:32],
-                   library_us=prof.get("library_us"), own_us=prof.get("own_us"))
+        out.update(
+            kernel_count=prof.get("kernel_count"),
+            kernels=prof.get("kernels", [])[:32],
+            library_us=prof.get("library_us"),
+            own_us=prof.get("own_us"),
+        )
     return out
 
 
-def evaluate(task_path: str | Path, candidate_path: str | Path, config: EvalConfig | None = None,
-             params: dict[str, Any] | None = None) -> EvalResult:
+def evaluate(
+    task_path: str | Path,
+    candidate_path: str | Path,
+    config: EvalConfig | None = None,
+    params: dict[str, Any] | None = None,
+) -> EvalResult:
     """Evaluate one candidate against one task with a private zygote (see :class:`Evaluator`)."""
     with Evaluator(config) as ev:
         return ev.evaluate(task_path, candidate_path, params)

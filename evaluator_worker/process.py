@@ -47,13 +47,19 @@ class CandidateProcess:
             reply = protocol.recv(self.sock, deadline)
         except protocol.PeerTimeout:
             self.kill()
-            raise Failure(Verdict.TIMEOUT, f"{what} did not finish within {timeout_s:g} s;"
-                          " the candidate process group was killed") from None
+            raise Failure(
+                Verdict.TIMEOUT,
+                f"{what} did not finish within {timeout_s:g} s;"
+                " the candidate process group was killed",
+            ) from None
         except protocol.ProtocolError as e:
             self.kill()
             verdict = DIED.get(msg.get("op", ""), Verdict.RUNTIME_ERROR)
-            raise Failure(verdict, f"{what}: the candidate process died or exited ({e});"
-                          f" its exit code proves nothing{self._tail()}") from None
+            raise Failure(
+                verdict,
+                f"{what}: the candidate process died or exited ({e});"
+                f" its exit code proves nothing{self._tail()}",
+            ) from None
         if not isinstance(reply, dict):
             self.kill()
             raise Failure(Verdict.RUNTIME_ERROR, f"{what}: malformed reply from the candidate")

@@ -138,13 +138,21 @@ def _open_cuda_handle(h: dict[str, Any]) -> torch.Tensor:
     try:
         dtype = DTYPES[h["dtype"]]
         shape, stride = _shape(h["shape"]), _shape(h["stride"])
-        ints = [h[k] for k in ("device", "size_bytes", "offset_bytes", "ref_offset", "storage_offset")]
+        ints = [
+            h[k] for k in ("device", "size_bytes", "offset_bytes", "ref_offset", "storage_offset")
+        ]
         if not all(isinstance(i, int) and i >= 0 for i in ints) or len(stride) != len(shape):
             raise ProtocolError("bad CUDA handle fields")
         unb = lambda s: base64.b64decode(s) if s else b""  # noqa: E731
         storage = torch.UntypedStorage._new_shared_cuda(
-            h["device"], unb(h["handle"]), h["size_bytes"], h["offset_bytes"],
-            unb(h["ref_handle"]), h["ref_offset"], unb(h["event_handle"]), bool(h["event_sync"]),
+            h["device"],
+            unb(h["handle"]),
+            h["size_bytes"],
+            h["offset_bytes"],
+            unb(h["ref_handle"]),
+            h["ref_offset"],
+            unb(h["event_handle"]),
+            bool(h["event_sync"]),
         )
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ProtocolError(f"bad CUDA handle: {e}") from e

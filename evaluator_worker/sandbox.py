@@ -36,7 +36,9 @@ def _limit(which: int, value: int) -> None:
     except (ValueError, OSError):
         soft, hard = resource.getrlimit(which)
         if hard == resource.RLIM_INFINITY or value < hard:
-            resource.setrlimit(which, (min(value, hard) if hard != resource.RLIM_INFINITY else value, hard))
+            resource.setrlimit(
+                which, (min(value, hard) if hard != resource.RLIM_INFINITY else value, hard)
+            )
 
 
 def enter(opts: dict[str, Any], capture_fd: int) -> dict[str, Any]:

@@ -24,9 +24,11 @@ from evaluator_worker import compare, inputs
 from evaluator_worker.errors import TaskError
 from evaluator_worker.modules import describe, error_line, import_file
 
-REQUIRED = (("Model", ast.ClassDef, "class Model(nn.Module)"),
-            ("get_inputs", ast.FunctionDef, "def get_inputs()"),
-            ("get_init_inputs", ast.FunctionDef, "def get_init_inputs()"))
+REQUIRED = (
+    ("Model", ast.ClassDef, "class Model(nn.Module)"),
+    ("get_inputs", ast.FunctionDef, "def get_inputs()"),
+    ("get_init_inputs", ast.FunctionDef, "def get_init_inputs()"),
+)
 
 
 @dataclasses.dataclass
@@ -84,7 +86,9 @@ def _check_names(tree: ast.Module, path: Path) -> None:
             raise TaskError(f"no {article} {name}: a task must define {what}", str(path))
 
 
-def _metadata(mod: ModuleType, path: Path, dtype: torch.dtype) -> tuple[compare.Tolerance, bool, int]:
+def _metadata(
+    mod: ModuleType, path: Path, dtype: torch.dtype
+) -> tuple[compare.Tolerance, bool, int]:
     default = compare.default_tolerance(dtype)
     tol = {}
     for name in ("ATOL", "RTOL"):
@@ -150,10 +154,14 @@ def run_reference(model: torch.nn.Module, xs: list[Any], path: Path) -> list[tor
     return check_output(_call(model, "the reference Model.forward", path, *xs), path)
 
 
-def _validate(mod: ModuleType, path: Path, device: torch.device) -> tuple[torch.dtype, compare.Tolerance, bool, int]:
+def _validate(
+    mod: ModuleType, path: Path, device: torch.device
+) -> tuple[torch.dtype, compare.Tolerance, bool, int]:
     init = _call(mod.get_init_inputs, "get_init_inputs()", path)
     if not isinstance(init, (list, tuple)):
-        raise TaskError(f"get_init_inputs() must return a list, got {type(init).__name__}", str(path))
+        raise TaskError(
+            f"get_init_inputs() must return a list, got {type(init).__name__}", str(path)
+        )
     xs = check_inputs(_call(mod.get_inputs, "get_inputs()", path), path)
     dtype = inputs.floating_dtype(xs)
     tol, allow_tf32, n_shapes = _metadata(mod, path, dtype)
@@ -203,11 +211,15 @@ def load_task(path: str | Path, device: str | torch.device = "cpu") -> Task:
     try:
         mod = import_file(p, "kernelmap_task")
     except Exception as e:
-        raise TaskError(f"importing the task raised {describe(e)}", str(p), error_line(e, p)) from None
+        raise TaskError(
+            f"importing the task raised {describe(e)}", str(p), error_line(e, p)
+        ) from None
     for name, kind, what in REQUIRED:
         obj = getattr(mod, name, None)
-        if not callable(obj) or (kind is ast.ClassDef and not (
-                isinstance(obj, type) and issubclass(obj, torch.nn.Module))):
+        if not callable(obj) or (
+            kind is ast.ClassDef
+            and not (isinstance(obj, type) and issubclass(obj, torch.nn.Module))
+        ):
             raise TaskError(f"{name} must be {what}", str(p))
     dtype, tol, allow_tf32, n_shapes = _validate(mod, p, torch.device(device))
     return Task(str(p), source, mod, dtype, tol, allow_tf32, n_shapes)

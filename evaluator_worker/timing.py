@@ -13,8 +13,9 @@ that patches ``time.perf_counter`` or ``torch.cuda.Event.elapsed_time`` does not
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from time import perf_counter as _perf_counter
-from typing import Any, Callable
+from typing import Any
 
 import torch
 
@@ -76,8 +77,13 @@ def time_cuda(
             _synchronize()
             synced.append(_elapsed_time(start, end))
             idx += 1
-    return {"samples_ms": events, "wall_ms": walls, "synced_ms": synced, "out": out,
-            "last_index": (idx - 1) % len(pool)}
+    return {
+        "samples_ms": events,
+        "wall_ms": walls,
+        "synced_ms": synced,
+        "out": out,
+        "last_index": (idx - 1) % len(pool),
+    }
 
 
 def time_cpu(
@@ -93,12 +99,18 @@ def time_cpu(
         out = call(x)
         samples.append((_perf_counter() - t0) * 1e3)
         idx += 1
-    return {"samples_ms": samples, "wall_ms": list(samples), "synced_ms": [], "out": out,
-            "last_index": (idx - 1) % len(pool)}
+    return {
+        "samples_ms": samples,
+        "wall_ms": list(samples),
+        "synced_ms": [],
+        "out": out,
+        "last_index": (idx - 1) % len(pool),
+    }
 
 
-def warm_up(call: Callable[[list[Any]], Any], pool: list[list[Any]], calls: int, seconds: float,
-            cuda: bool) -> int:
+def warm_up(
+    call: Callable[[list[Any]], Any], pool: list[list[Any]], calls: int, seconds: float, cuda: bool
+) -> int:
     """Call at least ``calls`` times and for at least ``seconds``; returns the count."""
     k = 0
     t0 = _perf_counter()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import enum
 
 
-class Verdict(str, enum.Enum):
+class Verdict(enum.StrEnum):
     """Outcome of evaluating one candidate. Only ``OK`` may enter an archive."""
 
     OK = "OK"

@@ -16,8 +16,10 @@ from typing import Any, NoReturn
 from evaluator_worker.errors import KernelmapError
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-DEMO = [("softmax/task.py", c) for c in ("softmax/triton_softmax.py", "softmax/torch_softmax.py",
-                                         "softmax/wrong_softmax.py")]
+DEMO = [
+    ("softmax/task.py", c)
+    for c in ("softmax/triton_softmax.py", "softmax/torch_softmax.py", "softmax/wrong_softmax.py")
+]
 
 
 class UsageError(KernelmapError):
@@ -44,14 +46,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="kernelmap", description="Search for fast GPU kernels; evaluate candidates.")
     sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     e = sub.add_parser("eval", help="evaluate one candidate kernel against a task")
-    e.add_argument("task", help="task file (KernelBench format: Model, get_inputs, get_init_inputs)")
+    e.add_argument(
+        "task", help="task file (KernelBench format: Model, get_inputs, get_init_inputs)"
+    )
     e.add_argument("candidate", help="candidate file defining ModelNew")
-    e.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None,
-                   help="where to run (default: auto = CUDA if a GPU is visible)")
-    e.add_argument("--timeout", type=float, default=None, metavar="SECONDS",
-                   help="bound on each stage of the candidate (default 60)")
-    e.add_argument("--param", type=_param, action="append", default=[], metavar="NAME=VALUE",
-                   help="a SEARCH_SPACE choice to inject (default: the first of each list)")
+    e.add_argument(
+        "--device",
+        choices=["auto", "cpu", "cuda"],
+        default=None,
+        help="where to run (default: auto = CUDA if a GPU is visible)",
+    )
+    e.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        metavar="SECONDS",
+        help="bound on each stage of the candidate (default 60)",
+    )
+    e.add_argument(
+        "--param",
+        type=_param,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a SEARCH_SPACE choice to inject (default: the first of each list)",
+    )
     e.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
     d = sub.add_parser("demo", help="evaluate the shipped example candidates")
     d.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
@@ -87,10 +106,14 @@ def cmd_demo(args: argparse.Namespace) -> int:
     from services.report import render
 
     if not EXAMPLES.is_dir():
-        raise KernelmapError(f"the shipped examples are not at {EXAMPLES}: run from a source checkout")
+        raise KernelmapError(
+            f"the shipped examples are not at {EXAMPLES}: run from a source checkout"
+        )
     config = Settings().eval_config(device=args.device)
     with Evaluator(config) as ev:
-        _progress(f"kernelmap demo: {len(DEMO)} candidates for the softmax example on {ev.device.type}")
+        _progress(
+            f"kernelmap demo: {len(DEMO)} candidates for the softmax example on {ev.device.type}"
+        )
         for i, (task, cand) in enumerate(DEMO, 1):
             _progress(f"[{i}/{len(DEMO)}] evaluating {cand} ...")
             result = ev.evaluate(EXAMPLES / task, EXAMPLES / cand)

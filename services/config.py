@@ -16,7 +16,9 @@ class Settings(BaseSettings):
 
     model_config = SettingsConfigDict(env_prefix="KERNELMAP_", extra="ignore")
 
-    data_dir: Path = Field(default=Path.home() / ".kernelmap", description="Where kernelmap keeps its data")
+    data_dir: Path = Field(
+        default=Path.home() / ".kernelmap", description="Where kernelmap keeps its data"
+    )
     device: Literal["auto", "cpu", "cuda"] = "auto"
     timeout_s: float = Field(default=60.0, gt=0, description="Bound on each stage of a candidate")
     trials: int = Field(default=5, ge=5)
@@ -26,8 +28,13 @@ class Settings(BaseSettings):
 
     def eval_config(self, **overrides: Any) -> EvalConfig:
         """The evaluator's configuration, with command-line ``overrides`` applied."""
-        base = {"device": self.device, "timeout_s": self.timeout_s, "trials": self.trials,
-                "samples": self.samples, "compile_baseline": self.compile_baseline,
-                "memory_limit_mb": self.memory_limit_mb}
+        base = {
+            "device": self.device,
+            "timeout_s": self.timeout_s,
+            "trials": self.trials,
+            "samples": self.samples,
+            "compile_baseline": self.compile_baseline,
+            "memory_limit_mb": self.memory_limit_mb,
+        }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return EvalConfig(**base)

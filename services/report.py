@@ -11,8 +11,10 @@ def _stats(name: str, s: Stats | None) -> str:
     if s is None:
         return f"  {name:<10} not measured"
     lo, hi = s.ci95_ms
-    return (f"  {name:<10} median {s.median_ms:.4g} ms   IQR {s.iqr_ms:.3g} ms"
-            f"   95% CI [{lo:.4g}, {hi:.4g}]   n={s.n}")
+    return (
+        f"  {name:<10} median {s.median_ms:.4g} ms   IQR {s.iqr_ms:.3g} ms"
+        f"   95% CI [{lo:.4g}, {hi:.4g}]   n={s.n}"
+    )
 
 
 def _speedup(x: float | None) -> str:
@@ -31,12 +33,16 @@ def render(result: EvalResult, title: str = "") -> str:
     tag = "correct" if result.correct else "not accepted"
     lines.append(f"verdict   {result.verdict.value} ({tag})")
     hw = result.hardware
-    lines.append(f"device    {result.device} ({hw.get('name', '?')}; torch {hw.get('torch')},"
-                 f" triton {hw.get('triton')})")
+    lines.append(
+        f"device    {result.device} ({hw.get('name', '?')}; torch {hw.get('torch')},"
+        f" triton {hw.get('triton')})"
+    )
     if result.params:
         lines.append("params    " + ", ".join(f"{k}={v}" for k, v in result.params.items()))
-    lines.append(f"speedup   vs eager {_speedup(result.speedup_vs_eager)}"
-                 f"   vs torch.compile {_speedup(result.speedup_vs_compile)}")
+    lines.append(
+        f"speedup   vs eager {_speedup(result.speedup_vs_eager)}"
+        f"   vs torch.compile {_speedup(result.speedup_vs_compile)}"
+    )
     t = result.timing
     if t is not None:
         lines.append(f"timing    ({t.method})")
