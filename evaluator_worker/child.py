@@ -64,6 +64,10 @@ class Child:
         torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
         if self.cuda:
             torch.cuda.set_device(self.device)
+        else:
+            # One intra-op thread: the candidate and baseline processes then time the same way,
+            # and OpenMP spin-waits cannot turn a busy neighbour core into a 100x slowdown.
+            torch.set_num_threads(1)
         t0 = time.perf_counter()
         self.task = import_file(req["task_path"], "kernelmap_task")
         init, ref = inputs.build_reference(
@@ -232,6 +236,15 @@ class Child:
         r["warmup_calls"], r["warmup_s"] = warm, warm_s
         return r
 
+    def batch(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Run ``n`` calls back to back over the pool; the judge times the whole request."""
+        variant, pool = req["variant"], self._pool(req["pool"])
+        for i in range(int(req["n"])):
+            self._forward_fast(variant, pool[i % len(pool)])
+        if self.cuda:
+            torch.cuda.synchronize()
+        return {"done": True}
+
     def _forward_fast(self, variant: str, x: list[Any]) -> Any:
         with torch.no_grad():
             return self.models[variant](*x)
@@ -292,6 +305,7 @@ def serve(sock: socket.socket, sandbox: dict[str, Any]) -> int:
         "last_output": child.last_output,
         "profile": child.profile,
         "features": child.features,
+        "batch": child.batch,
     }
     while True:
         try:
@@ -310,7 +324,7 @@ def serve(sock: socket.socket, sandbox: dict[str, Any]) -> int:
                 text = f"line {line}: {text}" if line else text
             reply = {"error": {"kind": kind, "message": text}}
         try:
-            protocol.send(sock, reply)
+            protocol.send(sock, reply, cuda_ipc=bool(req.get("ipc", True)))
         except protocol.ProtocolError as e:
             protocol.send(
                 sock, {"error": {"kind": "RUNTIME_ERROR", "message": f"cannot report: {e}"}}

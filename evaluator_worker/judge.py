@@ -38,6 +38,7 @@ INTERPRETED = (
 )
 ASYNC_RATIO = 2.0
 ASYNC_MIN_MS = 0.02
+REMEASURE_MS = 50.0
 
 
 def resolve_device(device: str) -> torch.device:
@@ -232,6 +233,7 @@ class _Run:
         self.rng = random.SystemRandom()
         self.init_seed, self.param_seed = self.rng.getrandbits(62), self.rng.getrandbits(62)
         self.procs: list[CandidateProcess] = []
+        self.base: CandidateProcess | None = None
 
     def close(self) -> None:
         for p in self.procs:
@@ -279,6 +281,7 @@ class _Run:
         t1 = time.monotonic()
         reference = correctness.Reference(self.task, self.init_seed, self.param_seed, self.device)
         specs = correctness.plan(self.task, cfg.trials, self.rng)
+        cand.stage("correctness", cfg.timeout_s)
         checked = correctness.run_trials(
             cand, reference, specs, self.rng, cfg.timeout_s, res.messages
         )
@@ -288,6 +291,7 @@ class _Run:
         if self.interpret:
             # Two passes over a pool refilled in place in between: a cache keyed by object
             # identity or shape then returns a stale output, which the re-check catches.
+            cand.stage("repeated calls", cfg.timeout_s)
             for _ in range(2):
                 pool = self._new_pool(2)
                 cand.request(
@@ -305,6 +309,7 @@ class _Run:
             res.messages.append(INTERPRETED)
             stages["measure_s"] = time.monotonic() - t2
             return
+        cand.stage("timing", cfg.timeout_s)
         timing, pool = self._measure(cand)
         stages["measure_s"] = time.monotonic() - t2
         self._recheck_last(cand, reference, pool)
@@ -312,6 +317,50 @@ class _Run:
         self._score(timing)
         if self.device.type == "cuda":
             self._gpu_checks(cand, reference, pool, timing)
+        if res.verdict == Verdict.QUARANTINE:
+            self._remeasure(cand, pool, timing)
+
+    def _remeasure(self, cand: CandidateProcess, pool: list[dict[str, Any]], t: Timing) -> None:
+        """Re-measure a > 10x claim with the judge's own clock around batches of calls.
+
+        The candidate process reports no timing here: the judge times whole requests of
+        back-to-back calls (one sync at the end) for the candidate and for eager, so timers
+        inside the candidate process play no part. The claim stands if this speedup is at
+        least half the event-timed one.
+        """
+        res = self.result
+        if t.eager is None:
+            return
+        ratios = []
+        for _ in range(3):
+            per_call = {}
+            for proc, variant, med in (
+                (cand, "candidate", t.candidate.median_ms),
+                (self.base, "eager", t.eager.median_ms),
+            ):
+                n = int(min(2000, max(10, math.ceil(REMEASURE_MS / max(med, 1e-4)))))
+                t0 = time.monotonic()
+                proc.request(
+                    {"op": "batch", "variant": variant, "pool": pool, "n": n},
+                    self.cfg.timeout_s,
+                    f"re-measuring {variant}",
+                )
+                per_call[variant] = (time.monotonic() - t0) / n
+            ratios.append(per_call["eager"] / per_call["candidate"])
+        independent = sorted(ratios)[1]
+        res.features["independent_speedup_vs_eager"] = independent
+        claimed = res.speedup_vs_eager or 0.0
+        if independent >= 0.5 * claimed:
+            res.verdict = Verdict.OK
+            res.messages.append(
+                f"the {claimed:.1f}x speedup was confirmed by an independent re-measure"
+                f" (judge-side wall clock over batches of calls: {independent:.1f}x)"
+            )
+        else:
+            res.messages.append(
+                f"an independent re-measure (judge-side wall clock over batches of calls) gives"
+                f" only {independent:.1f}x: the event timings are not trusted"
+            )
 
     def _pool_size(self, per_round: int) -> int:
         """Input sets per round: distinct inputs for every call of a round where memory allows.
@@ -334,6 +383,8 @@ class _Run:
             cfg.compile_baseline == "auto" and self.device.type == "cuda"
         )
         base, _ = self._setup("baseline", False, compile=want_compile)
+        self.base = base
+        base.stage("timing", cfg.timeout_s * (2 if want_compile else 1))
         procs = {"candidate": cand, "eager": base}
         if want_compile:
             procs["compile"] = base
@@ -495,7 +546,8 @@ class _Run:
             )
             return
         xs = inputs.generate(self.task.module, inputs.InputSpec.from_dict(pool[0]), self.device)
-        out = reference.model(*xs)
+        with torch.no_grad():
+            out = reference.model(*xs)
         nbytes = inputs.nbytes(xs) + inputs.nbytes(out)
         flops = floor.count_flops(reference.model, xs)
         t.floor_ms, t.floor_basis = floor.floor_ms(

@@ -36,22 +36,40 @@ class CandidateProcess:
         self.pid, self.sock, self.capture = zygote.spawn(sandbox)
         self.spawn_s = time.monotonic() - t0
         self.alive = True
+        self.ipc = True
+        self.stage_name = ""
+        self.stage_left: float | None = None
+
+    def stage(self, name: str, budget_s: float) -> None:
+        """Start a stage: its requests together may take at most ``budget_s`` seconds."""
+        self.stage_name, self.stage_left = name, budget_s
 
     def request(self, msg: dict[str, Any], timeout_s: float, what: str) -> dict[str, Any]:
-        """Send ``msg`` and wait for the reply; raises :class:`Failure` on any failure."""
+        """Send ``msg`` and wait for the reply; raises :class:`Failure` on any failure.
+
+        The wait is bounded by ``timeout_s`` and by what is left of the current stage.
+        """
         if not self.alive:
             raise Failure(Verdict.RUNTIME_ERROR, f"{what}: the candidate process is gone")
-        deadline = time.monotonic() + timeout_s
+        limit = timeout_s if self.stage_left is None else min(timeout_s, self.stage_left)
+        t0 = time.monotonic()
         try:
-            protocol.send(self.sock, msg, cuda_ipc=False)
-            reply = protocol.recv(self.sock, deadline)
+            protocol.send(self.sock, {**msg, "ipc": self.ipc}, cuda_ipc=False)
+            reply = protocol.recv(self.sock, t0 + max(limit, 0.0))
         except protocol.PeerTimeout:
             self.kill()
+            stage = f" (the {self.stage_name} stage's limit)" if self.stage_name else ""
             raise Failure(
                 Verdict.TIMEOUT,
-                f"{what} did not finish within {timeout_s:g} s;"
+                f"{what} did not finish within {timeout_s:g} s{stage};"
                 " the candidate process group was killed",
             ) from None
+        except protocol.CudaHandleError:
+            if not self.ipc:
+                raise
+            # CUDA IPC is unavailable on this host: ask again, with the tensors as bytes.
+            self.ipc = False
+            return self.request(msg, timeout_s, what)
         except protocol.ProtocolError as e:
             self.kill()
             verdict = DIED.get(msg.get("op", ""), Verdict.RUNTIME_ERROR)
@@ -60,6 +78,9 @@ class CandidateProcess:
                 f"{what}: the candidate process died or exited ({e});"
                 f" its exit code proves nothing{self._tail()}",
             ) from None
+        finally:
+            if self.stage_left is not None:
+                self.stage_left -= time.monotonic() - t0
         if not isinstance(reply, dict):
             self.kill()
             raise Failure(Verdict.RUNTIME_ERROR, f"{what}: malformed reply from the candidate")

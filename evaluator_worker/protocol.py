@@ -45,6 +45,10 @@ class PeerTimeout(ProtocolError):
     """No complete message arrived before the deadline."""
 
 
+class CudaHandleError(ProtocolError):
+    """A CUDA IPC handle could not be opened (the message itself was read completely)."""
+
+
 def dtype_name(dtype: torch.dtype) -> str:
     """Wire name of a dtype; raises ``ProtocolError`` for dtypes we do not carry."""
     try:
@@ -155,7 +159,7 @@ def _open_cuda_handle(h: dict[str, Any]) -> torch.Tensor:
             bool(h["event_sync"]),
         )
     except (KeyError, TypeError, ValueError, RuntimeError) as e:
-        raise ProtocolError(f"bad CUDA handle: {e}") from e
+        raise CudaHandleError(f"bad CUDA handle: {e}") from e
     extent = h["storage_offset"] + sum((s - 1) * st for s, st in zip(shape, stride, strict=True))
     if 0 not in shape and (extent + 1) * dtype.itemsize > storage.nbytes():
         raise ProtocolError("CUDA tensor view exceeds its storage")

@@ -31,14 +31,11 @@ def _unshare_net() -> str | None:
 
 
 def _limit(which: int, value: int) -> None:
-    try:
-        resource.setrlimit(which, (value, value))
-    except (ValueError, OSError):
-        soft, hard = resource.getrlimit(which)
-        if hard == resource.RLIM_INFINITY or value < hard:
-            resource.setrlimit(
-                which, (min(value, hard) if hard != resource.RLIM_INFINITY else value, hard)
-            )
+    """Lower both limits to ``value`` (never raising a hard limit the host already set)."""
+    _soft, hard = resource.getrlimit(which)
+    if hard != resource.RLIM_INFINITY:
+        value = min(value, hard)
+    resource.setrlimit(which, (value, value))
 
 
 def enter(opts: dict[str, Any], capture_fd: int) -> dict[str, Any]:
