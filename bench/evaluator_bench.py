@@ -262,7 +262,7 @@ def ln_norm_kernel(
     means = tl.load(mean_ptr + row * n_chunks + ks, mask=kmask, other=0.0)
     m2s = tl.load(m2_ptr + row * n_chunks + ks, mask=kmask, other=0.0)
     counts = tl.where(kmask, tl.minimum(CHUNK, N - ks * CHUNK), 0).to(tl.float32)
-    n_f = N.to(tl.float32)
+    n_f = N * 1.0  # also right if Triton specialised N == 1 to a constant
     mean = tl.sum(counts * means, axis=0) / n_f
     dm = tl.where(kmask, means - mean, 0.0)
     var = tl.sum(m2s + counts * dm * dm, axis=0) / n_f
@@ -425,7 +425,7 @@ def select(cases: list[Case], only: str | None) -> list[Case]:
     patterns = [p.strip() for p in only.split(",") if p.strip()]
     unknown = [p for p in patterns if not any(fnmatch.fnmatchcase(c.name, p) for c in cases)]
     if unknown:
-        raise SystemExit(f"--only: no case matches {unknown}; see --list")
+        raise ValueError(f"--only: no case matches {unknown}; see --list")
     return [c for c in cases if any(fnmatch.fnmatchcase(c.name, p) for p in patterns)]
 
 
@@ -768,7 +768,11 @@ def main(argv: list[str] | None = None) -> int:
             flags += [] if c.gate else ["gate off"]
             print(f"{c.name:<40} {'|'.join(sorted(c.expected)):<26} {', '.join(flags)}")
         return 0
-    cases = select(cases, args.only)
+    try:
+        cases = select(cases, args.only)
+    except ValueError as e:
+        print(f"evaluator_bench: {e}", file=sys.stderr)
+        return 2
     if args.device == "cuda" and not torch.cuda.is_available():
         print(
             "evaluator_bench: no CUDA GPU is visible (torch.cuda.is_available() is False);"

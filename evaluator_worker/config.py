@@ -43,6 +43,10 @@ class EvalConfig:
         A median below ``floor * floor_margin`` is ``IMPOSSIBLE``.
     static_gate:
         Apply the AST static gate. Only tests of the sandbox's defence in depth turn it off.
+    time_interpreted, interpreter_samples:
+        Also time Triton candidates running in the CPU interpreter (with this many samples),
+        for searches on machines without a GPU. The result is ``cpu_interpreter_ratio``, never
+        a speedup.
     """
 
     device: Device = "auto"
@@ -59,6 +63,8 @@ class EvalConfig:
     quarantine_factor: float = 10.0
     floor_margin: float = 0.9
     static_gate: bool = True
+    time_interpreted: bool = False
+    interpreter_samples: int = 20
 
     def __post_init__(self) -> None:
         if self.trials < 5:

@@ -70,6 +70,7 @@ class EvalResult:
     hardware: dict[str, Any] = dataclasses.field(default_factory=dict)
     stages_s: dict[str, float] = dataclasses.field(default_factory=dict)
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
+    cpu_interpreter_ratio: float | None = None
 
     @property
     def correct(self) -> bool:
@@ -90,4 +91,5 @@ class EvalResult:
             "hardware": self.hardware,
             "stages_s": self.stages_s,
             "params": self.params,
+            "cpu_interpreter_ratio": self.cpu_interpreter_ratio,
         }
