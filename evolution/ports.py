@@ -12,6 +12,10 @@ from typing import Any, Protocol
 
 from evolution.candidate import CandidateSpec
 
+OTHER_RUN = "evaluated_for_another_run"
+"""Key :meth:`Store.evaluated` sets to True on a result that another run's job produced (this
+run proposed a duplicate and learned it for free): it is not counted against this run's budget."""
+
 
 @dataclasses.dataclass(frozen=True)
 class Job:
@@ -118,5 +122,6 @@ class Store(Protocol):
         ...
 
     def evaluated(self) -> list[tuple[int, CandidateSpec, dict[str, Any]]]:
-        """Every evaluated candidate of this run with its result (rebuilds the archive)."""
+        """Every evaluation of the candidates this run proposed, in the order they were stored
+        (re-measures included), to rebuild the archive; see :data:`OTHER_RUN`."""
         ...

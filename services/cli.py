@@ -10,16 +10,9 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from pathlib import Path
 from typing import Any, NoReturn
 
 from evaluator_worker.errors import KernelmapError
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-DEMO = [
-    ("softmax/task.py", c)
-    for c in ("softmax/triton_softmax.py", "softmax/torch_softmax.py", "softmax/wrong_softmax.py")
-]
 
 
 class UsageError(KernelmapError):
@@ -72,8 +65,54 @@ def build_parser() -> argparse.ArgumentParser:
         help="a SEARCH_SPACE choice to inject (default: the first of each list)",
     )
     e.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
-    d = sub.add_parser("demo", help="evaluate the shipped example candidates")
+    d = sub.add_parser("demo", help="a short search on the shipped softmax example")
     d.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    d.add_argument("--budget", type=int, default=None, help="evaluations (default 12)")
+
+    r = sub.add_parser("run", help="search for fast kernels for a task (MAP-Elites)")
+    r.add_argument("task", nargs="?", help="task file (not needed with --resume)")
+    r.add_argument(
+        "--seed-candidate",
+        action="append",
+        default=[],
+        metavar="FILE",
+        help="a starting candidate (repeatable); SEARCH_SPACE seeds are searched",
+    )
+    r.add_argument("--budget", type=int, default=30, help="evaluations to spend (default 30)")
+    r.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
+    r.add_argument("--workers", type=int, default=None, help="local evaluation processes")
+    r.add_argument(
+        "--dims",
+        default=None,
+        metavar="NAME[:BINS],...",
+        help="1-3 descriptor dimensions (default per device)",
+    )
+    r.add_argument("--db", default=None, metavar="URL", help="database URL (default: SQLite)")
+    r.add_argument(
+        "--resume", type=int, default=None, metavar="RUN_ID", help="continue an interrupted run"
+    )
+    r.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+    ls = sub.add_parser("runs", help="list runs")
+    ls.add_argument("--db", default=None, metavar="URL")
+    ls.add_argument("--json", action="store_true")
+
+    sh = sub.add_parser("show", help="print a run's archive as a table")
+    sh.add_argument("run_id", type=int)
+    sh.add_argument("--db", default=None, metavar="URL")
+    sh.add_argument("--json", action="store_true")
+
+    ex = sub.add_parser("export", help="write a standalone candidate file from a run")
+    ex.add_argument("run_id", type=int)
+    which = ex.add_mutually_exclusive_group(required=True)
+    which.add_argument("--best", action="store_true", help="the run's best elite")
+    which.add_argument("--candidate", type=int, metavar="ID", help="a candidate of the run")
+    ex.add_argument("-o", "--output", required=True, metavar="FILE")
+    ex.add_argument("--db", default=None, metavar="URL")
+
+    dbp = sub.add_parser("db", help="database maintenance")
+    dbp.add_argument("action", choices=["upgrade"], help="apply migrations")
+    dbp.add_argument("--db", default=None, metavar="URL")
     return p
 
 
@@ -100,33 +139,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    from evaluator_worker.judge import Evaluator
-    from services.config import Settings
-    from services.report import render
-
-    if not EXAMPLES.is_dir():
-        raise KernelmapError(
-            f"the shipped examples are not at {EXAMPLES}: run from a source checkout"
-        )
-    config = Settings().eval_config(device=args.device)
-    with Evaluator(config) as ev:
-        _progress(
-            f"kernelmap demo: {len(DEMO)} candidates for the softmax example on {ev.device.type}"
-        )
-        for i, (task, cand) in enumerate(DEMO, 1):
-            _progress(f"[{i}/{len(DEMO)}] evaluating {cand} ...")
-            result = ev.evaluate(EXAMPLES / task, EXAMPLES / cand)
-            print(render(result, f"== examples/{cand} against examples/{task}"), flush=True)
-            print(flush=True)
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kernelmap`` console script."""
     try:
         args = build_parser().parse_args(argv)
-        return {"eval": cmd_eval, "demo": cmd_demo}[args.command](args)
+        from services import commands
+
+        handlers = {
+            "eval": cmd_eval,
+            "demo": commands.cmd_demo,
+            "run": commands.cmd_run,
+            "runs": commands.cmd_runs,
+            "show": commands.cmd_show,
+            "export": commands.cmd_export,
+            "db": commands.cmd_db,
+        }
+        return handlers[args.command](args)
     except KernelmapError as e:
         print(f"kernelmap: error: {e}", file=sys.stderr)
         return 2

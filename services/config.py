@@ -25,6 +25,9 @@ class Settings(BaseSettings):
     samples: int = Field(default=100, ge=100)
     compile_baseline: Literal["auto", "always", "never"] = "auto"
     memory_limit_mb: int = Field(default=16384, gt=0)
+    database_url: str | None = Field(
+        default=None, description="SQLAlchemy URL; default: SQLite in the data directory"
+    )
 
     def eval_config(self, **overrides: Any) -> EvalConfig:
         """The evaluator's configuration, with command-line ``overrides`` applied."""

@@ -1,0 +1,238 @@
+"""The database schema: SQLAlchemy 2 declarative models (the migrations mirror them).
+
+Fields that lists and filters use are real, indexed columns; the rest of what the evaluator
+and the search report is kept whole in JSON columns (JSONB on PostgreSQL). Timestamps are
+timezone-aware UTC on every backend.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+RUN_STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
+#: A run in one of these has ended; ``finished_at`` is set.
+TERMINAL_STATUSES = ("finished", "failed", "cancelled", "interrupted")
+JOB_STATUSES = ("dispatched", "done", "lost")
+
+# Deterministic constraint names on every backend (SQLite batch migrations need names).
+NAMING_CONVENTION = {
+    "ix": "ix_%(table_name)s_%(column_0_N_name)s",
+    "uq": "uq_%(table_name)s_%(column_0_N_name)s",
+    "ck": "ck_%(table_name)s_%(constraint_name)s",
+    "fk": "fk_%(table_name)s_%(column_0_name)s_%(referred_table_name)s",
+    "pk": "pk_%(table_name)s",
+}
+
+#: JSON on SQLite, JSONB on PostgreSQL; Python None is stored as SQL NULL.
+JSONDoc = sa.JSON(none_as_null=True).with_variant(JSONB(none_as_null=True), "postgresql")
+
+
+def utcnow() -> dt.datetime:
+    """The current time, timezone-aware UTC."""
+    return dt.datetime.now(dt.UTC)
+
+
+class UTCDateTime(sa.TypeDecorator[dt.datetime]):
+    """``TIMESTAMP WITH TIME ZONE``; always returns aware UTC (SQLite stores no zone)."""
+
+    impl = sa.DateTime(timezone=True)
+    cache_ok = True
+
+    def process_bind_param(self, value: dt.datetime | None, dialect: sa.Dialect) -> Any:
+        if value is None:
+            return None
+        if value.tzinfo is None:
+            value = value.replace(tzinfo=dt.UTC)
+        value = value.astimezone(dt.UTC)
+        return value.replace(tzinfo=None) if dialect.name == "sqlite" else value
+
+    def process_result_value(self, value: Any, dialect: sa.Dialect) -> dt.datetime | None:
+        if value is None:
+            return None
+        return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
+
+
+class Base(DeclarativeBase):
+    """Declarative base; its ``metadata`` is Alembic's target."""
+
+    metadata = sa.MetaData(naming_convention=NAMING_CONVENTION)
+    type_annotation_map = {dt.datetime: UTCDateTime(), dict[str, Any]: JSONDoc}
+
+
+def _created() -> Mapped[dt.datetime]:
+    return mapped_column(default=utcnow)
+
+
+class Task(Base):
+    """A kernel task file as submitted (KernelBench format), with what validation found.
+
+    ``meta`` holds the task's settings (``ATOL``, ``RTOL``, dtype, number of shapes...),
+    ``validation`` the report of loading and running the reference.
+    """
+
+    __tablename__ = "tasks"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text)
+    source: Mapped[str] = mapped_column(sa.Text)
+    source_sha256: Mapped[str] = mapped_column(sa.String(64), index=True)
+    meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    validation: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    created_at: Mapped[dt.datetime] = _created()
+
+
+class Run(Base):
+    """One search on a task: its configuration, lifecycle and the state needed to resume.
+
+    ``config`` holds emitters, descriptor dimensions, device, workers...; ``archive_state``
+    what rebuilding the archive needs beyond the elites (e.g. CVT centroids).
+    """
+
+    __tablename__ = "runs"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(sa.ForeignKey("tasks.id"), index=True)
+    config: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    status: Mapped[str] = mapped_column(sa.String(16), index=True, default="queued")
+    budget: Mapped[int]
+    seed: Mapped[int] = mapped_column(sa.BigInteger)  # numpy seeds reach 2**32 - 1
+    device: Mapped[str] = mapped_column(sa.String(64))
+    objective_label: Mapped[str] = mapped_column(sa.String(32))
+    created_at: Mapped[dt.datetime] = _created()
+    started_at: Mapped[dt.datetime | None]
+    finished_at: Mapped[dt.datetime | None]
+    archive_state: Mapped[dict[str, Any] | None]
+    error: Mapped[str | None] = mapped_column(sa.Text)
+
+
+class Candidate(Base):
+    """A distinct candidate kernel of a task: source plus parameters, stored once per task.
+
+    ``key_sha256`` is :func:`evolution.candidate.candidate_key` (normalised source and
+    parameters); ``source_sha256`` the sha256 of the normalised source alone, shared by every
+    parameter choice of one kernel. ``run_id`` is the run that first proposed it.
+    """
+
+    __tablename__ = "candidates"
+    __table_args__ = (sa.UniqueConstraint("task_id", "key_sha256"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    task_id: Mapped[int] = mapped_column(sa.ForeignKey("tasks.id"))
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id"), index=True)
+    source: Mapped[str] = mapped_column(sa.Text)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    key_sha256: Mapped[str] = mapped_column(sa.String(64))
+    source_sha256: Mapped[str] = mapped_column(sa.String(64), index=True)
+    emitter: Mapped[str] = mapped_column(sa.String(64))
+    parent_ids: Mapped[list[int]] = mapped_column(JSONDoc, default=list)
+    label: Mapped[str] = mapped_column(sa.Text, default="")
+    genome: Mapped[list[float] | None] = mapped_column(JSONDoc)
+    created_at: Mapped[dt.datetime] = _created()
+
+
+class Proposal(Base):
+    """One candidate proposed by one of a run's emitters; duplicates are recorded too."""
+
+    __tablename__ = "proposals"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id"), index=True)
+    candidate_id: Mapped[int] = mapped_column(sa.ForeignKey("candidates.id"), index=True)
+    emitter: Mapped[str] = mapped_column(sa.String(64))
+    duplicate: Mapped[bool]
+    created_at: Mapped[dt.datetime] = _created()
+
+
+class Job(Base):
+    """An evaluation sent to a worker, under its job id (``dispatched``, ``done``, ``lost``)."""
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id"), index=True)
+    candidate_id: Mapped[int] = mapped_column(sa.ForeignKey("candidates.id"), index=True)
+    status: Mapped[str] = mapped_column(sa.String(16), default="dispatched")
+    worker: Mapped[str | None] = mapped_column(sa.Text)
+    created_at: Mapped[dt.datetime] = _created()
+    finished_at: Mapped[dt.datetime | None]
+
+
+class Evaluation(Base):
+    """What the evaluator reported for a candidate (``result`` is its whole result dict).
+
+    ``job_id`` is unique (a job is ingested once) and NULL for candidates the static gate
+    refused before any job. ``objective`` and ``objective_label`` are those of
+    :func:`evolution.candidate.outcome_from_result`; ``duration_s`` the evaluation's total.
+    """
+
+    __tablename__ = "evaluations"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    candidate_id: Mapped[int] = mapped_column(sa.ForeignKey("candidates.id"), index=True)
+    job_id: Mapped[str | None] = mapped_column(sa.String(64), sa.ForeignKey("jobs.id"), unique=True)
+    verdict: Mapped[str] = mapped_column(sa.String(32), index=True)
+    correct: Mapped[bool]
+    objective: Mapped[float | None]
+    objective_label: Mapped[str | None] = mapped_column(sa.String(32))
+    speedup_vs_eager: Mapped[float | None]
+    speedup_vs_compile: Mapped[float | None]
+    messages: Mapped[list[str]] = mapped_column(JSONDoc, default=list)
+    timing: Mapped[dict[str, Any] | None]
+    features: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    hardware: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    params: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    worker: Mapped[str | None] = mapped_column(sa.Text)
+    duration_s: Mapped[float | None]
+    result: Mapped[dict[str, Any]]
+    created_at: Mapped[dt.datetime] = _created()
+
+
+class Elite(Base):
+    """A candidate holding an archive cell of a run, from when it won the cell until replaced.
+
+    The current elites of a run are its rows with ``replaced_at`` NULL, at most one per cell
+    (a partial unique index enforces it).
+    """
+
+    __tablename__ = "elites"
+    __table_args__ = (
+        sa.Index(
+            "ix_elites_current_cell",
+            "run_id",
+            "cell",
+            unique=True,
+            sqlite_where=sa.text("replaced_at IS NULL"),
+            postgresql_where=sa.text("replaced_at IS NULL"),
+        ),
+    )
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id"), index=True)
+    cell: Mapped[int]
+    candidate_id: Mapped[int] = mapped_column(sa.ForeignKey("candidates.id"), index=True)
+    objective: Mapped[float]
+    measures: Mapped[list[float]] = mapped_column(JSONDoc)
+    created_at: Mapped[dt.datetime] = _created()
+    replaced_at: Mapped[dt.datetime | None]
+
+
+class RunStat(Base):
+    """A point on a run's progress curves (see :class:`evolution.ports.RunStats`)."""
+
+    __tablename__ = "run_stats"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id"), index=True)
+    evaluations: Mapped[int]
+    elites: Mapped[int]
+    coverage: Mapped[float]
+    qd_score: Mapped[float]
+    best_objective: Mapped[float | None]
+    best_candidate_id: Mapped[int | None] = mapped_column(sa.ForeignKey("candidates.id"))
+    verdicts: Mapped[dict[str, int]] = mapped_column(JSONDoc, default=dict)
+    created_at: Mapped[dt.datetime] = _created()

@@ -1,0 +1,266 @@
+"""In-memory stand-ins for the search's ports, for tests and the overhead benchmark.
+
+- :class:`MemoryStore`: a :class:`~evolution.ports.Store` in dictionaries (idempotent
+  ingestion, duplicate detection by :attr:`CandidateSpec.key`, ``pending``/``evaluated``).
+- :class:`FakeDispatcher`: a :class:`~evolution.ports.Dispatcher` that evaluates a job with a
+  function at once and delivers results in random order, some of them twice.
+- :func:`fake_result`: a result dict shaped like the evaluator's ``EvalResult.to_dict()``,
+  computed from the candidate's params with a deterministic "speed" function.
+
+Nothing here touches a GPU, a queue or a database.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from evolution.candidate import CandidateSpec
+from evolution.ports import Job, JobResult, Proposal, RunStats
+
+EAGER_MS = 1.0
+COMPILE_MS = 0.8
+
+
+def _stats(median_ms: float, rel_iqr: float) -> dict[str, Any]:
+    return {
+        "median_ms": median_ms,
+        "iqr_ms": median_ms * rel_iqr,
+        "ci95_ms": [median_ms * (1 - rel_iqr), median_ms * (1 + rel_iqr)],
+        "mean_ms": median_ms,
+        "min_ms": median_ms * (1 - rel_iqr),
+        "n": 50,
+    }
+
+
+def fake_result(
+    params: dict[str, Any],
+    candidate_ms: float,
+    *,
+    device: str = "cuda",
+    verdict: str = "OK",
+    rel_iqr: float = 0.01,
+    features: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A result dict like ``EvalResult.to_dict()`` for a candidate that ran in ``candidate_ms``.
+
+    The baselines are eager 1.0 ms and compile 0.8 ms (so the objective is
+    ``log(0.8 / candidate_ms)``); every timing has a relative IQR of ``rel_iqr``. GPU features
+    are derived from ``params`` (``BLOCK``, ``num_warps``) unless ``features`` is given. A
+    verdict other than OK carries no timing.
+    """
+    timed = verdict == "OK"
+    if features is None:
+        block = int(params.get("BLOCK", 256))
+        warps = int(params.get("num_warps", 4))
+        features = {"uses_triton": True, "uses_cupy": False, "custom_kernels": ["k"]}
+        if device == "cuda":
+            features.update(
+                n_regs=min(255, 16 + block // 16),
+                n_spills=0,
+                shared_bytes=block * 4,
+                num_warps=warps,
+                num_stages=2,
+                tensor_cores=False,
+                vector_load_v4=block >= 512,
+                kernel_count=1,
+                floor_fraction=min(1.0, 0.05 / candidate_ms) if timed else None,
+            )
+    timing = None
+    if timed:
+        timing = {
+            "device": device,
+            "method": "cuda-events+l2-flush" if device == "cuda" else "cpu-perf-counter",
+            "candidate": _stats(candidate_ms, rel_iqr),
+            "eager": _stats(EAGER_MS, rel_iqr),
+            "compile": _stats(COMPILE_MS, rel_iqr),
+            "candidate_synced": None,
+            "floor_ms": 0.05,
+            "floor_basis": "memory",
+        }
+    return {
+        "verdict": verdict,
+        "correct": timed,
+        "speedup_vs_eager": EAGER_MS / candidate_ms if timed else None,
+        "speedup_vs_compile": COMPILE_MS / candidate_ms if timed else None,
+        "timing": timing,
+        "features": dict(features),
+        "messages": [] if timed else [f"fake {verdict}"],
+        "device": device,
+        "hardware": {"name": "fake"},
+        "stages_s": {"total_s": 0.0},
+        "params": dict(params),
+        "cpu_interpreter_ratio": None,
+    }
+
+
+class MemoryStore:
+    """A :class:`~evolution.ports.Store` for one run, in memory.
+
+    Attributes
+    ----------
+    specs:
+        Candidate id -> spec, for every proposed candidate.
+    results:
+        ``(job_id or None, candidate_id, result)`` in the order stored (``None``: a rejection).
+    jobs:
+        Every dispatched job, in order.
+    elite_events:
+        ``(cell, candidate_id, objective, measures, previous_id)`` per elite change.
+    stats:
+        Every recorded :class:`RunStats`.
+    ingest_calls:
+        How many times :meth:`ingest` was called (duplicates included).
+    """
+
+    def __init__(self) -> None:
+        self.specs: dict[int, CandidateSpec] = {}
+        self.keys: dict[str, int] = {}
+        self.results: list[tuple[str | None, int, dict[str, Any]]] = []
+        self.jobs: list[Job] = []
+        self.elite_events: list[tuple[int, int, float, list[float], int | None]] = []
+        self.stats: list[RunStats] = []
+        self.ingest_calls = 0
+        self._ingested: set[str] = set()
+        self._first_result: dict[int, dict[str, Any]] = {}
+
+    def propose(self, spec: CandidateSpec) -> Proposal:
+        """New id, or the existing one (with its first result, if any) for a duplicate key."""
+        key = spec.key
+        if key in self.keys:
+            cid = self.keys[key]
+            return Proposal(cid, True, self._first_result.get(cid))
+        cid = len(self.specs) + 1
+        self.keys[key] = cid
+        self.specs[cid] = spec
+        return Proposal(cid, False, None)
+
+    def reject(self, candidate_id: int, result: dict[str, Any]) -> None:
+        """Store a static-gate rejection as the candidate's evaluation."""
+        self.results.append((None, candidate_id, result))
+        self._first_result.setdefault(candidate_id, result)
+
+    def dispatched(self, job: Job) -> None:
+        """Record the job."""
+        self.jobs.append(job)
+
+    def ingest(self, job_result: JobResult) -> bool:
+        """Store the result once per job id."""
+        self.ingest_calls += 1
+        if job_result.job_id in self._ingested:
+            return False
+        self._ingested.add(job_result.job_id)
+        self.results.append((job_result.job_id, job_result.candidate_id, job_result.result))
+        self._first_result.setdefault(job_result.candidate_id, job_result.result)
+        return True
+
+    def elite_changed(
+        self,
+        cell: int,
+        candidate_id: int,
+        objective: float,
+        measures: list[float],
+        previous_id: int | None,
+    ) -> None:
+        """Record the elite change."""
+        self.elite_events.append((cell, candidate_id, objective, list(measures), previous_id))
+
+    def record_stats(self, stats: RunStats) -> None:
+        """Append a progress point."""
+        self.stats.append(stats)
+
+    def pending(self) -> list[tuple[int, CandidateSpec]]:
+        """Proposed candidates without any stored result."""
+        return [(cid, s) for cid, s in self.specs.items() if cid not in self._first_result]
+
+    def evaluated(self) -> list[tuple[int, CandidateSpec, dict[str, Any]]]:
+        """Every stored result (re-measures included) in storage order."""
+        return [(cid, self.specs[cid], r) for _, cid, r in self.results]
+
+
+class FakeDispatcher:
+    """A :class:`~evolution.ports.Dispatcher` that evaluates jobs instantly with a function.
+
+    Parameters
+    ----------
+    evaluate:
+        ``evaluate(job) -> result dict`` (e.g. built with :func:`fake_result`).
+    capacity:
+        Jobs in flight at once.
+    seed:
+        With a seed, each poll returns a random non-empty subset of the finished jobs in random
+        order; without, all of them in submission order.
+    redeliver:
+        Probability per poll of delivering an already delivered result again (at-least-once).
+    """
+
+    def __init__(
+        self,
+        evaluate: Callable[[Job], dict[str, Any]],
+        capacity: int = 4,
+        *,
+        seed: int | None = None,
+        redeliver: float = 0.0,
+    ) -> None:
+        self.evaluate = evaluate
+        self._capacity = int(capacity)
+        self._rng = np.random.default_rng(seed) if seed is not None else None
+        self.redeliver = float(redeliver)
+        self.submitted: list[Job] = []
+        self.delivered: list[JobResult] = []
+        self.redelivered = 0
+        self._pending: list[Job] = []
+        self.closed = False
+
+    @property
+    def capacity(self) -> int:
+        """Jobs that may be in flight at once."""
+        return self._capacity
+
+    @property
+    def outstanding(self) -> int:
+        """Submitted jobs not delivered yet."""
+        return len(self._pending)
+
+    def submit(self, job: Job) -> None:
+        """Queue ``job``."""
+        self.submitted.append(job)
+        self._pending.append(job)
+
+    def poll(self, timeout_s: float) -> list[JobResult]:
+        """Finished jobs (never waits: everything finishes instantly)."""
+        if self._rng is None:
+            batch, self._pending = self._pending, []
+        else:
+            batch = []
+            if self._pending:
+                k = int(self._rng.integers(1, len(self._pending) + 1))
+                order = self._rng.permutation(len(self._pending))
+                batch = [self._pending[i] for i in order[:k]]
+                chosen = set(order[:k].tolist())
+                self._pending = [j for i, j in enumerate(self._pending) if i not in chosen]
+        out = [JobResult(j.job_id, j.candidate_id, self.evaluate(j)) for j in batch]
+        if self.delivered and self._rng is not None and self._rng.random() < self.redeliver:
+            out.append(self.delivered[int(self._rng.integers(len(self.delivered)))])
+            self.redelivered += 1
+        self.delivered.extend(out)
+        return out
+
+    def close(self) -> None:
+        """Forget the jobs in flight."""
+        self._pending = []
+        self.closed = True
+
+
+def bowl_ms(params: dict[str, Any], optimum: dict[str, float] | None = None) -> float:
+    """A deterministic fake running time (ms) with one optimum over log2 of the params.
+
+    ``optimum`` maps a parameter to the log2 of its best value (default: ``BLOCK`` 1024 and
+    ``num_warps`` 8); the time grows by 15% per unit of squared distance in log2 space.
+    """
+    opt = optimum or {"BLOCK": 10.0, "num_warps": 3.0}
+    d2 = sum((math.log2(float(params.get(k, 2**v))) - v) ** 2 for k, v in opt.items())
+    return 0.4 * (1.0 + 0.15 * d2)

@@ -1,0 +1,209 @@
+"""The search commands of the CLI: ``run``, ``runs``, ``show``, ``export``, ``db``, ``demo``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from evaluator_worker.errors import KernelmapError
+from services.config import Settings
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
+
+
+def _finish(settings: Settings, db_url: str | None, run_id: int, as_json: bool) -> int:
+    from services.search import open_database
+    from services.views import archive_table, format_table, run_summary, write_report
+
+    engine, sessions = open_database(settings, db_url)
+    try:
+        with sessions() as s:
+            summary = run_summary(s, run_id)
+            report = write_report(s, run_id, settings.data_dir / "reports" / f"run_{run_id}.html")
+            elites = archive_table(s, run_id)
+    finally:
+        engine.dispose()
+    summary["report"] = str(report)
+    if as_json:
+        print(json.dumps(summary))
+        return 0
+    best = summary["best"]
+    label = summary["objective_label"]
+    print(f"run {run_id} ({summary['task']}, {summary['device']}): {summary['status']}")
+    print(
+        f"  evaluations {summary['evaluations']}/{summary['budget']}   elites {summary['elites']}"
+        f"   coverage {100 * summary['coverage']:.1f}%   QD-score {summary['qd_score']:.4g}"
+    )
+    print("  verdicts    " + ", ".join(f"{k} {v}" for k, v in sorted(summary["verdicts"].items())))
+    if best:
+        print(f"  best        candidate {best['candidate_id']}: {best['ratio']:.4g}x ({label})")
+    else:
+        print("  best        none (no correct candidate)")
+    if elites:
+        print()
+        print(
+            format_table(
+                elites[:15], ["cell", "candidate_id", "ratio", "measures", "params", "label"]
+            )
+        )
+    print()
+    print(f"report: {report}")
+    if summary["status"] == "interrupted":
+        print(f"interrupted: continue with `kernelmap run --resume {run_id}`", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """``kernelmap run``: search, then print the summary and the report's path."""
+    from services.search import ProgressLine, RunOptions, run_search
+
+    if args.task is None and args.resume is None:
+        raise KernelmapError("give a task file, or --resume RUN_ID (see kernelmap run --help)")
+    if args.task is not None and args.resume is not None:
+        raise KernelmapError("give either a task file or --resume RUN_ID, not both")
+    settings = Settings()
+    opts = RunOptions(
+        task=Path(args.task) if args.task else None,
+        seeds=[Path(p) for p in args.seed_candidate],
+        budget=args.budget,
+        device=args.device,
+        workers=args.workers,
+        db_url=args.db,
+        dims=args.dims,
+        resume=args.resume,
+    )
+    progress = ProgressLine()
+    try:
+        summary = run_search(settings, opts, on_progress=progress)
+    finally:
+        progress.done()
+    return _finish(settings, args.db, summary["run_id"], args.json)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """``kernelmap demo``: a short search on the shipped softmax example."""
+    from services.search import ProgressLine, RunOptions, run_search
+
+    if not EXAMPLES.is_dir():
+        raise KernelmapError(f"the shipped examples are not at {EXAMPLES}: run from a checkout")
+    settings = Settings()
+    task = EXAMPLES / "softmax" / "task.py"
+    seed = EXAMPLES / "softmax" / "triton_softmax_looped.py"
+    budget = args.budget or 12
+    print(
+        f"kernelmap demo: searching the schedule of {seed.name} for {task.parent.name}/"
+        f"{task.name} ({budget} evaluations)",
+        file=sys.stderr,
+    )
+    opts = RunOptions(
+        task=task,
+        seeds=[seed],
+        budget=budget,
+        device=args.device,
+        workers=min(2, os.cpu_count() or 1),
+    )
+    progress = ProgressLine()
+    try:
+        summary = run_search(settings, opts, on_progress=progress)
+    finally:
+        progress.done()
+    return _finish(settings, None, summary["run_id"], False)
+
+
+def cmd_runs(args: argparse.Namespace) -> int:
+    """``kernelmap runs``: list runs."""
+    from services.search import open_database
+    from services.views import format_table, runs_table
+
+    engine, sessions = open_database(Settings(), args.db)
+    try:
+        with sessions() as s:
+            rows = runs_table(s)
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps(rows))
+    elif rows:
+        print(
+            format_table(
+                rows,
+                [
+                    "run_id",
+                    "task",
+                    "status",
+                    "device",
+                    "evaluations",
+                    "budget",
+                    "elites",
+                    "best_ratio",
+                    "objective_label",
+                    "created_at",
+                ],
+            )
+        )
+    else:
+        print("no runs yet: start one with `kernelmap run TASK`")
+    return 0
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    """``kernelmap show RUN_ID``: the archive as a table."""
+    from services.search import open_database
+    from services.views import archive_table, format_table, run_summary
+
+    engine, sessions = open_database(Settings(), args.db)
+    try:
+        with sessions() as s:
+            summary = run_summary(s, args.run_id)
+            rows = archive_table(s, args.run_id)
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps({**summary, "archive": rows}))
+        return 0
+    print(
+        f"run {args.run_id} ({summary['task']}, {summary['status']}): {summary['elites']} elites,"
+        f" {summary['evaluations']} evaluations, objective {summary['objective_label']}"
+    )
+    print(
+        format_table(
+            rows, ["cell", "candidate_id", "ratio", "measures", "params", "label", "emitter"]
+        )
+        if rows
+        else "the archive is empty"
+    )
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """``kernelmap export``: a standalone candidate file with its parameters baked in."""
+    from services.search import open_database
+    from services.views import export_candidate
+
+    engine, sessions = open_database(Settings(), args.db)
+    try:
+        with sessions() as s:
+            info = export_candidate(
+                s, args.run_id, None if args.best else args.candidate, Path(args.output)
+            )
+    finally:
+        engine.dispose()
+    print(
+        f"wrote candidate {info['candidate_id']} ({info['verdict']}) to {info['path']}",
+        file=sys.stderr,
+    )
+    return 0
+
+
+def cmd_db(args: argparse.Namespace) -> int:
+    """``kernelmap db upgrade``: apply the migrations."""
+    from archive import db
+    from services.search import database_url
+
+    url = database_url(Settings(), args.db)
+    db.upgrade(url)
+    print(f"database at revision {db.head_revision()}", file=sys.stderr)
+    return 0

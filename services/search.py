@@ -1,0 +1,292 @@
+"""``kernelmap run`` on one machine: wires the search core to the database and a local pool.
+
+The controller (this process) owns the run's pyribs archive; a :class:`LocalPool` of evaluator
+processes evaluates; :class:`archive.run_store.RunStore` persists every proposal, job,
+evaluation, elite change and progress point as it happens, so a killed run loses at most the
+evaluations in flight and ``--resume`` continues it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import random
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from archive import db, repository
+from archive.run_store import RunStore
+from evaluator_worker import static_gate
+from evaluator_worker.errors import KernelmapError
+from evaluator_worker.judge import resolve_device
+from evaluator_worker.task import load_task
+from evolution.candidate import CandidateSpec
+from evolution.descriptors import default_dims, parse_dims
+from evolution.emitters import ParamEmitter, SeedEmitter
+from evolution.grid import MapArchive
+from evolution.loop import Progress, SearchLoop
+from services.config import Settings
+from services.local_pool import LocalPool, failure
+from services.seeds import Seed, load_seed, reference_seed
+
+RESUMABLE = {"running", "interrupted", "queued", "failed"}
+
+
+class RunError(KernelmapError):
+    """A run cannot be started or resumed (unknown id, finished run, bad options)."""
+
+
+@dataclasses.dataclass
+class RunOptions:
+    """What ``kernelmap run`` was asked to do."""
+
+    task: Path | None = None
+    seeds: list[Path] = dataclasses.field(default_factory=list)
+    budget: int = 30
+    device: str | None = None
+    workers: int | None = None
+    db_url: str | None = None
+    dims: str | None = None
+    resume: int | None = None
+
+
+def database_url(settings: Settings, override: str | None) -> str:
+    """``--db``, else ``KERNELMAP_DATABASE_URL``, else SQLite in the data directory."""
+    return override or settings.database_url or db.default_url(settings.data_dir)
+
+
+def open_database(settings: Settings, override: str | None = None):
+    """An up-to-date database: ``(engine, session_factory)``."""
+    engine = db.make_engine(database_url(settings, override))
+    db.ensure_schema(engine)
+    return engine, db.session_factory(engine)
+
+
+def _prefilter(cache: dict[str, dict | None]) -> Callable[[CandidateSpec], dict | None]:
+    def check(spec: CandidateSpec) -> dict | None:
+        key = hashlib.sha256(spec.source.encode()).hexdigest()
+        if key not in cache:
+            gate = static_gate.check_source(spec.source)
+            cache[key] = None
+            if gate.syntax_error:
+                cache[key] = failure("COMPILE_ERROR", gate.syntax_error)
+            elif not gate.ok:
+                cache[key] = failure("STATIC_REJECT", "; ".join(gate.reasons))
+        return cache[key]
+
+    return check
+
+
+def build_emitters(seeds: list[Seed], dims: list, rng_seed: int) -> list:
+    """A seed emitter for plain seeds and a parameter emitter per seed with a SEARCH_SPACE."""
+    plain = [CandidateSpec(s.source, {}, "seed", (), s.label) for s in seeds if not s.space]
+    emitters: list = []
+    if plain:
+        emitters.append(SeedEmitter(plain))
+    for i, s in enumerate(seeds):
+        if s.space:
+            emitters.append(ParamEmitter(s.source, s.space, dims, label=s.label, seed=rng_seed + i))
+    return emitters
+
+
+class ProgressLine:
+    """The progress bar on stderr: one rewritten line on a terminal, periodic lines elsewhere."""
+
+    def __init__(self, stream=sys.stderr, every_s: float = 5.0) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.every_s = every_s
+        self.last = 0.0
+        self.ended = False
+
+    def __call__(self, p: Progress) -> None:
+        verdicts = " ".join(f"{k}:{v}" for k, v in sorted(p.verdicts.items()))
+        best = "n/a" if p.best_objective is None else f"{_ratio(p.best_objective):.3g}x"
+        label = "" if p.objective_label == "gpu-speedup" else f" [{p.objective_label}]"
+        text = (
+            f"[{p.evaluations}/{p.budget}] in flight {p.in_flight}  best {best}{label}"
+            f"  elites {p.elites}  coverage {100 * p.coverage:.1f}%  {verdicts}"
+        )
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r" + text[:160].ljust(160))
+            self.stream.flush()
+        elif now - self.last >= self.every_s or (p.evaluations >= p.budget and not self.ended):
+            self.ended = p.evaluations >= p.budget
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            self.last = now
+
+    def done(self) -> None:
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()
+
+
+def _ratio(objective: float) -> float:
+    import math
+
+    return math.exp(objective)
+
+
+def run_search(
+    settings: Settings,
+    opts: RunOptions,
+    on_progress: Callable[[Progress], None] | None = None,
+    stop: threading.Event | None = None,
+) -> dict[str, Any]:
+    """Start (or resume) a run and search until the budget, Ctrl-C or ``stop``.
+
+    Returns a summary dict (run_id, evaluations, elites, coverage, qd_score, best...).
+    Raises :class:`KernelmapError` subclasses for bad input before anything starts.
+    """
+    engine, sessions = open_database(settings, opts.db_url)
+    try:
+        if opts.resume is not None:
+            run_id, task_file, seeds, config = _resume(settings, sessions, opts)
+        else:
+            run_id, task_file, seeds, config = _create(settings, sessions, opts)
+        return _search(settings, sessions, run_id, task_file, seeds, config, on_progress, stop)
+    finally:
+        engine.dispose()
+
+
+def _task_file(settings: Settings, task_id: int, source: str) -> Path:
+    # Workers read the task from the data directory, so a run resumes even if the user's file
+    # moved or changed since.
+    path = settings.data_dir / "tasks" / f"task_{task_id}.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != source:
+        path.write_text(source)
+    return path
+
+
+def _create(settings: Settings, sessions, opts: RunOptions):
+    if opts.task is None:
+        raise RunError("a task file is required (or --resume RUN_ID)")
+    if opts.budget < 1:
+        raise RunError(f"--budget must be at least 1, got {opts.budget}")
+    device = resolve_device(opts.device or settings.device)
+    task = load_task(opts.task, device)
+    seeds = [load_seed(Path(p)) for p in opts.seeds]
+    ref = reference_seed(task.source)
+    if ref is not None:
+        seeds.insert(0, ref)
+    dims_spec = opts.dims or ",".join(default_dims(device.type))
+    try:
+        parse_dims(dims_spec, device.type)  # refuses bad dimensions before anything starts
+    except ValueError as e:
+        raise RunError(f"--dims: {e}") from None
+    workers = opts.workers or 1
+    if workers < 1:
+        raise RunError(f"--workers must be at least 1, got {workers}")
+    config = {
+        "device": device.type,
+        "workers": workers,
+        "dims": dims_spec,
+        "seeds": [s.to_dict() for s in seeds],
+        "timeout_s": settings.timeout_s,
+    }
+    with sessions() as s:
+        task_row = repository.add_task(
+            s,
+            name=Path(opts.task).stem,
+            source=task.source,
+            meta={
+                "dtype": str(task.dtype),
+                "atol": task.tolerance.atol,
+                "rtol": task.tolerance.rtol,
+                "allow_tf32": task.allow_tf32,
+                "n_shapes": task.n_shapes,
+            },
+            validation={"ok": True, "device": device.type},
+        )
+        uses_triton = any(static_gate.check_source(x.source).uses_triton for x in seeds)
+        label = (
+            "gpu-speedup"
+            if device.type == "cuda"
+            else "cpu-interpreter"
+            if uses_triton
+            else "cpu-time"
+        )
+        run = repository.create_run(
+            s,
+            task_id=task_row.id,
+            config=config,
+            budget=opts.budget,
+            seed=random.SystemRandom().getrandbits(31),
+            device=device.type,
+            objective_label=label,
+        )
+        s.commit()
+        run_id, task_id = run.id, task_row.id
+    return run_id, _task_file(settings, task_id, task.source), seeds, config
+
+
+def _resume(settings: Settings, sessions, opts: RunOptions):
+    with sessions() as s:
+        run = repository.get_run(s, opts.resume)
+        if run.status not in RESUMABLE:
+            raise RunError(
+                f"run {run.id} is {run.status}: only interrupted or crashed runs can be resumed"
+            )
+        task = repository.get_task(s, run.task_id)
+        config = dict(run.config)
+        seeds = [Seed.from_dict(d) for d in config["seeds"]]
+        return run.id, _task_file(settings, task.id, task.source), seeds, config
+
+
+def _search(
+    settings: Settings,
+    sessions,
+    run_id: int,
+    task_file: Path,
+    seeds: list[Seed],
+    config: dict[str, Any],
+    on_progress,
+    stop: threading.Event | None,
+) -> dict[str, Any]:
+    with sessions() as s:
+        run = repository.get_run(s, run_id)
+        budget, rng_seed, device = run.budget, run.seed, run.device
+        repository.set_run_status(s, run_id, "running")
+        s.commit()
+    dims = parse_dims(config["dims"], device)
+    archive = MapArchive(dims, seed=rng_seed)
+    emitters = build_emitters(seeds, dims, rng_seed)
+    eval_config = settings.eval_config(
+        device=device, timeout_s=config.get("timeout_s"), time_interpreted=device == "cpu"
+    )
+    pool = LocalPool(eval_config, str(task_file), config["workers"])
+    store = RunStore(sessions, run_id)
+    loop = SearchLoop(
+        archive, emitters, pool, store, budget, prefilter=_prefilter({}), on_progress=on_progress
+    )
+    stop = stop or threading.Event()
+    previous = signal.getsignal(signal.SIGINT)
+    in_main = threading.current_thread() is threading.main_thread()
+    if in_main:
+        signal.signal(signal.SIGINT, lambda *_: stop.set())
+    status, error = "failed", None
+    try:
+        loop.resume()
+        summary = loop.run(stop)
+        status = "interrupted" if stop.is_set() else "finished"
+    except Exception as e:
+        error = f"{type(e).__name__}: {e}"
+        raise
+    finally:
+        if in_main:
+            signal.signal(signal.SIGINT, previous)
+        pool.close()
+        with sessions() as s:
+            repository.set_run_status(s, run_id, status, error=error)
+            s.commit()
+    out = dataclasses.asdict(summary) if dataclasses.is_dataclass(summary) else dict(summary)
+    out.update(run_id=run_id, status=status)
+    return out

@@ -1,0 +1,130 @@
+"""`kernelmap run`, `runs`, `show`, `export` as a user runs them (CPU, a small task)."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import sqlalchemy as sa
+
+ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+TASK = DATA / "softmax_task.py"
+SEED = DATA / "chunked_softmax.py"
+
+
+def kernelmap(env: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def env(tmp_path):
+    e = dict(os.environ, KERNELMAP_DATA_DIR=str(tmp_path / "data"), KERNELMAP_DEVICE="cpu")
+    e.pop("KERNELMAP_DATABASE_URL", None)
+    return e
+
+
+def _db(tmp_path: Path) -> sa.Engine:
+    return sa.create_engine(f"sqlite:///{tmp_path / 'data' / 'kernelmap.db'}")
+
+
+def test_run_fills_the_archive_and_exports_the_best(env, tmp_path):
+    p = kernelmap(env, "run", str(TASK), "--seed-candidate", str(SEED), "--budget", "8",
+                  "--dims", "block_size:8,num_warps_param:4", "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["evaluations"] == 8
+    assert out["elites"] >= 3
+    assert 0 < out["coverage"] <= 1 and out["qd_score"] > 0
+    assert out["best"]["verdict"] == "OK" and out["best"]["candidate_id"] > 0
+    assert out["objective_label"] == "cpu-time"  # plain PyTorch: real CPU time
+    assert Path(out["report"]).read_text().count("<svg") >= 2
+    assert "evaluations" in p.stderr  # progress on stderr
+
+    best = tmp_path / "best.py"
+    e = kernelmap(env, "export", str(out["run_id"]), "--best", "-o", str(best))
+    assert e.returncode == 0, e.stderr
+    ev = kernelmap(env, "eval", str(TASK), str(best), "--json")
+    assert json.loads(ev.stdout)["verdict"] == "OK"
+
+    runs = kernelmap(env, "runs")
+    assert runs.returncode == 0 and "finished" in runs.stdout
+    show = kernelmap(env, "show", str(out["run_id"]))
+    assert show.returncode == 0 and "candidate_id" in show.stdout
+
+
+def test_a_bad_seed_is_refused_before_anything_starts(env, tmp_path):
+    bad = tmp_path / "bad.py"
+    bad.write_text("import socket\nclass ModelNew:\n    pass\n")
+    p = kernelmap(env, "run", str(TASK), "--seed-candidate", str(bad), "--budget", "3")
+    assert p.returncode == 2
+    assert "static gate" in p.stderr and "socket" in p.stderr
+    runs = kernelmap(env, "runs", "--json")
+    assert json.loads(runs.stdout) == []
+
+
+def test_unknown_run_and_bad_dims(env):
+    p = kernelmap(env, "show", "999")
+    assert p.returncode == 2 and "no run with id 999" in p.stderr
+    p = kernelmap(env, "run", str(TASK), "--dims", "frobs:3")
+    assert p.returncode == 2 and "frobs" in p.stderr
+
+
+def test_sigkill_then_resume_loses_nothing_and_duplicates_nothing(env, tmp_path):
+    args = [sys.executable, "-m", "services.cli", "run", str(TASK), "--seed-candidate", str(SEED),
+            "--budget", "10", "--dims", "block_size:8,num_warps_param:4"]
+    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, start_new_session=True)
+    engine = None
+    deadline = time.monotonic() + 300
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None:
+        time.sleep(0.5)
+        if (tmp_path / "data" / "kernelmap.db").exists():
+            engine = engine or _db(tmp_path)
+            try:
+                with engine.connect() as c:
+                    done = c.execute(sa.text("select count(*) from evaluations")).scalar()
+            except sa.exc.OperationalError:
+                continue
+            if done >= 3:
+                break
+    assert proc.poll() is None, "the run finished before it could be killed"
+    os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+    with engine.connect() as c:
+        run_id, status = c.execute(sa.text("select id, status from runs")).one()
+    assert status == "running"  # killed: nobody could record anything else
+
+    p = kernelmap(env, "run", "--resume", str(run_id), "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["status"] == "finished" and out["evaluations"] == 10
+    with engine.connect() as c:
+        per_candidate = c.execute(sa.text(
+            "select candidate_id, count(*) from evaluations group by candidate_id")).all()
+        keys = c.execute(sa.text(
+            "select count(*), count(distinct key_sha256) from candidates")).one()
+    # A candidate is evaluated once, plus at most one re-measure when it ties an elite within
+    # the noise; no candidate (same source and parameters) exists twice.
+    assert per_candidate and all(n <= 2 for _, n in per_candidate), per_candidate
+    assert keys[0] == keys[1]
+    assert sum(n for _, n in per_candidate) >= 10
+
+
+def test_triton_on_the_cpu_is_labelled_cpu_interpreter(env):
+    seed = ROOT / "examples" / "softmax" / "triton_softmax_looped.py"
+    p = kernelmap(env, "run", str(TASK), "--seed-candidate", str(seed), "--budget", "3",
+                  "--json")
+    assert p.returncode == 0, p.stderr
+    out = json.loads(p.stdout)
+    assert out["objective_label"] == "cpu-interpreter"
+    assert out["best"]["speedup_vs_eager"] is None  # interpreted time is never a speedup
+    assert "cpu-interpreter" in Path(out["report"]).read_text()
