@@ -87,7 +87,7 @@ def heatmap(data: ReportData) -> str:
             )
             parts.append(
                 f'<text x="{x + cw / 2 - 1}" y="{y + ch / 2 + 3}" font-size="10" '
-                f'text-anchor="middle">{math.exp(e["objective"]):.2f}</text>'
+                f'text-anchor="middle">{math.exp(e["objective"]):.3g}</text>'
             )
     parts.append(
         f'<text x="{left}" y="{h - 25}" font-size="12">{html.escape(dx["name"])} '

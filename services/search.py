@@ -156,6 +156,12 @@ def run_search(
         engine.dispose()
 
 
+def _task_name(path: Path) -> str:
+    """``softmax/task`` for ``examples/softmax/task.py``; the file stem otherwise."""
+    stem = path.stem
+    return f"{path.resolve().parent.name}/{stem}" if stem == "task" else stem
+
+
 def _task_file(settings: Settings, task_id: int, source: str) -> Path:
     # Workers read the task from the data directory, so a run resumes even if the user's file
     # moved or changed since.
@@ -195,7 +201,7 @@ def _create(settings: Settings, sessions, opts: RunOptions):
     with sessions() as s:
         task_row = repository.add_task(
             s,
-            name=Path(opts.task).stem,
+            name=_task_name(Path(opts.task)),
             source=task.source,
             meta={
                 "dtype": str(task.dtype),

@@ -20,8 +20,14 @@ SEED = DATA / "chunked_softmax.py"
 
 
 def kernelmap(env: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "services.cli", *args],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 @pytest.fixture
@@ -36,8 +42,18 @@ def _db(tmp_path: Path) -> sa.Engine:
 
 
 def test_run_fills_the_archive_and_exports_the_best(env, tmp_path):
-    p = kernelmap(env, "run", str(TASK), "--seed-candidate", str(SEED), "--budget", "8",
-                  "--dims", "block_size:8,num_warps_param:4", "--json")
+    p = kernelmap(
+        env,
+        "run",
+        str(TASK),
+        "--seed-candidate",
+        str(SEED),
+        "--budget",
+        "8",
+        "--dims",
+        "block_size:8,num_warps_param:4",
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["evaluations"] == 8
@@ -46,7 +62,7 @@ def test_run_fills_the_archive_and_exports_the_best(env, tmp_path):
     assert out["best"]["verdict"] == "OK" and out["best"]["candidate_id"] > 0
     assert out["objective_label"] == "cpu-time"  # plain PyTorch: real CPU time
     assert Path(out["report"]).read_text().count("<svg") >= 2
-    assert "evaluations" in p.stderr  # progress on stderr
+    assert "[8/8]" in p.stderr and "coverage" in p.stderr  # progress on stderr
 
     best = tmp_path / "best.py"
     e = kernelmap(env, "export", str(out["run_id"]), "--best", "-o", str(best))
@@ -78,10 +94,27 @@ def test_unknown_run_and_bad_dims(env):
 
 
 def test_sigkill_then_resume_loses_nothing_and_duplicates_nothing(env, tmp_path):
-    args = [sys.executable, "-m", "services.cli", "run", str(TASK), "--seed-candidate", str(SEED),
-            "--budget", "10", "--dims", "block_size:8,num_warps_param:4"]
-    proc = subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+    args = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "run",
+        str(TASK),
+        "--seed-candidate",
+        str(SEED),
+        "--budget",
+        "10",
+        "--dims",
+        "block_size:8,num_warps_param:4",
+    ]
+    proc = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     engine = None
     deadline = time.monotonic() + 300
     done = 0
@@ -108,10 +141,12 @@ def test_sigkill_then_resume_loses_nothing_and_duplicates_nothing(env, tmp_path)
     out = json.loads(p.stdout)
     assert out["status"] == "finished" and out["evaluations"] == 10
     with engine.connect() as c:
-        per_candidate = c.execute(sa.text(
-            "select candidate_id, count(*) from evaluations group by candidate_id")).all()
-        keys = c.execute(sa.text(
-            "select count(*), count(distinct key_sha256) from candidates")).one()
+        per_candidate = c.execute(
+            sa.text("select candidate_id, count(*) from evaluations group by candidate_id")
+        ).all()
+        keys = c.execute(
+            sa.text("select count(*), count(distinct key_sha256) from candidates")
+        ).one()
     # A candidate is evaluated once, plus at most one re-measure when it ties an elite within
     # the noise; no candidate (same source and parameters) exists twice.
     assert per_candidate and all(n <= 2 for _, n in per_candidate), per_candidate
@@ -119,12 +154,43 @@ def test_sigkill_then_resume_loses_nothing_and_duplicates_nothing(env, tmp_path)
     assert sum(n for _, n in per_candidate) >= 10
 
 
-def test_triton_on_the_cpu_is_labelled_cpu_interpreter(env):
+def test_triton_on_the_cpu_is_labelled_cpu_interpreter(env, tmp_path):
     seed = ROOT / "examples" / "softmax" / "triton_softmax_looped.py"
-    p = kernelmap(env, "run", str(TASK), "--seed-candidate", str(seed), "--budget", "3",
-                  "--json")
+    p = kernelmap(env, "run", str(TASK), "--seed-candidate", str(seed), "--budget", "3", "--json")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
     assert out["objective_label"] == "cpu-interpreter"
-    assert out["best"]["speedup_vs_eager"] is None  # interpreted time is never a speedup
     assert "cpu-interpreter" in Path(out["report"]).read_text()
+    with _db(tmp_path).connect() as c:
+        rows = c.execute(
+            sa.text(
+                "select objective_label, speedup_vs_eager from evaluations where verdict = 'OK'"
+            )
+        ).all()
+    interpreted = [r for r in rows if r[0] == "cpu-interpreter"]
+    assert interpreted  # the Triton candidates ...
+    assert all(speedup is None for _, speedup in interpreted)  # ... are never called speedups
+
+
+@pytest.mark.postgres
+def test_run_against_postgresql(env, tmp_path):
+    from archive.testing import temporary_postgres_database
+
+    with temporary_postgres_database() as url:
+        p = kernelmap(
+            env,
+            "run",
+            str(TASK),
+            "--seed-candidate",
+            str(SEED),
+            "--budget",
+            "3",
+            "--db",
+            url,
+            "--json",
+        )
+        assert p.returncode == 0, p.stderr
+        out = json.loads(p.stdout)
+        assert out["evaluations"] == 3 and out["best"]["verdict"] == "OK"
+        runs = kernelmap(env, "runs", "--db", url, "--json")
+        assert [r["run_id"] for r in json.loads(runs.stdout)] == [out["run_id"]]
