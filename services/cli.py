@@ -91,6 +91,12 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument(
         "--resume", type=int, default=None, metavar="RUN_ID", help="continue an interrupted run"
     )
+    r.add_argument(
+        "--no-templates",
+        dest="templates",
+        action="store_false",
+        help="do not seed the run from the template library",
+    )
     r.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
     ls = sub.add_parser("runs", help="list runs")

@@ -74,6 +74,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         db_url=args.db,
         dims=args.dims,
         resume=args.resume,
+        templates=args.templates,
     )
     progress = ProgressLine()
     try:

@@ -32,13 +32,18 @@ from evolution.grid import MapArchive
 from evolution.loop import Progress, SearchLoop
 from services.config import Settings
 from services.local_pool import LocalPool, failure
-from services.seeds import Seed, load_seed, reference_seed
+from services.seeds import Seed, SeedError, check_seed, load_seed, reference_seed
 
 RESUMABLE = {"running", "interrupted", "queued", "failed"}
 
 
 class RunError(KernelmapError):
     """A run cannot be started or resumed (unknown id, finished run, bad options)."""
+
+
+def print_note(text: str) -> None:
+    """Where a run's notes go by default: stderr (stdout may carry JSON)."""
+    print(text, file=sys.stderr, flush=True)
 
 
 @dataclasses.dataclass
@@ -53,6 +58,29 @@ class RunOptions:
     db_url: str | None = None
     dims: str | None = None
     resume: int | None = None
+    templates: bool = True
+    notify: Callable[[str], None] = print_note
+
+
+def template_seeds(task, device: str, notify: Callable[[str], None]) -> list[Seed]:
+    """Seeds from the template library for what the reference computes.
+
+    What no template covers is said, and the run goes on with its other emitters.
+    """
+    from evolution.templates import analyse, instantiate_all
+
+    found, declined = instantiate_all(analyse(task.module, task.source), device)
+    seeds = []
+    for c in found:
+        try:
+            seeds.append(check_seed(c.label, c.source))
+        except SeedError as e:  # a template bug: said, never hidden, and the run goes on
+            notify(f"template {c.label} skipped: {e}")
+    if seeds:
+        notify("templates: " + ", ".join(s.label for s in seeds))
+    else:
+        notify("templates: none applies; " + "; ".join(declined[:6]))
+    return seeds
 
 
 def database_url(settings: Settings, override: str | None) -> str:
@@ -183,6 +211,8 @@ def _create(settings: Settings, sessions, opts: RunOptions):
     ref = reference_seed(task.source)
     if ref is not None:
         seeds.insert(0, ref)
+    if opts.templates:
+        seeds += template_seeds(task, device.type, opts.notify)
     dims_spec = opts.dims or ",".join(default_dims(device.type))
     try:
         parse_dims(dims_spec, device.type)  # refuses bad dimensions before anything starts
