@@ -92,6 +92,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--resume", type=int, default=None, metavar="RUN_ID", help="continue an interrupted run"
     )
     r.add_argument(
+        "--archive",
+        choices=["grid", "cvt"],
+        default="grid",
+        help="grid over the descriptor bins (default), or CVT with --cells centroids",
+    )
+    r.add_argument("--cells", type=int, default=None, help="CVT cells (with --archive cvt)")
+    r.add_argument(
         "--no-templates",
         dest="templates",
         action="store_false",

@@ -75,6 +75,8 @@ def cmd_run(args: argparse.Namespace) -> int:
         dims=args.dims,
         resume=args.resume,
         templates=args.templates,
+        archive=args.archive,
+        cells=args.cells,
     )
     progress = ProgressLine()
     try:

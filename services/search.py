@@ -59,6 +59,8 @@ class RunOptions:
     dims: str | None = None
     resume: int | None = None
     templates: bool = True
+    archive: str = "grid"
+    cells: int | None = None
     notify: Callable[[str], None] = print_note
 
 
@@ -221,7 +223,13 @@ def _create(settings: Settings, sessions, opts: RunOptions):
     workers = opts.workers or 1
     if workers < 1:
         raise RunError(f"--workers must be at least 1, got {workers}")
+    if opts.archive not in ("grid", "cvt"):
+        raise RunError(f"--archive must be grid or cvt, got {opts.archive!r}")
+    if opts.archive == "cvt" and (opts.cells is None or opts.cells < 2):
+        raise RunError("--archive cvt needs --cells N (at least 2)")
     config = {
+        "archive": opts.archive,
+        "cells": opts.cells,
         "device": device.type,
         "workers": workers,
         "dims": dims_spec,
@@ -277,6 +285,22 @@ def _resume(settings: Settings, sessions, opts: RunOptions):
         return run.id, _task_file(settings, task.id, task.source), seeds, config
 
 
+def _archive(dims: list, config: dict[str, Any], state: dict[str, Any], seed: int) -> MapArchive:
+    """The run's map: a grid, or a CVT archive whose saved centroids are reused on resume."""
+    if config.get("archive", "grid") == "cvt":
+        import numpy as np
+
+        saved = state.get("centroids")
+        return MapArchive(
+            dims,
+            kind="cvt",
+            cells=config.get("cells", 64),
+            seed=seed,
+            centroids=np.asarray(saved) if saved is not None else None,
+        )
+    return MapArchive(dims, seed=seed)
+
+
 def _search(
     settings: Settings,
     sessions,
@@ -290,10 +314,16 @@ def _search(
     with sessions() as s:
         run = repository.get_run(s, run_id)
         budget, rng_seed, device = run.budget, run.seed, run.device
+        state = dict(run.archive_state or {})
         repository.set_run_status(s, run_id, "running")
         s.commit()
     dims = parse_dims(config["dims"], device)
-    archive = MapArchive(dims, seed=rng_seed)
+    archive = _archive(dims, config, state, rng_seed)
+    if archive.centroids is not None and "centroids" not in state:
+        # k-means is not reproducible across library versions: keep the centroids.
+        with sessions() as s:
+            repository.set_archive_state(s, run_id, {"centroids": archive.centroids.tolist()})
+            s.commit()
     emitters = build_emitters(seeds, dims, rng_seed)
     eval_config = settings.eval_config(
         device=device, timeout_s=config.get("timeout_s"), time_interpreted=device == "cpu"

@@ -52,6 +52,7 @@ def test_run_fills_the_archive_and_exports_the_best(env, tmp_path):
         "8",
         "--dims",
         "block_size:8,num_warps_param:4",
+        "--no-templates",
         "--json",
     )
     assert p.returncode == 0, p.stderr
@@ -106,6 +107,7 @@ def test_sigkill_then_resume_loses_nothing_and_duplicates_nothing(env, tmp_path)
         "10",
         "--dims",
         "block_size:8,num_warps_param:4",
+        "--no-templates",
     ]
     proc = subprocess.Popen(
         args,
@@ -187,6 +189,7 @@ def test_run_against_postgresql(env, tmp_path):
             "3",
             "--db",
             url,
+            "--no-templates",
             "--json",
         )
         assert p.returncode == 0, p.stderr
@@ -194,3 +197,16 @@ def test_run_against_postgresql(env, tmp_path):
         assert out["evaluations"] == 3 and out["best"]["verdict"] == "OK"
         runs = kernelmap(env, "runs", "--db", url, "--json")
         assert [r["run_id"] for r in json.loads(runs.stdout)] == [out["run_id"]]
+
+
+def test_cvt_archive_keeps_its_centroids(env, tmp_path):
+    p = kernelmap(env, "run", str(TASK), "--seed-candidate", str(SEED), "--budget", "4",
+                  "--archive", "cvt", "--cells", "8", "--no-templates", "--json")
+    assert p.returncode == 0, p.stderr
+    assert json.loads(p.stdout)["elites"] >= 1
+    with _db(tmp_path).connect() as c:
+        state = c.execute(sa.text("select archive_state from runs")).scalar()
+    centroids = json.loads(state)["centroids"] if isinstance(state, str) else state["centroids"]
+    assert len(centroids) == 8 and len(centroids[0]) == 2
+    bad = kernelmap(env, "run", str(TASK), "--archive", "cvt")
+    assert bad.returncode == 2 and "--cells" in bad.stderr
