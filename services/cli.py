@@ -99,6 +99,13 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--cells", type=int, default=None, help="CVT cells (with --archive cvt)")
     r.add_argument(
+        "--variation",
+        choices=["gaussian", "iso_line", "cma"],
+        default="gaussian",
+        help="how parameter emitters mutate: steady-state gaussian or iso-line"
+        " (default gaussian), or CMA-ME generations with a barrier",
+    )
+    r.add_argument(
         "--no-templates",
         dest="templates",
         action="store_false",

@@ -77,6 +77,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         templates=args.templates,
         archive=args.archive,
         cells=args.cells,
+        variation=args.variation,
     )
     progress = ProgressLine()
     try:

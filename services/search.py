@@ -60,6 +60,7 @@ class RunOptions:
     resume: int | None = None
     templates: bool = True
     archive: str = "grid"
+    variation: str = "gaussian"
     cells: int | None = None
     notify: Callable[[str], None] = print_note
 
@@ -112,15 +113,36 @@ def _prefilter(cache: dict[str, dict | None]) -> Callable[[CandidateSpec], dict 
     return check
 
 
-def build_emitters(seeds: list[Seed], dims: list, rng_seed: int) -> list:
-    """A seed emitter for plain seeds and a parameter emitter per seed with a SEARCH_SPACE."""
+VARIATIONS = ("gaussian", "iso_line", "cma")
+
+
+def build_emitters(
+    seeds: list[Seed], dims: list, rng_seed: int, variation: str = "gaussian"
+) -> list:
+    """A seed emitter for plain seeds and a parameter emitter per seed with a SEARCH_SPACE.
+
+    ``variation``: ``gaussian`` or ``iso_line`` (steady-state mutation of elites), or ``cma``
+    (CMA-ME: CMA-ES generations with a barrier, see :mod:`evolution.emitters.cma`).
+    """
     plain = [CandidateSpec(s.source, {}, "seed", (), s.label) for s in seeds if not s.space]
     emitters: list = []
     if plain:
         emitters.append(SeedEmitter(plain))
     for i, s in enumerate(seeds):
-        if s.space:
-            emitters.append(ParamEmitter(s.source, s.space, dims, label=s.label, seed=rng_seed + i))
+        if not s.space:
+            continue
+        if variation == "cma":
+            from evolution.emitters import CMAParamEmitter
+
+            emitters.append(
+                CMAParamEmitter(s.source, s.space, dims, label=s.label, seed=rng_seed + i)
+            )
+        else:
+            emitters.append(
+                ParamEmitter(
+                    s.source, s.space, dims, label=s.label, variation=variation, seed=rng_seed + i
+                )
+            )
     return emitters
 
 
@@ -227,7 +249,10 @@ def _create(settings: Settings, sessions, opts: RunOptions):
         raise RunError(f"--archive must be grid or cvt, got {opts.archive!r}")
     if opts.archive == "cvt" and (opts.cells is None or opts.cells < 2):
         raise RunError("--archive cvt needs --cells N (at least 2)")
+    if opts.variation not in VARIATIONS:
+        raise RunError(f"--variation must be one of {', '.join(VARIATIONS)}")
     config = {
+        "variation": opts.variation,
         "archive": opts.archive,
         "cells": opts.cells,
         "device": device.type,
@@ -324,7 +349,7 @@ def _search(
         with sessions() as s:
             repository.set_archive_state(s, run_id, {"centroids": archive.centroids.tolist()})
             s.commit()
-    emitters = build_emitters(seeds, dims, rng_seed)
+    emitters = build_emitters(seeds, dims, rng_seed, config.get("variation", "gaussian"))
     eval_config = settings.eval_config(
         device=device, timeout_s=config.get("timeout_s"), time_interpreted=device == "cpu"
     )

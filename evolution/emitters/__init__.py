@@ -8,6 +8,7 @@
 """
 
 from evolution.emitters.base import Emitter
+from evolution.emitters.cma import CMAParamEmitter as CMAParamEmitter
 from evolution.emitters.genome import GenomeEmitter, shadow_archive
 from evolution.emitters.params import ParamEmitter
 from evolution.emitters.seed import SeedEmitter
