@@ -14,7 +14,21 @@ from services.config import Settings
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
 
 
-def _finish(settings: Settings, db_url: str | None, run_id: int, as_json: bool) -> int:
+STOP_REASONS = {
+    "budget": "the budget is spent",
+    "stopped": "stopped by the user",
+    "exhausted": "every emitter has proposed its whole search space",
+    "stalled": "no emitter proposed anything new for a while",
+}
+
+
+def _finish(
+    settings: Settings,
+    db_url: str | None,
+    run_id: int,
+    as_json: bool,
+    stopped_reason: str | None = None,
+) -> int:
     from services.search import open_database
     from services.views import archive_table, format_table, run_summary, write_report
 
@@ -27,12 +41,17 @@ def _finish(settings: Settings, db_url: str | None, run_id: int, as_json: bool) 
     finally:
         engine.dispose()
     summary["report"] = str(report)
+    summary["stopped_reason"] = stopped_reason
     if as_json:
         print(json.dumps(summary))
         return 0
     best = summary["best"]
     label = summary["objective_label"]
-    print(f"run {run_id} ({summary['task']}, {summary['device']}): {summary['status']}")
+    why = STOP_REASONS.get(stopped_reason or "", stopped_reason)
+    print(
+        f"run {run_id} ({summary['task']}, {summary['device']}): {summary['status']}"
+        + (f" ({why})" if why else "")
+    )
     print(
         f"  evaluations {summary['evaluations']}/{summary['budget']}   elites {summary['elites']}"
         f"   coverage {100 * summary['coverage']:.1f}%   QD-score {summary['qd_score']:.4g}"
@@ -84,7 +103,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_search(settings, opts, on_progress=progress)
     finally:
         progress.done()
-    return _finish(settings, args.db, summary["run_id"], args.json)
+    return _finish(settings, args.db, summary["run_id"], args.json, summary.get("stopped_reason"))
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -114,7 +133,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         summary = run_search(settings, opts, on_progress=progress)
     finally:
         progress.done()
-    return _finish(settings, None, summary["run_id"], False)
+    return _finish(settings, None, summary["run_id"], False, summary.get("stopped_reason"))
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
