@@ -15,7 +15,10 @@ from evolution.templates.analysis import TaskAnalysis, analyse
 from evolution.templates.base import Template, TemplateCandidate
 
 # Modules exporting TEMPLATES; compile is a GPU-only family (inductor's CPU build is too slow).
-KERNEL_MODULES: list[str] = ["evolution.templates.compile"]
+KERNEL_MODULES: list[str] = [
+    "evolution.templates.rows",
+    "evolution.templates.compile",
+]
 GPU_ONLY = {"evolution.templates.compile"}
 
 
