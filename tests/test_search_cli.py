@@ -200,8 +200,21 @@ def test_run_against_postgresql(env, tmp_path):
 
 
 def test_cvt_archive_keeps_its_centroids(env, tmp_path):
-    p = kernelmap(env, "run", str(TASK), "--seed-candidate", str(SEED), "--budget", "4",
-                  "--archive", "cvt", "--cells", "8", "--no-templates", "--json")
+    p = kernelmap(
+        env,
+        "run",
+        str(TASK),
+        "--seed-candidate",
+        str(SEED),
+        "--budget",
+        "4",
+        "--archive",
+        "cvt",
+        "--cells",
+        "8",
+        "--no-templates",
+        "--json",
+    )
     assert p.returncode == 0, p.stderr
     assert json.loads(p.stdout)["elites"] >= 1
     with _db(tmp_path).connect() as c:
@@ -210,3 +223,19 @@ def test_cvt_archive_keeps_its_centroids(env, tmp_path):
     assert len(centroids) == 8 and len(centroids[0]) == 2
     bad = kernelmap(env, "run", str(TASK), "--archive", "cvt")
     assert bad.returncode == 2 and "--cells" in bad.stderr
+
+
+def test_templates_seed_the_run_and_their_families_are_searched(env, tmp_path):
+    p = kernelmap(env, "run", str(TASK), "--budget", "6", "--workers", "2", "--json")
+    assert p.returncode == 0, p.stderr
+    assert "templates: template:softmax/" in p.stderr  # what was matched is said
+    with _db(tmp_path).connect() as c:
+        rows = c.execute(
+            sa.text(
+                "select c.label, c.emitter, e.verdict from candidates c"
+                " join evaluations e on e.candidate_id = c.id"
+            )
+        ).all()
+    templated = [r for r in rows if r[0].startswith("template:softmax/")]
+    assert templated and all(v == "OK" for _, _, v in templated), rows
+    assert {e for _, e, _ in templated} == {"params"}  # schedules searched by the emitter
