@@ -17,6 +17,7 @@ from evolution.templates.base import Template, TemplateCandidate
 # Modules exporting TEMPLATES; compile is a GPU-only family (inductor's CPU build is too slow).
 KERNEL_MODULES: list[str] = [
     "evolution.templates.rows",
+    "evolution.templates.matmul",
     "evolution.templates.compile",
 ]
 GPU_ONLY = {"evolution.templates.compile"}
