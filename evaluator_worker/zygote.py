@@ -34,6 +34,11 @@ def _serve(fd: int) -> None:
 
     try:
         import triton  # noqa: F401
+
+        if os.environ.get("TRITON_INTERPRET") == "1":
+            from evaluator_worker import interpreter_fixes
+
+            interpreter_fixes.apply()
     except ImportError:
         pass
     try:

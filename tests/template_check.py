@@ -25,7 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from evaluator_worker import compare, inputs, static_gate  # noqa: E402
+from evaluator_worker import compare, inputs, interpreter_fixes, static_gate  # noqa: E402
 from evaluator_worker.modules import describe, import_file  # noqa: E402
 from evaluator_worker.task import load_task, to_double  # noqa: E402
 
@@ -37,6 +37,7 @@ def main() -> int:
     p.add_argument("--limit", type=int, default=0, help="check at most N points (0: all)")
     p.add_argument("--seed", type=int, default=0)
     a = p.parse_args()
+    interpreter_fixes.apply()  # as the evaluator's zygote does on the CPU
     task = load_task(a.task)
     source = Path(a.candidate).read_text()
     gate = static_gate.check_source(source, a.candidate)

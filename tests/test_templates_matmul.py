@@ -254,33 +254,6 @@ CHECKS = [
      ("torch.randn(1, 1, 1, 45, dtype=torch.float16)",), ["tiled"]),
 ]
 
-# The interpreter's tl.dot multiplies bf16 operands as their raw uint16 bits (Triton 3.9): this
-# wrapper widens them to fp32 first (exact), then runs template_check unchanged.
-_BF16_DOT = '''
-import os, runpy, sys
-os.environ["TRITON_INTERPRET"] = "1"
-import numpy as np
-import triton.language as tl
-from triton.runtime import interpreter
-
-_dot = interpreter.InterpreterBuilder.create_dot
-
-
-def _widen(h):
-    if h.dtype.scalar != tl.bfloat16:
-        return h
-    return interpreter.TensorHandle((h.data.astype(np.uint32) << 16).view(np.float32), tl.float32)
-
-
-def create_dot(self, a, b, d, *args):
-    return _dot(self, _widen(a), _widen(b), d, *args)
-
-
-interpreter.InterpreterBuilder.create_dot = create_dot
-sys.argv = sys.argv[1:]
-runpy.run_path(sys.argv[0], run_name="__main__")
-'''
-
 BF16 = ("linear_gelu_bf16", "return F.gelu(F.linear(x, self.w, self.b), approximate='tanh')",
         "self.w = nn.Parameter(torch.randn(29, 45, dtype=torch.bfloat16) * 0.2)\n"
         "self.b = nn.Parameter(torch.randn(29, dtype=torch.bfloat16))", "x",
@@ -288,10 +261,9 @@ BF16 = ("linear_gelu_bf16", "return F.gelu(F.linear(x, self.w, self.b), approxim
         ["tiled"])
 
 
-def _run_check(task: Path, cand: Path, wrapper: Path | None) -> subprocess.CompletedProcess:
+def _run_check(task: Path, cand: Path) -> subprocess.CompletedProcess:
+    # template_check widens bf16 tl.dot operands in the interpreter, as the evaluator does.
     cmd = [sys.executable, str(ROOT / "tests" / "template_check.py"), str(task), str(cand)]
-    if wrapper is not None:
-        cmd.insert(1, str(wrapper))
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     return subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
 
@@ -300,8 +272,6 @@ def _run_check(task: Path, cand: Path, wrapper: Path | None) -> subprocess.Compl
 def checks(tmp_path_factory):
     """Every check's candidates, written and started two at a time; by id: [(variant, run)]."""
     tmp = tmp_path_factory.mktemp("matmul_checks")
-    wrapper = tmp / "bf16_dot.py"
-    wrapper.write_text(_BF16_DOT)
     pool = concurrent.futures.ThreadPoolExecutor(max_workers=2)
     started: dict[str, list] = {}
     for cid, body, init, args, inputs, shapes, variants in [*CHECKS, BF16]:
@@ -313,7 +283,7 @@ def checks(tmp_path_factory):
         for c in cands:
             path = tmp / f"{cid}_{c.variant}.py"
             path.write_text(c.source)
-            run = pool.submit(_run_check, task, path, wrapper if "bf16" in cid else None)
+            run = pool.submit(_run_check, task, path)
             started[cid].append((c.variant, path, run))
     yield started
     pool.shutdown(cancel_futures=True)

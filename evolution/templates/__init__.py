@@ -18,6 +18,7 @@ from evolution.templates.base import Template, TemplateCandidate
 KERNEL_MODULES: list[str] = [
     "evolution.templates.rows",
     "evolution.templates.matmul",
+    "evolution.templates.pointwise",
     "evolution.templates.compile",
 ]
 GPU_ONLY = {"evolution.templates.compile"}
