@@ -64,7 +64,7 @@ def encode(obj: Any, blobs: list[bytes], cuda_ipc: bool = True) -> Any:
         if t.is_cuda and cuda_ipc:
             return {"__cuda__": _cuda_handle(t)}
         t = t.cpu().contiguous()
-        blobs.append(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        blobs.append(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
         return {"__tensor__": len(blobs) - 1, "dtype": dtype_name(t.dtype), "shape": list(t.shape)}
     if isinstance(obj, tuple):
         return {"__tuple__": [encode(x, blobs, cuda_ipc) for x in obj]}

@@ -24,6 +24,7 @@ def test_round_trip_of_nested_tensors():
         "none": None,
         "bf": torch.randn(2, 2).bfloat16(),
         "empty": torch.empty(0, 3),
+        "scalar": torch.tensor(2.5),
     }
     protocol.send(a, msg)
     got = protocol.recv(b)
@@ -32,6 +33,7 @@ def test_round_trip_of_nested_tensors():
     assert got["t"] == (1, "x") and got["none"] is None
     assert got["bf"].dtype == torch.bfloat16 and torch.equal(got["bf"], msg["bf"])
     assert got["empty"].shape == (0, 3)
+    assert got["scalar"].shape == () and float(got["scalar"]) == 2.5  # a loss is 0-dim
 
 
 def _raw(sock, header: dict, blobs: list[bytes]) -> None:

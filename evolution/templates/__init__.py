@@ -19,6 +19,7 @@ KERNEL_MODULES: list[str] = [
     "evolution.templates.rows",
     "evolution.templates.matmul",
     "evolution.templates.pointwise",
+    "evolution.templates.losses",
     "evolution.templates.compile",
 ]
 GPU_ONLY = {"evolution.templates.compile"}
