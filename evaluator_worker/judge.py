@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 
-from evaluator_worker import correctness, floor, inputs, static_gate
+from evaluator_worker import correctness, crosschecks, floor, inputs, static_gate
 from evaluator_worker.config import EvalConfig
 from evaluator_worker.errors import CandidateFileError, KernelmapError
 from evaluator_worker.process import CandidateProcess, Failure
@@ -36,8 +36,6 @@ INTERPRETED = (
     "Triton ran in Triton's interpreter on the CPU (TRITON_INTERPRET=1): its time is"
     " not performance, so speedups are null"
 )
-ASYNC_RATIO = 2.0
-ASYNC_MIN_MS = 0.02
 REMEASURE_MS = 50.0
 
 
@@ -319,15 +317,15 @@ class _Run:
         if self.interpret:
             # Interpreted time is not performance: kept apart, under its own label.
             timing.method = "cpu-interpreter"
-            res.cpu_interpreter_ratio = _ratio(timing.eager, timing.candidate)
+            res.cpu_interpreter_ratio = crosschecks.ratio(timing.eager, timing.candidate)
             res.messages.append(
                 INTERPRETED + "; its CPU time relative to the reference's is"
                 " reported as cpu_interpreter_ratio"
             )
             return
-        self._score(timing)
+        scored = crosschecks.score(res, timing, self.cfg.quarantine_factor)
         if self.device.type == "cuda":
-            self._gpu_checks(cand, reference, pool, timing)
+            self._gpu_checks(cand, reference, pool, timing, scored)
         if res.verdict == Verdict.QUARANTINE:
             self._remeasure(cand, pool, timing)
 
@@ -487,42 +485,13 @@ class _Run:
             outs, ref, ref64, self.task.tolerance, "re-check of the last timed call"
         )
 
-    def _score(self, t: Timing) -> None:
-        res = self.result
-        cand = t.candidate
-        if (
-            t.candidate_synced is not None
-            and t.candidate_synced.median_ms > ASYNC_RATIO * cand.median_ms
-            and t.candidate_synced.median_ms - cand.median_ms > ASYNC_MIN_MS
-        ):
-            res.verdict = Verdict.ASYNC_WORK
-            res.messages.append(
-                "with a device-wide sync before the end event the call takes"
-                f" {t.candidate_synced.median_ms:.4g} ms,"
-                f" {t.candidate_synced.median_ms / cand.median_ms:.1f}x the event time: work is"
-                " left running after the call returns; scored at the synced time"
-            )
-            cand = t.candidate_synced
-        res.speedup_vs_eager = _ratio(t.eager, cand)
-        res.speedup_vs_compile = _ratio(t.compile, cand)
-        if (
-            res.speedup_vs_eager is not None
-            and res.speedup_vs_eager > self.cfg.quarantine_factor
-            and res.verdict == Verdict.OK
-        ):
-            res.verdict = Verdict.QUARANTINE
-            res.messages.append(
-                f"{res.speedup_vs_eager:.1f}x faster than eager (over"
-                f" {self.cfg.quarantine_factor:g}x): quarantined until re-measured by an"
-                " independent method"
-            )
-
     def _gpu_checks(
         self,
         cand: CandidateProcess,
         reference: correctness.Reference,
         pool: list[dict[str, Any]],
         t: Timing,
+        scored: Stats,
     ) -> None:
         res = self.result
         prof = (
@@ -534,24 +503,8 @@ class _Run:
             or {}
         )
         feats = cand.request({"op": "features"}, self.cfg.timeout_s, "reading kernel features")
-        res.features.update(_derive(feats, prof))
-        if prof.get("side_stream_kernels") and res.verdict == Verdict.OK:
-            res.verdict = Verdict.ASYNC_WORK
-            res.messages.append(
-                f"{prof['side_stream_kernels']} kernels ran on another CUDA stream than the call's"
-            )
-        total = (prof.get("own_us") or 0.0) + (prof.get("library_us") or 0.0)
-        if (
-            self.gate.claims_custom_kernels
-            and total > 0
-            and prof["library_us"] > 0.5 * total
-            and res.verdict in (Verdict.OK, Verdict.QUARANTINE)
-        ):
-            res.verdict = Verdict.BASELINE_WRAP
-            res.messages.append(
-                f"the candidate defines custom kernels {self.gate.custom_kernels}, but"
-                f" {100 * prof['library_us'] / total:.0f}% of the GPU time is in library kernels"
-            )
+        res.features.update(crosschecks.derive_features(feats, prof))
+        crosschecks.check_profile(res, prof, self.gate.custom_kernels)
         peaks = floor.peaks_for(res.hardware.get("name", ""))
         if peaks is None:
             res.messages.append(
@@ -566,46 +519,7 @@ class _Run:
         t.floor_ms, t.floor_basis = floor.floor_ms(
             nbytes, flops, self.task.dtype, self.task.allow_tf32, peaks
         )
-        measured = t.candidate.median_ms
-        res.features["floor_fraction"] = t.floor_ms / measured if measured > 0 else None
-        if measured < t.floor_ms * self.cfg.floor_margin:
-            res.verdict = Verdict.IMPOSSIBLE
-            res.messages.append(
-                f"median {measured:.4g} ms is below the speed-of-light floor {t.floor_ms:.4g} ms"
-                f" ({t.floor_basis}) with a {100 * (1 - self.cfg.floor_margin):.0f}% margin"
-            )
-
-
-def _ratio(base: Stats | None, cand: Stats) -> float | None:
-    if base is None or cand.median_ms <= 0:
-        return None
-    return base.median_ms / cand.median_ms
-
-
-def _derive(feats: dict[str, Any], prof: dict[str, Any]) -> dict[str, Any]:
-    tri = [k for k in feats.get("triton", []) if "error" not in k]
-    out: dict[str, Any] = {
-        "triton_kernels": feats.get("triton", []),
-        "cupy_kernels": feats.get("cupy", []),
-    }
-    if tri:
-        out.update(
-            n_regs=max(k["n_regs"] for k in tri),
-            n_spills=max(k["n_spills"] for k in tri),
-            shared_bytes=max(k["shared"] for k in tri),
-            num_warps=max(k["num_warps"] for k in tri),
-            num_stages=max(k["num_stages"] for k in tri),
-            tensor_cores=any(k["tensor_cores"] for k in tri),
-            vector_load_v4=any(k["vector_load_v4"] for k in tri),
-        )
-    if prof:
-        out.update(
-            kernel_count=prof.get("kernel_count"),
-            kernels=prof.get("kernels", [])[:32],
-            library_us=prof.get("library_us"),
-            own_us=prof.get("own_us"),
-        )
-    return out
+        crosschecks.check_floor(res, scored, t.floor_ms, t.floor_basis, self.cfg.floor_margin)
 
 
 def evaluate(
