@@ -27,8 +27,9 @@ def apply() -> bool:
     def widen(h):
         if h.dtype.scalar != tl.bfloat16:
             return h
-        return interpreter.TensorHandle((h.data.astype(np.uint32) << 16).view(np.float32),
-                                        tl.float32)
+        return interpreter.TensorHandle(
+            (h.data.astype(np.uint32) << 16).view(np.float32), tl.float32
+        )
 
     def create_dot(self, a, b, d, *args):
         return original(self, widen(a), widen(b), d, *args)

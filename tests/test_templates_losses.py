@@ -1,5 +1,6 @@
-"""Norm and loss templates: what they recognise, what they decline, and that every schedule in
-every generated candidate's SEARCH_SPACE is correct (Triton interpreter, small odd shapes)."""
+"""Norm and loss templates (``norms``, ``cross_entropy``, ``losses``): what they recognise, what
+they decline, and that every schedule in every generated candidate's SEARCH_SPACE is correct
+(Triton interpreter, small odd shapes)."""
 
 from __future__ import annotations
 
@@ -14,10 +15,12 @@ import pytest
 
 from evaluator_worker.static_gate import check_source
 from evaluator_worker.task import load_task
+from evolution.templates import cross_entropy, losses, norms
 from evolution.templates.analysis import analyse
-from evolution.templates.losses import TEMPLATES
 
 ROOT = Path(__file__).resolve().parent.parent
+# The norm and loss family, asked together so each test also checks the others decline.
+TEMPLATES = [*norms.TEMPLATES, *cross_entropy.TEMPLATES, *losses.TEMPLATES]
 BY_NAME = {t.name: t for t in TEMPLATES}
 
 
@@ -123,7 +126,7 @@ def test_recognises(tmp_path, forward, args, inputs, init, template, variants):
     cands = got[template]
     assert not isinstance(cands, str), cands
     assert [c.variant for c in cands] == variants
-    # The other templates in this module leave it alone.
+    # The other templates of the family leave it alone.
     assert all(isinstance(v, str) for k, v in got.items() if k != template)
     for c in cands:
         report = check_source(c.source, "candidate.py")

@@ -2,6 +2,18 @@
 
 - :mod:`~evolution.templates.analysis`: the reference traced with torch.fx, shapes annotated.
 - :mod:`~evolution.templates.base`: ``Template`` and ``TemplateCandidate``.
+- :mod:`~evolution.templates.matmul`: ``matmul``, one matmul / linear with a fused pointwise
+  epilogue (``tiled``, ``split_k``); its parts: ``matmul_product`` (the product and its
+  operands), ``matmul_epilogue_ops`` (the epilogue's ops, written in Triton), ``matmul_match``
+  (the task as a plan: product plus epilogue graph), ``matmul_source`` (the candidate files).
+- :mod:`~evolution.templates.pointwise`: ``pointwise``, any graph of elementwise ops fused into
+  one kernel (``flat``, ``broadcast``); its parts: ``pointwise_match`` (what each node computes,
+  lowered into a chain) and ``pointwise_ops`` (how each op is written in Triton).
+- :mod:`~evolution.templates.norms`: ``lp_norm``, ``x / ||x||`` for L1, L2 and Frobenius norms.
+- :mod:`~evolution.templates.cross_entropy`: ``cross_entropy`` on (N, C) logits, int64 targets.
+- :mod:`~evolution.templates.losses`: ``pointwise_loss``, the mean/sum of a pointwise loss
+  (MSE, L1, smooth L1, Huber, KL-div, hinge).
+- :mod:`~evolution.templates.loss_match`: the graph reading those three templates share.
 - :mod:`~evolution.templates.compile`: torch.compile of the reference (library candidates).
 
 :func:`instantiate_all` asks every template; what none covers is reported, never an error.
@@ -19,6 +31,8 @@ KERNEL_MODULES: list[str] = [
     "evolution.templates.rows",
     "evolution.templates.matmul",
     "evolution.templates.pointwise",
+    "evolution.templates.norms",
+    "evolution.templates.cross_entropy",
     "evolution.templates.losses",
     "evolution.templates.compile",
 ]
@@ -35,8 +49,9 @@ def templates(device: str) -> list[Template]:
     return out
 
 
-def instantiate_all(analysis: TaskAnalysis, device: str) -> tuple[list[TemplateCandidate],
-                                                                  list[str]]:
+def instantiate_all(
+    analysis: TaskAnalysis, device: str
+) -> tuple[list[TemplateCandidate], list[str]]:
     """All candidates the templates offer for a task, and why the others declined."""
     found: list[TemplateCandidate] = []
     declined: list[str] = [analysis.reason] if analysis.graph is None else []
@@ -51,5 +66,11 @@ def instantiate_all(analysis: TaskAnalysis, device: str) -> tuple[list[TemplateC
     return found, declined
 
 
-__all__ = ["Template", "TemplateCandidate", "TaskAnalysis", "analyse", "instantiate_all",
-           "templates"]
+__all__ = [
+    "Template",
+    "TemplateCandidate",
+    "TaskAnalysis",
+    "analyse",
+    "instantiate_all",
+    "templates",
+]
