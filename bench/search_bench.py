@@ -47,24 +47,34 @@ def bench_task(task: Path, budget: int, device: str, workers: int, data_dir: Pat
 
     settings = Settings(data_dir=data_dir, device=device)
     t0 = time.monotonic()
-    summary = run_search(settings, RunOptions(task=task, budget=budget, device=device,
-                                              workers=workers))
+    summary = run_search(
+        settings, RunOptions(task=task, budget=budget, device=device, workers=workers)
+    )
     wall = time.monotonic() - t0
     engine, sessions = open_database(settings)
-    row: dict = {"task": str(task), "run_id": summary["run_id"], "evaluations":
-                 summary["evaluations"], "gpu_min": wall * workers / 60.0,
-                 "stopped": summary.get("stopped_reason")}
+    row: dict = {
+        "task": str(task),
+        "run_id": summary["run_id"],
+        "evaluations": summary["evaluations"],
+        "gpu_min": wall * workers / 60.0,
+        "stopped": summary.get("stopped_reason"),
+    }
     with sessions() as s:
         best = repository.best_elite(s, summary["run_id"])
         if best is not None:
             cand = repository.get_candidate(s, best.candidate_id)
             ev = repository.latest_evaluation(s, best.candidate_id)
             timing = (ev.timing or {}) if ev else {}
-            row.update(best_ms=_median(timing.get("candidate")),
-                       eager_ms=_median(timing.get("eager")),
-                       compile_ms=_median(timing.get("compile")),
-                       floor_ms=timing.get("floor_ms"), floor_basis=timing.get("floor_basis"),
-                       winner=cand.label, params=cand.params, verdict=ev.verdict if ev else None)
+            row.update(
+                best_ms=_median(timing.get("candidate")),
+                eager_ms=_median(timing.get("eager")),
+                compile_ms=_median(timing.get("compile")),
+                floor_ms=timing.get("floor_ms"),
+                floor_basis=timing.get("floor_basis"),
+                winner=cand.label,
+                params=cand.params,
+                verdict=ev.verdict if ev else None,
+            )
     engine.dispose()
     return row
 
@@ -90,30 +100,56 @@ def main() -> int:
     import torch
 
     if a.device == "cuda" and not torch.cuda.is_available():
-        print("search_bench: no CUDA GPU visible (use --device cpu for a smoke run)",
-              file=sys.stderr)
+        print(
+            "search_bench: no CUDA GPU visible (use --device cpu for a smoke run)", file=sys.stderr
+        )
         return 2
     data_dir = a.data_dir or Path(tempfile.mkdtemp(prefix="kernelmap-search-bench-"))
     rows = []
     for task in a.tasks:
         print(f"search_bench: {task} (budget {a.budget}) ...", file=sys.stderr, flush=True)
         rows.append(bench_task(task, a.budget, a.device, a.workers, data_dir))
-    cols = ["task", "eager_ms", "compile_ms", "best_ms", "floor_ms", "evals", "gpu_min",
-            "winner", "params"]
+    cols = [
+        "task",
+        "eager_ms",
+        "compile_ms",
+        "best_ms",
+        "floor_ms",
+        "evals",
+        "gpu_min",
+        "winner",
+        "params",
+    ]
     print("  ".join(f"{c:>12}" if c not in ("task", "winner", "params") else c for c in cols))
     for r in rows:
-        print("  ".join([
-            Path(r["task"]).stem, _fmt(r.get("eager_ms")), _fmt(r.get("compile_ms")),
-            _fmt(r.get("best_ms")), _fmt(r.get("floor_ms")), str(r["evaluations"]),
-            _fmt(r["gpu_min"], ".2f"), str(r.get("winner")), json.dumps(r.get("params"))]))
-    over_eager = _geomean([r["eager_ms"] / r["best_ms"] for r in rows
-                           if r.get("eager_ms") and r.get("best_ms")])
-    over_compile = _geomean([r["compile_ms"] / r["best_ms"] for r in rows
-                             if r.get("compile_ms") and r.get("best_ms")])
-    floor = _geomean([r["floor_ms"] / r["best_ms"] for r in rows
-                      if r.get("floor_ms") and r.get("best_ms")])
-    print(f"geomean speedup vs eager {_fmt(over_eager)}  vs torch.compile {_fmt(over_compile)}"
-          f"  floor/best {_fmt(floor)}")
+        print(
+            "  ".join(
+                [
+                    Path(r["task"]).stem,
+                    _fmt(r.get("eager_ms")),
+                    _fmt(r.get("compile_ms")),
+                    _fmt(r.get("best_ms")),
+                    _fmt(r.get("floor_ms")),
+                    str(r["evaluations"]),
+                    _fmt(r["gpu_min"], ".2f"),
+                    str(r.get("winner")),
+                    json.dumps(r.get("params")),
+                ]
+            )
+        )
+    over_eager = _geomean(
+        [r["eager_ms"] / r["best_ms"] for r in rows if r.get("eager_ms") and r.get("best_ms")]
+    )
+    over_compile = _geomean(
+        [r["compile_ms"] / r["best_ms"] for r in rows if r.get("compile_ms") and r.get("best_ms")]
+    )
+    floor = _geomean(
+        [r["floor_ms"] / r["best_ms"] for r in rows if r.get("floor_ms") and r.get("best_ms")]
+    )
+    print(
+        f"geomean speedup vs eager {_fmt(over_eager)}  vs torch.compile {_fmt(over_compile)}"
+        f"  floor/best {_fmt(floor)}"
+    )
     if a.json:
         a.json.write_text(json.dumps(rows, indent=1, default=str))
     return 0

@@ -24,11 +24,18 @@ TEMPLATES = [*norms.TEMPLATES, *cross_entropy.TEMPLATES, *losses.TEMPLATES]
 BY_NAME = {t.name: t for t in TEMPLATES}
 
 
-def write_task(path: Path, forward: str, inputs: str, shapes: tuple[str, ...] = (),
-               args: str = "x", init: str = "pass") -> Path:
+def write_task(
+    path: Path,
+    forward: str,
+    inputs: str,
+    shapes: tuple[str, ...] = (),
+    args: str = "x",
+    init: str = "pass",
+) -> Path:
     """A task file whose ``Model.forward(args)`` returns ``forward``."""
     shape_fns = ", ".join(f"lambda: {s}" for s in shapes)
-    path.write_text(textwrap.dedent(f"""\
+    path.write_text(
+        textwrap.dedent(f"""\
         import torch
         import torch.nn as nn
         import torch.nn.functional as F
@@ -52,7 +59,8 @@ def write_task(path: Path, forward: str, inputs: str, shapes: tuple[str, ...] = 
 
 
         SHAPES = [{shape_fns}]
-    """))
+    """)
+    )
     return path
 
 
@@ -77,50 +85,130 @@ MATCHES = [
     ("x / x.norm(dim=-1, keepdim=True)", "x", X, "", "lp_norm", ROWS3),
     ("x / torch.linalg.vector_norm(x, dim=1, keepdim=True)", "x", X, "", "lp_norm", ROWS3),
     ("x / (torch.sqrt((x * x).sum(dim=1, keepdim=True)) + 1e-6)", "x", X, "", "lp_norm", ROWS3),
-    ("x / torch.norm(x, p=2, dim=1, keepdim=True).clamp(min=1e-8)", "x", X, "", "lp_norm",
-     ROWS3),
+    ("x / torch.norm(x, p=2, dim=1, keepdim=True).clamp(min=1e-8)", "x", X, "", "lp_norm", ROWS3),
     ("F.normalize(x, p=1, dim=-1)", "x", X, "", "lp_norm", ROWS3),
-    ("x / torch.norm(x, dim=1, keepdim=True)", "x", "[torch.rand(5, 20000)]", "", "lp_norm",
-     ["row", "split"]),
+    (
+        "x / torch.norm(x, dim=1, keepdim=True)",
+        "x",
+        "[torch.rand(5, 20000)]",
+        "",
+        "lp_norm",
+        ["row", "split"],
+    ),
     ("F.normalize(x, dim=1)", "x", "[torch.randn(2, 37, 5, 7)]", "", "lp_norm", ["strided"]),
     ("x / torch.norm(x, p='fro')", "x", "[torch.rand(3, 5, 7, 11)]", "", "lp_norm", ["split"]),
     ("x / torch.linalg.norm(x)", "x", "[torch.rand(3, 5, 7)]", "", "lp_norm", ["split"]),
     ("x / x.norm(2, (1, 2), True)", "x", "[torch.rand(3, 5, 7)]", "", "lp_norm", ROWS3),
-    ("torch.nn.functional.cross_entropy(p, t)", "p, t", CE, "", "cross_entropy",
-     ["row", "single_pass"]),
-    ("self.loss(p, t)", "p, t", CE, "self.loss = nn.CrossEntropyLoss()", "cross_entropy",
-     ["row", "single_pass"]),
-    ("F.nll_loss(F.log_softmax(p, dim=1), t, reduction='sum')", "p, t", CE, "",
-     "cross_entropy", ["row", "single_pass"]),
-    ("F.cross_entropy(p, t, ignore_index=3, reduction='none')", "p, t", CE, "",
-     "cross_entropy", ["row", "single_pass"]),
-    ("F.cross_entropy(p, t)", "p, t", "[torch.randn(4, 20000), torch.randint(0, 9, (4,))]", "",
-     "cross_entropy", ["row"]),
+    (
+        "torch.nn.functional.cross_entropy(p, t)",
+        "p, t",
+        CE,
+        "",
+        "cross_entropy",
+        ["row", "single_pass"],
+    ),
+    (
+        "self.loss(p, t)",
+        "p, t",
+        CE,
+        "self.loss = nn.CrossEntropyLoss()",
+        "cross_entropy",
+        ["row", "single_pass"],
+    ),
+    (
+        "F.nll_loss(F.log_softmax(p, dim=1), t, reduction='sum')",
+        "p, t",
+        CE,
+        "",
+        "cross_entropy",
+        ["row", "single_pass"],
+    ),
+    (
+        "F.cross_entropy(p, t, ignore_index=3, reduction='none')",
+        "p, t",
+        CE,
+        "",
+        "cross_entropy",
+        ["row", "single_pass"],
+    ),
+    (
+        "F.cross_entropy(p, t)",
+        "p, t",
+        "[torch.randn(4, 20000), torch.randint(0, 9, (4,))]",
+        "",
+        "cross_entropy",
+        ["row"],
+    ),
     ("torch.mean((p - t) ** 2)", "p, t", PT, "", "pointwise_loss", ["split"]),
     ("((p - t).pow(2)).mean()", "p, t", PT, "", "pointwise_loss", ["split"]),
     ("F.mse_loss(p, t)", "p, t", PT, "", "pointwise_loss", ["split"]),
-    ("self.loss(p, t)", "p, t", PT, "self.loss = nn.MSELoss(reduction='sum')",
-     "pointwise_loss", ["split"]),
+    (
+        "self.loss(p, t)",
+        "p, t",
+        PT,
+        "self.loss = nn.MSELoss(reduction='sum')",
+        "pointwise_loss",
+        ["split"],
+    ),
     ("torch.nn.functional.smooth_l1_loss(p, t)", "p, t", PT, "", "pointwise_loss", ["split"]),
-    ("self.loss(p, t)", "p, t", PT, "self.loss = nn.HuberLoss(delta=0.5)", "pointwise_loss",
-     ["split"]),
+    (
+        "self.loss(p, t)",
+        "p, t",
+        PT,
+        "self.loss = nn.HuberLoss(delta=0.5)",
+        "pointwise_loss",
+        ["split"],
+    ),
     ("F.l1_loss(p, t)", "p, t", PT, "", "pointwise_loss", ["split"]),
-    ("F.kl_div(torch.log(p), t, reduction='batchmean')", "p, t", PROBS, "", "pointwise_loss",
-     ["split"]),
-    ("self.loss(p, t)", "p, t", PROBS, "self.loss = nn.KLDivLoss(reduction='batchmean', "
-     "log_target=True)", "pointwise_loss", ["split"]),
-    ("torch.mean(torch.clamp(1 - p * t, min=0))", "p, t",
-     "[torch.randn(6, 30), torch.randn(30)]", "", "pointwise_loss", ["split"]),
-    ("torch.relu(1 - p * t).sum()", "p, t", "[torch.randn(6, 30), torch.randn(6, 1)]", "",
-     "pointwise_loss", ["split"]),
+    (
+        "F.kl_div(torch.log(p), t, reduction='batchmean')",
+        "p, t",
+        PROBS,
+        "",
+        "pointwise_loss",
+        ["split"],
+    ),
+    (
+        "self.loss(p, t)",
+        "p, t",
+        PROBS,
+        "self.loss = nn.KLDivLoss(reduction='batchmean', log_target=True)",
+        "pointwise_loss",
+        ["split"],
+    ),
+    (
+        "torch.mean(torch.clamp(1 - p * t, min=0))",
+        "p, t",
+        "[torch.randn(6, 30), torch.randn(30)]",
+        "",
+        "pointwise_loss",
+        ["split"],
+    ),
+    (
+        "torch.relu(1 - p * t).sum()",
+        "p, t",
+        "[torch.randn(6, 30), torch.randn(6, 1)]",
+        "",
+        "pointwise_loss",
+        ["split"],
+    ),
     ("x.abs().sum()", "x", X, "", "pointwise_loss", ["split"]),
-    ("torch.mean(torch.where((p - t).abs() < 1, 0.5 * (p - t) ** 2, (p - t).abs() - 0.5))",
-     "p, t", PT, "", "pointwise_loss", ["split"]),
+    (
+        "torch.mean(torch.where((p - t).abs() < 1, 0.5 * (p - t) ** 2, (p - t).abs() - 0.5))",
+        "p, t",
+        PT,
+        "",
+        "pointwise_loss",
+        ["split"],
+    ),
 ]
 
 
-@pytest.mark.parametrize("forward, args, inputs, init, template, variants", MATCHES,
-                         ids=[f"{m[4]}:{m[0][:40]}" for m in MATCHES])
+@pytest.mark.parametrize(
+    "forward, args, inputs, init, template, variants",
+    MATCHES,
+    ids=[f"{m[4]}:{m[0][:40]}" for m in MATCHES],
+)
 def test_recognises(tmp_path, forward, args, inputs, init, template, variants):
     got = instantiate(write_task(tmp_path / "task.py", forward, inputs, args=args, init=init))
     cands = got[template]
@@ -139,21 +227,57 @@ def test_recognises(tmp_path, forward, args, inputs, init, template, variants):
 DECLINES = [
     ("x / torch.norm(x, p=3, dim=1, keepdim=True)", "x", X, "", "lp_norm", "3-norm"),
     ("x / torch.norm(x, dim=1)", "x", "[torch.rand(5, 5)]", "", "lp_norm", "keepdim"),
-    ("x / torch.norm(x, p=2, dim=(0, 2), keepdim=True)", "x", "[torch.rand(3, 4, 5)]", "",
-     "lp_norm", "not contiguous"),
-    ("torch.relu(x / torch.norm(x, dim=1, keepdim=True))", "x", X, "", "lp_norm",
-     "does not divide"),
+    (
+        "x / torch.norm(x, p=2, dim=(0, 2), keepdim=True)",
+        "x",
+        "[torch.rand(3, 4, 5)]",
+        "",
+        "lp_norm",
+        "not contiguous",
+    ),
+    (
+        "torch.relu(x / torch.norm(x, dim=1, keepdim=True))",
+        "x",
+        X,
+        "",
+        "lp_norm",
+        "does not divide",
+    ),
     ("x / torch.sqrt(torch.mean(x ** 2, dim=1, keepdim=True))", "x", X, "", "lp_norm", "RMS"),
     ("x / torch.linalg.norm(x, ord=2)", "x", X, "", "lp_norm", "matrix norm"),
     ("(y := x * 2) / torch.norm(y, dim=1, keepdim=True)", "x", X, "", "lp_norm", "computed"),
-    ("F.cross_entropy(p, t, label_smoothing=0.1)", "p, t", CE, "", "cross_entropy",
-     "label smoothing"),
-    ("self.loss(p, t)", "p, t", CE, "self.loss = nn.CrossEntropyLoss(weight=torch.rand(19))",
-     "cross_entropy", "weights"),
-    ("F.cross_entropy(p, t)", "p, t", "[torch.randn(4, 5, 3), torch.randint(0, 5, (4, 3))]",
-     "", "cross_entropy", "rank 3"),
-    ("F.cross_entropy(p, t)", "p, t", "[torch.randn(4, 5), torch.rand(4, 5).softmax(-1)]", "",
-     "cross_entropy", "probabilities"),
+    (
+        "F.cross_entropy(p, t, label_smoothing=0.1)",
+        "p, t",
+        CE,
+        "",
+        "cross_entropy",
+        "label smoothing",
+    ),
+    (
+        "self.loss(p, t)",
+        "p, t",
+        CE,
+        "self.loss = nn.CrossEntropyLoss(weight=torch.rand(19))",
+        "cross_entropy",
+        "weights",
+    ),
+    (
+        "F.cross_entropy(p, t)",
+        "p, t",
+        "[torch.randn(4, 5, 3), torch.randint(0, 5, (4, 3))]",
+        "",
+        "cross_entropy",
+        "rank 3",
+    ),
+    (
+        "F.cross_entropy(p, t)",
+        "p, t",
+        "[torch.randn(4, 5), torch.rand(4, 5).softmax(-1)]",
+        "",
+        "cross_entropy",
+        "probabilities",
+    ),
     ("F.cross_entropy(p * 2, t)", "p, t", CE, "", "cross_entropy", "computed"),
     ("F.nll_loss(p, t)", "p, t", CE, "", "cross_entropy", "log_softmax"),
     ("F.mse_loss(p, t, reduction='none')", "p, t", PT, "", "pointwise_loss", "'none'"),
@@ -161,15 +285,30 @@ DECLINES = [
     ("torch.mean(torch.tanh(p - t))", "p, t", PT, "", "pointwise_loss", "tanh"),
     ("torch.mean((p - t) ** 2) * 0.5", "p, t", PT, "", "pointwise_loss", "not a mean or sum"),
     ("torch.mean(p.abs() ** t)", "p, t", PT, "", "pointwise_loss", "raises to"),
-    ("torch.mean(p * t)", "p, t", "[torch.randn(3, 1, 5), torch.randn(1, 4, 1)]", "",
-     "pointwise_loss", "rows x columns"),
-    ("F.kl_div(p, t, reduction='batchmean')", "p, t",
-     "[torch.rand(5) - 2, torch.rand(3, 5) + 1]", "", "pointwise_loss", "broadcast"),
+    (
+        "torch.mean(p * t)",
+        "p, t",
+        "[torch.randn(3, 1, 5), torch.randn(1, 4, 1)]",
+        "",
+        "pointwise_loss",
+        "rows x columns",
+    ),
+    (
+        "F.kl_div(p, t, reduction='batchmean')",
+        "p, t",
+        "[torch.rand(5) - 2, torch.rand(3, 5) + 1]",
+        "",
+        "pointwise_loss",
+        "broadcast",
+    ),
 ]
 
 
-@pytest.mark.parametrize("forward, args, inputs, init, template, words", DECLINES,
-                         ids=[f"{d[4]}:{d[0][:40]}" for d in DECLINES])
+@pytest.mark.parametrize(
+    "forward, args, inputs, init, template, words",
+    DECLINES,
+    ids=[f"{d[4]}:{d[0][:40]}" for d in DECLINES],
+)
 def test_declines(tmp_path, forward, args, inputs, init, template, words):
     got = instantiate(write_task(tmp_path / "task.py", forward, inputs, args=args, init=init))
     assert all(isinstance(v, str) for v in got.values()), got
@@ -179,37 +318,118 @@ def test_declines(tmp_path, forward, args, inputs, init, template, words):
 # Tasks checked at every SEARCH_SPACE point: (id, forward, args, inputs, shapes, init,
 # variants to check). Sizes are odd and not multiples of any block.
 CHECKS = [
-    ("l1_mean", "x / torch.mean(torch.abs(x), dim=1, keepdim=True)", "x", X,
-     ("[torch.rand(3, 1037)]", "[torch.rand(1, 7)]"), "", ROWS3),
-    ("l2_eps_3d", "x / (torch.norm(x, p=2, dim=-1, keepdim=True) + 1e-6)", "x",
-     "[torch.randn(4, 3, 130)]", ("[torch.randn(2, 5, 9)]",), "", ["single_pass"]),
-    ("normalize_nchw", "F.normalize(x, dim=1)", "x", "[torch.randn(2, 37, 5, 7)]",
-     ("[torch.randn(3, 5, 13, 11)]",), "", ["strided"]),
-    ("frobenius", "x / torch.norm(x, p='fro')", "x", "[torch.rand(3, 5, 7, 11)]",
-     ("[torch.rand(2, 3, 37, 41)]",), "", ["split"]),
-    ("cross_entropy", "torch.nn.functional.cross_entropy(p, t)", "p, t", CE,
-     ("[torch.randn(5, 1100), torch.randint(0, 1100, (5,))]",
-      "[torch.randn(1, 3), torch.randint(0, 3, (1,))]"), "", ["row", "single_pass"]),
-    ("ce_ignore_sum", "self.loss(p, t)", "p, t",
-     "[torch.randn(37, 5), torch.randint(0, 5, (37,))]",
-     ("[torch.randn(9, 300), torch.randint(0, 3, (9,))]",),
-     "self.loss = nn.CrossEntropyLoss(ignore_index=2, reduction='sum')", ["single_pass"]),
+    (
+        "l1_mean",
+        "x / torch.mean(torch.abs(x), dim=1, keepdim=True)",
+        "x",
+        X,
+        ("[torch.rand(3, 1037)]", "[torch.rand(1, 7)]"),
+        "",
+        ROWS3,
+    ),
+    (
+        "l2_eps_3d",
+        "x / (torch.norm(x, p=2, dim=-1, keepdim=True) + 1e-6)",
+        "x",
+        "[torch.randn(4, 3, 130)]",
+        ("[torch.randn(2, 5, 9)]",),
+        "",
+        ["single_pass"],
+    ),
+    (
+        "normalize_nchw",
+        "F.normalize(x, dim=1)",
+        "x",
+        "[torch.randn(2, 37, 5, 7)]",
+        ("[torch.randn(3, 5, 13, 11)]",),
+        "",
+        ["strided"],
+    ),
+    (
+        "frobenius",
+        "x / torch.norm(x, p='fro')",
+        "x",
+        "[torch.rand(3, 5, 7, 11)]",
+        ("[torch.rand(2, 3, 37, 41)]",),
+        "",
+        ["split"],
+    ),
+    (
+        "cross_entropy",
+        "torch.nn.functional.cross_entropy(p, t)",
+        "p, t",
+        CE,
+        (
+            "[torch.randn(5, 1100), torch.randint(0, 1100, (5,))]",
+            "[torch.randn(1, 3), torch.randint(0, 3, (1,))]",
+        ),
+        "",
+        ["row", "single_pass"],
+    ),
+    (
+        "ce_ignore_sum",
+        "self.loss(p, t)",
+        "p, t",
+        "[torch.randn(37, 5), torch.randint(0, 5, (37,))]",
+        ("[torch.randn(9, 300), torch.randint(0, 3, (9,))]",),
+        "self.loss = nn.CrossEntropyLoss(ignore_index=2, reduction='sum')",
+        ["single_pass"],
+    ),
     # Argument names that collide with the candidate's own locals (x, t, in0, in1).
-    ("nll_none", "F.nll_loss(F.log_softmax(t, dim=-1), x, reduction='none')", "t, x", CE,
-     ("[torch.randn(3, 2100), torch.randint(0, 2100, (3,))]",), "", ["row"]),
-    ("mse", "torch.mean((p - t) ** 2)", "p, t", PT,
-     ("[torch.randn(3, 20011), torch.randn(3, 20011)]",), "", ["split"]),
-    ("huber_sum", "F.smooth_l1_loss(p, t, beta=0.5, reduction='sum')", "p, t",
-     "[torch.randn(37, 19) * 2, torch.randn(37, 19)]",
-     ("[torch.randn(7, 4099) * 2, torch.randn(7, 4099)]",), "", ["split"]),
-    ("kl_batchmean", "F.kl_div(torch.log(p), t, reduction='batchmean')", "p, t", PROBS,
-     ("[torch.rand(3, 5000).softmax(-1), torch.rand(3, 5000).softmax(-1)]",), "", ["split"]),
-    ("hinge_cols", "torch.mean(torch.clamp(1 - p * t, min=0))", "p, t",
-     "[torch.randn(6, 300), torch.randint(0, 2, (300,)).float() * 2 - 1]",
-     ("[torch.randn(3, 1000), torch.randint(0, 2, (1000,)).float() * 2 - 1]",), "", ["split"]),
-    ("hinge_rows", "torch.mean(torch.clamp(1 - in1 * in0, min=0))", "in1, in0",
-     "[torch.randn(6, 300), torch.randint(0, 2, (6, 1)).float() * 2 - 1]",
-     ("[torch.randn(3, 1000), torch.randint(0, 2, (3, 1)).float() * 2 - 1]",), "", ["split"]),
+    (
+        "nll_none",
+        "F.nll_loss(F.log_softmax(t, dim=-1), x, reduction='none')",
+        "t, x",
+        CE,
+        ("[torch.randn(3, 2100), torch.randint(0, 2100, (3,))]",),
+        "",
+        ["row"],
+    ),
+    (
+        "mse",
+        "torch.mean((p - t) ** 2)",
+        "p, t",
+        PT,
+        ("[torch.randn(3, 20011), torch.randn(3, 20011)]",),
+        "",
+        ["split"],
+    ),
+    (
+        "huber_sum",
+        "F.smooth_l1_loss(p, t, beta=0.5, reduction='sum')",
+        "p, t",
+        "[torch.randn(37, 19) * 2, torch.randn(37, 19)]",
+        ("[torch.randn(7, 4099) * 2, torch.randn(7, 4099)]",),
+        "",
+        ["split"],
+    ),
+    (
+        "kl_batchmean",
+        "F.kl_div(torch.log(p), t, reduction='batchmean')",
+        "p, t",
+        PROBS,
+        ("[torch.rand(3, 5000).softmax(-1), torch.rand(3, 5000).softmax(-1)]",),
+        "",
+        ["split"],
+    ),
+    (
+        "hinge_cols",
+        "torch.mean(torch.clamp(1 - p * t, min=0))",
+        "p, t",
+        "[torch.randn(6, 300), torch.randint(0, 2, (300,)).float() * 2 - 1]",
+        ("[torch.randn(3, 1000), torch.randint(0, 2, (1000,)).float() * 2 - 1]",),
+        "",
+        ["split"],
+    ),
+    (
+        "hinge_rows",
+        "torch.mean(torch.clamp(1 - in1 * in0, min=0))",
+        "in1, in0",
+        "[torch.randn(6, 300), torch.randint(0, 2, (6, 1)).float() * 2 - 1]",
+        ("[torch.randn(3, 1000), torch.randint(0, 2, (3, 1)).float() * 2 - 1]",),
+        "",
+        ["split"],
+    ),
 ]
 
 
@@ -220,8 +440,9 @@ def checked(tmp_path_factory) -> dict[str, subprocess.CompletedProcess]:
     jobs = []
     for name, forward, args, inputs, shapes, init, variants in CHECKS:
         task = write_task(base / f"{name}.py", forward, inputs, shapes, args, init)
-        cands = {c.variant: c for t in instantiate(task).values() if not isinstance(t, str)
-                 for c in t}
+        cands = {
+            c.variant: c for t in instantiate(task).values() if not isinstance(t, str) for c in t
+        }
         for v in variants:
             path = base / f"{name}_{v}.py"
             path.write_text(cands[v].source)
@@ -243,4 +464,3 @@ def test_every_schedule_is_correct(checked, key):
     failures = [line for line in proc.stdout.splitlines() if '"ok": false' in line]
     assert proc.returncode == 0, (failures[:3] or proc.stdout[-2000:]) + [proc.stderr[-2000:]]
     assert proc.stdout.count('"ok": true') >= 6  # every point of the space ran
-

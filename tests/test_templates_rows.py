@@ -28,7 +28,7 @@ from evolution.templates.base import TemplateCandidate
 
 ROOT = Path(__file__).resolve().parent.parent
 
-_TASK = '''
+_TASK = """
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -52,7 +52,7 @@ def get_inputs():
 
 def get_init_inputs():
     return []
-'''
+"""
 
 
 def write_task(path: Path, expr: str, inputs: str, init: str = "", shapes: tuple = ()) -> Path:
@@ -90,25 +90,59 @@ SPELLINGS = [
     ("torch.softmax(x, 1)", "", "torch.randn(5, 37)", "softmax", ALL_SOFTMAX),
     ("F.softmax(x, dim=-1)", "", "torch.randn(5, 37)", "softmax", ALL_SOFTMAX),
     ("x.softmax(2)", "", "torch.randn(2, 3, 37)", "softmax", ALL_SOFTMAX),
-    ("self.lsm(x)", "self.lsm = nn.LogSoftmax(dim=1)", "torch.randn(5, 37)", "softmax",
-     ALL_SOFTMAX),
+    (
+        "self.lsm(x)",
+        "self.lsm = nn.LogSoftmax(dim=1)",
+        "torch.randn(5, 37)",
+        "softmax",
+        ALL_SOFTMAX,
+    ),
     ("torch.log_softmax(x, dim=-1)", "", "torch.randn(5, 37)", "softmax", ALL_SOFTMAX),
-    ("F.log_softmax(x, 1)", "", "torch.randn(5, 40000)",
-     "softmax", {"online", "split"}),
+    ("F.log_softmax(x, 1)", "", "torch.randn(5, 40000)", "softmax", {"online", "split"}),
     ("self.ln(x)", "self.ln = nn.LayerNorm(37)", "torch.randn(5, 37)", "layer_norm", ALL_LN),
-    ("self.ln(x)", "self.ln = nn.LayerNorm((4, 37), elementwise_affine=False)",
-     "torch.randn(2, 4, 37)", "layer_norm", ALL_LN),
-    ("self.ln(x)", "self.ln = nn.LayerNorm(37, bias=False)", "torch.randn(5, 37)",
-     "layer_norm", ALL_LN),
-    ("F.layer_norm(x, (37,), self.w, None, 1e-6)", "self.w = nn.Parameter(torch.ones(37))",
-     "torch.randn(5, 37)", "layer_norm", ALL_LN),
+    (
+        "self.ln(x)",
+        "self.ln = nn.LayerNorm((4, 37), elementwise_affine=False)",
+        "torch.randn(2, 4, 37)",
+        "layer_norm",
+        ALL_LN,
+    ),
+    (
+        "self.ln(x)",
+        "self.ln = nn.LayerNorm(37, bias=False)",
+        "torch.randn(5, 37)",
+        "layer_norm",
+        ALL_LN,
+    ),
+    (
+        "F.layer_norm(x, (37,), self.w, None, 1e-6)",
+        "self.w = nn.Parameter(torch.ones(37))",
+        "torch.randn(5, 37)",
+        "layer_norm",
+        ALL_LN,
+    ),
     ("self.n(x)", "self.n = nn.RMSNorm(37)", "torch.randn(5, 37)", "rms_norm", ALL_RMS),
-    ("F.rms_norm(x, (37,), self.w, 1e-6)", "self.w = nn.Parameter(torch.ones(37))",
-     "torch.randn(5, 37)", "rms_norm", ALL_RMS),
-    ("x / torch.sqrt(torch.mean(x ** 2, dim=1, keepdim=True) + self.eps)", "self.eps = 1e-5",
-     "torch.randn(2, 5, 4, 3)", "rms_norm", {"strided", "strided_looped"}),
-    ("x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6)", "", "torch.randn(5, 37)",
-     "rms_norm", ALL_RMS),
+    (
+        "F.rms_norm(x, (37,), self.w, 1e-6)",
+        "self.w = nn.Parameter(torch.ones(37))",
+        "torch.randn(5, 37)",
+        "rms_norm",
+        ALL_RMS,
+    ),
+    (
+        "x / torch.sqrt(torch.mean(x ** 2, dim=1, keepdim=True) + self.eps)",
+        "self.eps = 1e-5",
+        "torch.randn(2, 5, 4, 3)",
+        "rms_norm",
+        {"strided", "strided_looped"},
+    ),
+    (
+        "x * torch.rsqrt((x * x).mean(-1, keepdim=True) + 1e-6)",
+        "",
+        "torch.randn(5, 37)",
+        "rms_norm",
+        ALL_RMS,
+    ),
     ("torch.sum(x, dim=1)", "", "torch.randn(2, 37, 5)", "reduce", {"strided"}),
     ("x.sum(-1, keepdim=True)", "", "torch.randn(2, 37, 5)", "reduce", {"row"}),
     ("torch.mean(x, 1)", "", "torch.randn(5, 37)", "reduce", {"row"}),
@@ -169,9 +203,14 @@ def test_softmax_over_a_leading_dim_is_declined(tmp_path):
 
 
 def test_single_pass_is_not_offered_for_very_long_rows(tmp_path):
-    got = instantiate(write_task(tmp_path / "task.py", "self.ln(x)",
-                                 "torch.randn(2, 16, 64, 64)",
-                                 "self.ln = nn.LayerNorm((16, 64, 64))"))
+    got = instantiate(
+        write_task(
+            tmp_path / "task.py",
+            "self.ln(x)",
+            "torch.randn(2, 16, 64, 64)",
+            "self.ln = nn.LayerNorm((16, 64, 64))",
+        )
+    )
     assert {c.variant for c in got["layer_norm"]} == {"welford", "split"}
 
 
@@ -179,36 +218,106 @@ def test_single_pass_is_not_offered_for_very_long_rows(tmp_path):
 
 # (id, expr, init, inputs, shapes, template, variants checked); sizes avoid multiples of blocks.
 CHECKS = [
-    ("softmax", "torch.softmax(x, dim=1)", "", "torch.randn(2, 5000) * 3",
-     ("torch.randn(3, 77)", "torch.randn(1, 4097)"), "softmax", ALL_SOFTMAX),
-    ("log_softmax_fp16", "F.log_softmax(x, dim=-1)", "",
-     "torch.randn(2, 1, 4500, dtype=torch.float16)", ("torch.randn(1, 3, 33).half()",),
-     "softmax", {"single_pass", "split"}),
-    ("layer_norm", "self.ln(x)", "self.ln = nn.LayerNorm((4, 1100))",
-     "torch.randn(2, 4, 1100) * 2 + 1", ("torch.randn(1, 4, 1100) + 100.0",),
-     "layer_norm", ALL_LN),
-    ("rms_norm_no_weight", "self.n(x)", "self.n = nn.RMSNorm(4500, elementwise_affine=False)",
-     "torch.randn(2, 4500)", ("torch.randn(3, 4500)",), "rms_norm", ALL_RMS),
-    ("rms_norm_kernelbench", "x / torch.sqrt(torch.mean(x ** 2, dim=1, keepdim=True) + 1e-5)",
-     "", "torch.randn(2, 5, 7, 9)", ("torch.randn(1, 70, 3, 11)", "torch.randn(1, 1, 1, 1)"),
-     "rms_norm", {"strided", "strided_looped"}),
-    ("sum_strided_keepdim", "torch.sum(x, dim=1, keepdim=True)", "", "torch.randn(2, 37, 19)",
-     ("torch.randn(1, 300, 1)", "torch.randn(2, 7, 33)"), "reduce", {"strided"}),
-    ("max_strided", "torch.max(x, 0)[0]", "", "torch.randn(37, 19)", ("torch.randn(1, 1)",),
-     "reduce", {"strided"}),
-    ("mean_row_fp16", "x.mean(-1)", "", "torch.rand(3, 2, 37, dtype=torch.float16) + 1",
-     ("torch.rand(1, 1, 300).half()",), "reduce", {"row"}),
-    ("argmax_row", "x.argmax(dim=-1)", "", "torch.randn(5, 37)",
-     ("torch.randn(3, 300)", "torch.randint(0, 3, (4, 50)).float()"), "reduce", {"row"}),
-    ("argmin_strided", "torch.argmin(x, dim=1)", "", "torch.randn(2, 37, 5)",
-     ("torch.randint(0, 3, (2, 40, 7)).float()",), "reduce", {"strided"}),
+    (
+        "softmax",
+        "torch.softmax(x, dim=1)",
+        "",
+        "torch.randn(2, 5000) * 3",
+        ("torch.randn(3, 77)", "torch.randn(1, 4097)"),
+        "softmax",
+        ALL_SOFTMAX,
+    ),
+    (
+        "log_softmax_fp16",
+        "F.log_softmax(x, dim=-1)",
+        "",
+        "torch.randn(2, 1, 4500, dtype=torch.float16)",
+        ("torch.randn(1, 3, 33).half()",),
+        "softmax",
+        {"single_pass", "split"},
+    ),
+    (
+        "layer_norm",
+        "self.ln(x)",
+        "self.ln = nn.LayerNorm((4, 1100))",
+        "torch.randn(2, 4, 1100) * 2 + 1",
+        ("torch.randn(1, 4, 1100) + 100.0",),
+        "layer_norm",
+        ALL_LN,
+    ),
+    (
+        "rms_norm_no_weight",
+        "self.n(x)",
+        "self.n = nn.RMSNorm(4500, elementwise_affine=False)",
+        "torch.randn(2, 4500)",
+        ("torch.randn(3, 4500)",),
+        "rms_norm",
+        ALL_RMS,
+    ),
+    (
+        "rms_norm_kernelbench",
+        "x / torch.sqrt(torch.mean(x ** 2, dim=1, keepdim=True) + 1e-5)",
+        "",
+        "torch.randn(2, 5, 7, 9)",
+        ("torch.randn(1, 70, 3, 11)", "torch.randn(1, 1, 1, 1)"),
+        "rms_norm",
+        {"strided", "strided_looped"},
+    ),
+    (
+        "sum_strided_keepdim",
+        "torch.sum(x, dim=1, keepdim=True)",
+        "",
+        "torch.randn(2, 37, 19)",
+        ("torch.randn(1, 300, 1)", "torch.randn(2, 7, 33)"),
+        "reduce",
+        {"strided"},
+    ),
+    (
+        "max_strided",
+        "torch.max(x, 0)[0]",
+        "",
+        "torch.randn(37, 19)",
+        ("torch.randn(1, 1)",),
+        "reduce",
+        {"strided"},
+    ),
+    (
+        "mean_row_fp16",
+        "x.mean(-1)",
+        "",
+        "torch.rand(3, 2, 37, dtype=torch.float16) + 1",
+        ("torch.rand(1, 1, 300).half()",),
+        "reduce",
+        {"row"},
+    ),
+    (
+        "argmax_row",
+        "x.argmax(dim=-1)",
+        "",
+        "torch.randn(5, 37)",
+        ("torch.randn(3, 300)", "torch.randint(0, 3, (4, 50)).float()"),
+        "reduce",
+        {"row"},
+    ),
+    (
+        "argmin_strided",
+        "torch.argmin(x, dim=1)",
+        "",
+        "torch.randn(2, 37, 5)",
+        ("torch.randint(0, 3, (2, 40, 7)).float()",),
+        "reduce",
+        {"strided"},
+    ),
 ]
 
 
 def _check(task: Path, cand_path: Path) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "tests/template_check.py", str(task), str(cand_path)],
-        cwd=ROOT, capture_output=True, text=True, timeout=600,
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
 
 
@@ -252,10 +361,26 @@ def test_whole_search_space_is_correct(check_results, check_id):
 
 # Two constexpr settings per kernel: typical values, and the degenerate/False branches.
 _CONSTEXPRS = [
-    {"BLOCK": 1024, "ROWS": 2, "R_BLOCK": 8, "C_BLOCK": 64, "SPLIT": 4, "CENTER": True,
-     "HAS_W": True, "HAS_B": False},
-    {"BLOCK": 16, "ROWS": 1, "R_BLOCK": 1, "C_BLOCK": 1, "SPLIT": 1, "CENTER": False,
-     "HAS_W": False, "HAS_B": True},
+    {
+        "BLOCK": 1024,
+        "ROWS": 2,
+        "R_BLOCK": 8,
+        "C_BLOCK": 64,
+        "SPLIT": 4,
+        "CENTER": True,
+        "HAS_W": True,
+        "HAS_B": False,
+    },
+    {
+        "BLOCK": 16,
+        "ROWS": 1,
+        "R_BLOCK": 1,
+        "C_BLOCK": 1,
+        "SPLIT": 1,
+        "CENTER": False,
+        "HAS_W": False,
+        "HAS_B": True,
+    },
 ]
 
 
@@ -275,8 +400,11 @@ def _compile_for_sm90(fn, constexprs: dict, num_warps: int) -> None:
         else:
             sig[p.name] = "fp32" if p.name == "eps" else "i32"
     consts = {(fn.arg_names.index(k),): v for k, v in constexprs.items() if k in fn.arg_names}
-    triton.compile(ASTSource(fn, sig, constexprs=consts), target=GPUTarget("cuda", 90, 32),
-                   options={"num_warps": num_warps})
+    triton.compile(
+        ASTSource(fn, sig, constexprs=consts),
+        target=GPUTarget("cuda", 90, 32),
+        options={"num_warps": num_warps},
+    )
 
 
 @pytest.mark.slow

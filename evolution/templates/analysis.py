@@ -88,18 +88,26 @@ def analyse(task: ModuleType, source: str = "") -> TaskAnalysis:
     inputs = [i for i in (_info(x) for x in xs) if i is not None]
     params = {k: TensorInfo(tuple(v.shape), v.dtype) for k, v in model.state_dict().items()}
     dtype = next((i.dtype for i in inputs if i.dtype.is_floating_point), torch.float32)
-    base = dict(inputs=inputs, params=params, init_args=init, dtype=dtype,
-                allow_tf32=bool(getattr(task, "ALLOW_TF32", False)), source=source)
+    base = dict(
+        inputs=inputs,
+        params=params,
+        init_args=init,
+        dtype=dtype,
+        allow_tf32=bool(getattr(task, "ALLOW_TF32", False)),
+        source=source,
+    )
     try:
         gm = torch.fx.symbolic_trace(model)
     except Exception as e:  # data-dependent control flow and the like
-        return TaskAnalysis(graph=None, reason=f"cannot trace Model: {type(e).__name__}: {e}",
-                            **base)
+        return TaskAnalysis(
+            graph=None, reason=f"cannot trace Model: {type(e).__name__}: {e}", **base
+        )
     try:
         _annotate(gm, xs)
     except Exception as e:
-        return TaskAnalysis(graph=None, reason=f"cannot infer shapes: {type(e).__name__}: {e}",
-                            **base)
+        return TaskAnalysis(
+            graph=None, reason=f"cannot infer shapes: {type(e).__name__}: {e}", **base
+        )
     return TaskAnalysis(graph=gm, **base)
 
 
@@ -133,6 +141,8 @@ def parameter_skeleton(params: dict[str, TensorInfo], indent: str = "        ") 
                 made.add(prefix)
                 lines.append(f"{indent}self.{prefix} = nn.Module()")
         dtype = str(info.dtype).replace("torch.", "torch.")
-        lines.append(f"{indent}self.{key} = nn.Parameter(torch.empty({info.shape!r},"
-                     f" dtype={dtype}), requires_grad=False)")
+        lines.append(
+            f"{indent}self.{key} = nn.Parameter(torch.empty({info.shape!r},"
+            f" dtype={dtype}), requires_grad=False)"
+        )
     return "\n".join(lines) if lines else f"{indent}pass"

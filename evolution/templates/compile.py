@@ -19,7 +19,7 @@ SPACE = {
     "split_reductions": [True, False],
 }
 
-FOOTER = '''
+FOOTER = """
 
 # kernelmap library candidate: the reference above under torch.compile (inductor).
 SEARCH_SPACE = {space!r}
@@ -34,7 +34,7 @@ ModelNew.forward = torch.compile(
         "triton.cudagraphs": False,
     }},
 )
-'''
+"""
 
 
 class TorchCompile(Template):
@@ -50,8 +50,11 @@ class TorchCompile(Template):
             return "the task does not `import torch` at module level"
         source = re.sub(r"\bModel\b", "ModelNew", analysis.source).rstrip() + "\n"
         source += FOOTER.format(space=SPACE)
-        return [TemplateCandidate(self.name, "inductor", source,
-                                  "the reference under torch.compile", kind="library")]
+        return [
+            TemplateCandidate(
+                self.name, "inductor", source, "the reference under torch.compile", kind="library"
+            )
+        ]
 
 
 TEMPLATES: list[Template] = [TorchCompile()]

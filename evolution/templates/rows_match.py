@@ -218,8 +218,9 @@ def _match_norm(
     eps = _eps_of(eps)
     if isinstance(eps, str):
         return eps
-    return dict(dim=len(shape) - ndims, ndims=ndims, eps=eps, weight=exprs["weight"],
-                bias=exprs.get("bias"))
+    return dict(
+        dim=len(shape) - ndims, ndims=ndims, eps=eps, weight=exprs["weight"], bias=exprs.get("bias")
+    )
 
 
 def _is_call(node: Any, *names: str) -> bool:
@@ -341,8 +342,9 @@ def match_row_op(analysis: TaskAnalysis) -> RowOp | str:
             f"the reference computes more than the {kind} (also {names}): ops around a row op"
             " belong to a fused epilogue, which the row templates do not cover"
         )
-    return RowOp(kind=kind, shape=tuple(shape), dtype=info.dtype, args=args, x=str(x.target),
-                 **fields)
+    return RowOp(
+        kind=kind, shape=tuple(shape), dtype=info.dtype, args=args, x=str(x.target), **fields
+    )
 
 
 def options(first: int, lo: int, hi: int, count: int) -> list[int]:
@@ -392,8 +394,11 @@ def split_space(n: int, rows: int) -> dict[str, list[int]] | None:
     if most < 2:
         return None
     split = min(most, pow2(-(-2 * FEW_ROWS // max(rows, 1))))
-    return {"SPLIT": options(split, 1, most, 3), "BLOCK": options(block, 16, 4096, 2),
-            "num_warps": options(warps_for(block), 1, 32, 2)}
+    return {
+        "SPLIT": options(split, 1, most, 3),
+        "BLOCK": options(block, 16, 4096, 2),
+        "num_warps": options(warps_for(block), 1, 32, 2),
+    }
 
 
 def render_candidate(

@@ -36,7 +36,7 @@ from evolution.templates.rows_match import (
     warps_for,
 )
 
-_SINGLE_PASS = '''
+_SINGLE_PASS = """
 @triton.jit
 def norm_rows_kernel(x_ptr, w_ptr, b_ptr, out_ptr, n_rows, n_cols, eps, CENTER: tl.constexpr,
                      HAS_W: tl.constexpr, HAS_B: tl.constexpr, ROWS: tl.constexpr,
@@ -57,9 +57,9 @@ def norm_rows_kernel(x_ptr, w_ptr, b_ptr, out_ptr, n_rows, n_cols, eps, CENTER: 
     if HAS_B:
         y = y + tl.load(b_ptr + cols, mask=col_ok).to(tl.float32)[None, :]
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
-'''
+"""
 
-_SINGLE_PASS_FORWARD = '''
+_SINGLE_PASS_FORWARD = """
 n_rows = x.numel() // max(n_cols, 1)
 block = triton.next_power_of_2(n_cols)
 # Cap the tile at 16K values so a long held-out row does not exhaust registers.
@@ -69,12 +69,12 @@ norm_rows_kernel[grid](x, weight, bias, out, n_rows, n_cols, eps,
                        CENTER=$center, $affine,
                        ROWS=rows, BLOCK=block, num_warps=num_warps)
 return out
-'''
+"""
 
 # Statistics of x[row + start : row + start + length] (clipped to the row), shared by the looped
 # and split variants: per-lane Welford (count, mean, M2), then the lanes merged (Chan et al.).
 # Without CENTER the mean stays 0 and M2 is the sum of squares, which is all RMSNorm needs.
-_STATS = '''
+_STATS = """
     count = tl.zeros([BLOCK], tl.float32)
     mean = tl.zeros([BLOCK], tl.float32)
     m2 = tl.zeros([BLOCK], tl.float32)
@@ -92,10 +92,10 @@ _STATS = '''
     n = tl.sum(count, axis=0)
     mu = tl.sum(mean * count, axis=0) / tl.maximum(n, 1.0)
     m2 = tl.sum(m2 + count * (mean - mu) * (mean - mu), axis=0)
-'''
+"""
 
 # Normalise x[row + start : row + start + length] given mu and rstd.
-_NORMALISE = '''
+_NORMALISE = """
     for off in range(0, length, BLOCK):
         idx = start + off + cols
         ok = idx < n_cols
@@ -106,9 +106,9 @@ _NORMALISE = '''
         if HAS_B:
             y = y + tl.load(b_ptr + idx, mask=ok).to(tl.float32)
         tl.store(out_ptr + row + idx, y.to(out_ptr.dtype.element_ty), mask=ok)
-'''
+"""
 
-_LOOPED = Text('''
+_LOOPED = Text("""
 @triton.jit
 def norm_looped_kernel(x_ptr, w_ptr, b_ptr, out_ptr, n_cols, eps, CENTER: tl.constexpr,
                        HAS_W: tl.constexpr, HAS_B: tl.constexpr, BLOCK: tl.constexpr):
@@ -119,17 +119,17 @@ def norm_looped_kernel(x_ptr, w_ptr, b_ptr, out_ptr, n_cols, eps, CENTER: tl.con
 $stats
     rstd = tl.rsqrt(m2 / n_cols + eps)
 $normalise
-''')
+""")
 
-_LOOPED_FORWARD = '''
+_LOOPED_FORWARD = """
 n_rows = x.numel() // max(n_cols, 1)
 norm_looped_kernel[(n_rows,)](x, weight, bias, out, n_cols, eps,
                               CENTER=$center, $affine,
                               BLOCK=BLOCK, num_warps=num_warps)
 return out
-'''
+"""
 
-_SPLIT = Text('''
+_SPLIT = Text("""
 @triton.jit
 def norm_partials_kernel(x_ptr, part_ptr, n_cols, chunk, CENTER: tl.constexpr,
                          SPLIT: tl.constexpr, BLOCK: tl.constexpr):
@@ -160,9 +160,9 @@ def norm_split_kernel(x_ptr, w_ptr, b_ptr, out_ptr, part_ptr, n_cols, chunk, eps
     cols = tl.arange(0, BLOCK)
     start, length = (pid % SPLIT) * chunk, chunk
 $normalise
-''')
+""")
 
-_SPLIT_FORWARD = '''
+_SPLIT_FORWARD = """
 n_rows = x.numel() // max(n_cols, 1)
 # No more chunks than BLOCK-wide column blocks; chunks start on BLOCK boundaries.
 split = min(SPLIT, triton.next_power_of_2(triton.cdiv(n_cols, BLOCK)))
@@ -175,9 +175,9 @@ norm_split_kernel[grid](x, weight, bias, out, parts, n_cols, chunk, eps,
                         $affine,
                         SPLIT=split, BLOCK=BLOCK, num_warps=num_warps)
 return out
-'''
+"""
 
-_STRIDED = '''
+_STRIDED = """
 @triton.jit
 def rms_strided_kernel(x_ptr, out_ptr, n_red, n_inner, eps, C_BLOCK: tl.constexpr,
                        BLOCK: tl.constexpr):
@@ -192,9 +192,9 @@ def rms_strided_kernel(x_ptr, out_ptr, n_red, n_inner, eps, C_BLOCK: tl.constexp
     x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
     rstd = tl.rsqrt(tl.sum(x * x, axis=0) / n_red + eps)
     tl.store(out_ptr + offs, (x * rstd[None, :]).to(out_ptr.dtype.element_ty), mask=mask)
-'''
+"""
 
-_STRIDED_LOOPED = '''
+_STRIDED_LOOPED = """
 @triton.jit
 def rms_strided_looped_kernel(x_ptr, out_ptr, n_red, n_inner, eps, R_BLOCK: tl.constexpr,
                               BLOCK: tl.constexpr):
@@ -220,16 +220,16 @@ def rms_strided_looped_kernel(x_ptr, out_ptr, n_red, n_inner, eps, R_BLOCK: tl.c
         offs = base + rr[:, None].to(tl.int64) * n_inner
         x = tl.load(x_ptr + offs, mask=mask, other=0.0).to(tl.float32)
         tl.store(out_ptr + offs, (x * rstd).to(out_ptr.dtype.element_ty), mask=mask)
-'''
+"""
 
-_STRIDED_FORWARD = '''
+_STRIDED_FORWARD = """
 n_red = x.shape[$dim]
 n_inner = x.shape[$after:].numel()
 n_outer = x.shape[:$dim].numel()
 grid = (n_outer * triton.cdiv(n_inner, BLOCK),)
 $launch
 return out
-'''
+"""
 
 # Rows up to this long are offered the single-pass variant: the row, its weight and its bias
 # held in registers (longer rows spill even at 32 warps, by ptxas for sm_90).
@@ -259,27 +259,55 @@ class NormTemplate(Template):
             return f"the reference computes {op.kind}, not {self.kind}"
         if not op.last:
             return self._strided(op, analysis)
-        flags = dict(center=str(self.kind == "layer_norm"),
-                     affine=f"HAS_W={op.weight is not None}, HAS_B={op.bias is not None}")
+        flags = dict(
+            center=str(self.kind == "layer_norm"),
+            affine=f"HAS_W={op.weight is not None}, HAS_B={op.bias is not None}",
+        )
         names = _NAMES[self.kind]
         n, rows, block = op.n, op.outer, pow2(op.n)
         cands = []
         if n <= MAX_SINGLE_PASS:
             per = max(1, min(16, 4096 // block))
-            space = {"ROWS_PER_PROGRAM": options(per, 1, 16, 3),
-                     "num_warps": options(warps_for(block * per), 1, 32, 3)}
-            cands.append(self._candidate(names["single"], op, analysis, space, _SINGLE_PASS,
-                                         Text(_SINGLE_PASS_FORWARD).substitute(flags)))
+            space = {
+                "ROWS_PER_PROGRAM": options(per, 1, 16, 3),
+                "num_warps": options(warps_for(block * per), 1, 32, 3),
+            }
+            cands.append(
+                self._candidate(
+                    names["single"],
+                    op,
+                    analysis,
+                    space,
+                    _SINGLE_PASS,
+                    Text(_SINGLE_PASS_FORWARD).substitute(flags),
+                )
+            )
         blk = min(block, 4096)
         space = {"BLOCK": options(blk, 16, 8192, 3), "num_warps": options(warps_for(blk), 1, 32, 3)}
         kernel = _LOOPED.substitute(stats=_STATS.strip("\n"), normalise=_NORMALISE.strip("\n"))
-        cands.append(self._candidate(names["looped"], op, analysis, space, kernel,
-                                     Text(_LOOPED_FORWARD).substitute(flags)))
+        cands.append(
+            self._candidate(
+                names["looped"],
+                op,
+                analysis,
+                space,
+                kernel,
+                Text(_LOOPED_FORWARD).substitute(flags),
+            )
+        )
         space = split_space(n, rows)
         if space is not None:
             kernel = _SPLIT.substitute(stats=_STATS.strip("\n"), normalise=_NORMALISE.strip("\n"))
-            cands.append(self._candidate(names["split"], op, analysis, space, kernel,
-                                         Text(_SPLIT_FORWARD).substitute(flags)))
+            cands.append(
+                self._candidate(
+                    names["split"],
+                    op,
+                    analysis,
+                    space,
+                    kernel,
+                    Text(_SPLIT_FORWARD).substitute(flags),
+                )
+            )
         return cands
 
     def _strided(self, op: RowOp, analysis: TaskAnalysis) -> list[TemplateCandidate] | str:
@@ -291,26 +319,43 @@ class NormTemplate(Template):
         c_block = pow2(op.n)
         if c_block <= MAX_STRIDED_TILE:
             width = max(16, min(inner, 4096 // c_block, 1024))
-            space = {"BLOCK": options(width, 16, 1024, 3),
-                     "num_warps": options(warps_for(width * c_block), 1, 32, 3)}
-            launch = ("rms_strided_kernel[grid](x, out, n_red, n_inner, eps,"
-                      " C_BLOCK=triton.next_power_of_2(n_red),\n"
-                      "                         BLOCK=BLOCK, num_warps=num_warps)")
+            space = {
+                "BLOCK": options(width, 16, 1024, 3),
+                "num_warps": options(warps_for(width * c_block), 1, 32, 3),
+            }
+            launch = (
+                "rms_strided_kernel[grid](x, out, n_red, n_inner, eps,"
+                " C_BLOCK=triton.next_power_of_2(n_red),\n"
+                "                         BLOCK=BLOCK, num_warps=num_warps)"
+            )
             forward = Text(_STRIDED_FORWARD).substitute(dim=op.dim, after=op.dim + 1, launch=launch)
             cands.append(self._candidate("strided", op, analysis, space, _STRIDED, forward))
         width = max(16, min(inner, 256))
-        space = {"R_BLOCK": options(8, 1, 64, 3), "BLOCK": options(width, 16, 1024, 2),
-                 "num_warps": options(4, 1, 32, 2)}
-        launch = ("rms_strided_looped_kernel[grid](x, out, n_red, n_inner, eps, R_BLOCK=R_BLOCK,"
-                  " BLOCK=BLOCK,\n"
-                  "                                num_warps=num_warps)")
+        space = {
+            "R_BLOCK": options(8, 1, 64, 3),
+            "BLOCK": options(width, 16, 1024, 2),
+            "num_warps": options(4, 1, 32, 2),
+        }
+        launch = (
+            "rms_strided_looped_kernel[grid](x, out, n_red, n_inner, eps, R_BLOCK=R_BLOCK,"
+            " BLOCK=BLOCK,\n"
+            "                                num_warps=num_warps)"
+        )
         forward = Text(_STRIDED_FORWARD).substitute(dim=op.dim, after=op.dim + 1, launch=launch)
-        cands.append(self._candidate("strided_looped", op, analysis, space, _STRIDED_LOOPED,
-                                     forward))
+        cands.append(
+            self._candidate("strided_looped", op, analysis, space, _STRIDED_LOOPED, forward)
+        )
         return cands
 
-    def _candidate(self, variant: str, op: RowOp, analysis: TaskAnalysis, space: dict,
-                   kernels: str, forward: str) -> TemplateCandidate:
+    def _candidate(
+        self,
+        variant: str,
+        op: RowOp,
+        analysis: TaskAnalysis,
+        space: dict,
+        kernels: str,
+        forward: str,
+    ) -> TemplateCandidate:
         eps = "torch.finfo(x.dtype).eps" if op.eps is None else repr(op.eps)
         head = [
             "x = x.contiguous()",

@@ -44,7 +44,7 @@ _ARG_KINDS = {
     "argmin": ('float("inf")', "<", "tl.min"),
 }
 
-_ROW_VALUE = Text('''
+_ROW_VALUE = Text("""
 @triton.jit
 def reduce_rows_kernel(x_ptr, out_ptr, n_rows, n_cols, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     # ROWS contiguous rows per program, BLOCK columns at a time, one accumulator per lane.
@@ -59,9 +59,9 @@ def reduce_rows_kernel(x_ptr, out_ptr, n_rows, n_cols, ROWS: tl.constexpr, BLOCK
         acc = $combine
     res = $final
     tl.store(out_ptr + rows, res.to(out_ptr.dtype.element_ty), mask=row_ok)
-''')
+""")
 
-_ROW_ARG = Text('''
+_ROW_ARG = Text("""
 @triton.jit
 def arg_reduce_rows_kernel(x_ptr, out_ptr, n_rows, n_cols, ROWS: tl.constexpr,
                            BLOCK: tl.constexpr):
@@ -83,9 +83,9 @@ def arg_reduce_rows_kernel(x_ptr, out_ptr, n_rows, n_cols, ROWS: tl.constexpr,
     # The first occurrence: the smallest index among the lanes that hold the best value.
     res = tl.min(tl.where(acc == best[:, None], arg, 2147483647), axis=1)
     tl.store(out_ptr + rows, res.to(tl.int64), mask=row_ok)
-''')
+""")
 
-_STRIDED_VALUE = Text('''
+_STRIDED_VALUE = Text("""
 @triton.jit
 def reduce_strided_kernel(x_ptr, out_ptr, n_red, n_inner, R_BLOCK: tl.constexpr,
                           BLOCK: tl.constexpr):
@@ -107,9 +107,9 @@ def reduce_strided_kernel(x_ptr, out_ptr, n_red, n_inner, R_BLOCK: tl.constexpr,
         acc = $combine
     res = $final
     tl.store(out_ptr + outer * n_inner + cols, res.to(out_ptr.dtype.element_ty), mask=col_ok)
-''')
+""")
 
-_STRIDED_ARG = Text('''
+_STRIDED_ARG = Text("""
 @triton.jit
 def arg_reduce_strided_kernel(x_ptr, out_ptr, n_red, n_inner, R_BLOCK: tl.constexpr,
                               BLOCK: tl.constexpr):
@@ -136,9 +136,9 @@ def arg_reduce_strided_kernel(x_ptr, out_ptr, n_red, n_inner, R_BLOCK: tl.conste
     # The first occurrence: the smallest index among the lanes that hold the best value.
     res = tl.min(tl.where(acc == best[None, :], arg, 2147483647), axis=0)
     tl.store(out_ptr + outer * n_inner + cols, res.to(tl.int64), mask=col_ok)
-''')
+""")
 
-_FORWARD = Text('''
+_FORWARD = Text("""
 x = x.contiguous()
 n_red = x.shape[$dim]
 n_inner = x.shape[$after:].numel()
@@ -146,15 +146,15 @@ n_outer = x.shape[:$dim].numel()
 out = torch.empty($out_shape, device=x.device, dtype=$dtype)
 $launch
 return out
-''')
+""")
 
-_ROW_LAUNCH = Text('''grid = (triton.cdiv(n_outer, ROWS_PER_PROGRAM),)
+_ROW_LAUNCH = Text("""grid = (triton.cdiv(n_outer, ROWS_PER_PROGRAM),)
 $kernel[grid](x, out, n_outer, n_red,
-$pad ROWS=ROWS_PER_PROGRAM, BLOCK=BLOCK, num_warps=num_warps)''')
+$pad ROWS=ROWS_PER_PROGRAM, BLOCK=BLOCK, num_warps=num_warps)""")
 
-_STRIDED_LAUNCH = Text('''grid = (n_outer * triton.cdiv(n_inner, BLOCK),)
+_STRIDED_LAUNCH = Text("""grid = (n_outer * triton.cdiv(n_inner, BLOCK),)
 $kernel[grid](x, out, n_red, n_inner,
-$pad R_BLOCK=R_BLOCK, BLOCK=BLOCK, num_warps=num_warps)''')
+$pad R_BLOCK=R_BLOCK, BLOCK=BLOCK, num_warps=num_warps)""")
 
 
 class ReduceTemplate(Template):
@@ -176,29 +176,41 @@ class ReduceTemplate(Template):
         else:
             init, combine, final = _VALUE_KINDS[op.kind]
             axis, n = ("1", "n_cols") if op.last else ("0", "n_red")
-            subs = dict(init=init, combine=combine,
-                        final=Text(final).substitute(axis=axis, n=n))
+            subs = dict(init=init, combine=combine, final=Text(final).substitute(axis=axis, n=n))
         if op.last:
             variant, kernel = "row", "arg_reduce_rows_kernel" if arg else "reduce_rows_kernel"
             source = (_ROW_ARG if arg else _ROW_VALUE).substitute(subs)
             blk = min(pow2(op.n), 2048)
             per = max(1, min(16, 2048 // blk))
-            space = {"ROWS_PER_PROGRAM": options(per, 1, 16, 3),
-                     "BLOCK": options(blk, 16, 4096, 2),
-                     "num_warps": options(warps_for(blk * per), 1, 32, 2)}
+            space = {
+                "ROWS_PER_PROGRAM": options(per, 1, 16, 3),
+                "BLOCK": options(blk, 16, 4096, 2),
+                "num_warps": options(warps_for(blk * per), 1, 32, 2),
+            }
             launch = _ROW_LAUNCH
         else:
             variant = "strided"
             kernel = "arg_reduce_strided_kernel" if arg else "reduce_strided_kernel"
             source = (_STRIDED_ARG if arg else _STRIDED_VALUE).substitute(subs)
             width = max(16, min(pow2(op.inner), 256))
-            space = {"R_BLOCK": options(8, 1, 64, 3), "BLOCK": options(width, 16, 1024, 2),
-                     "num_warps": options(4, 1, 32, 2)}
+            space = {
+                "R_BLOCK": options(8, 1, 64, 3),
+                "BLOCK": options(width, 16, 1024, 2),
+                "num_warps": options(4, 1, 32, 2),
+            }
             launch = _STRIDED_LAUNCH
         return [self._candidate(variant, op, analysis, space, source, kernel, launch)]
 
-    def _candidate(self, variant: str, op: RowOp, analysis: TaskAnalysis, space: dict,
-                   kernels: str, kernel: str, launch: Text) -> TemplateCandidate:
+    def _candidate(
+        self,
+        variant: str,
+        op: RowOp,
+        analysis: TaskAnalysis,
+        space: dict,
+        kernels: str,
+        kernel: str,
+        launch: Text,
+    ) -> TemplateCandidate:
         d = op.dim
         kept = f"x.shape[:{d}] + (1,) + x.shape[{d + 1}:]"
         forward = _FORWARD.substitute(

@@ -34,7 +34,7 @@ _OUTPUT = {
     "log_softmax": "(x - m) - tl.log(s)",
 }
 
-_SINGLE_PASS = Text('''
+_SINGLE_PASS = Text("""
 @triton.jit
 def row_softmax_kernel(x_ptr, out_ptr, n_rows, n_cols, ROWS: tl.constexpr, BLOCK: tl.constexpr):
     # A tile of ROWS whole rows: each element is read once and written once.
@@ -49,9 +49,9 @@ def row_softmax_kernel(x_ptr, out_ptr, n_rows, n_cols, ROWS: tl.constexpr, BLOCK
     s = tl.sum(tl.exp(x - m), axis=1)[:, None]
     y = $output
     tl.store(out_ptr + offs, y.to(out_ptr.dtype.element_ty), mask=mask)
-''')
+""")
 
-_SINGLE_PASS_FORWARD = '''
+_SINGLE_PASS_FORWARD = """
 x = x.contiguous()
 out = torch.empty_like(x)
 n_cols = x.shape[-1]
@@ -62,12 +62,12 @@ rows = max(1, min(ROWS_PER_PROGRAM, 16384 // block))
 grid = (triton.cdiv(n_rows, rows),)
 row_softmax_kernel[grid](x, out, n_rows, n_cols, ROWS=rows, BLOCK=block, num_warps=num_warps)
 return out
-'''
+"""
 
 # Online max/sum over x[row + start : row + start + length] (clipped to the row), shared by the
 # online and split variants: per-lane running max m and sum s of exp(x - m), rescaled when the
 # max grows (lanes that saw only -inf keep s = 0), then the lanes merged.
-_ONLINE_LOOP = '''
+_ONLINE_LOOP = """
     m = tl.full([BLOCK], -float("inf"), tl.float32)
     s = tl.zeros([BLOCK], tl.float32)
     for off in range(0, length, BLOCK):
@@ -79,9 +79,9 @@ _ONLINE_LOOP = '''
         m = m_new
     m_all = tl.max(m, axis=0)
     s_all = tl.sum(tl.where(m == -float("inf"), 0.0, s * tl.exp(m - m_all)), axis=0)
-'''
+"""
 
-_ONLINE = Text('''
+_ONLINE = Text("""
 @triton.jit
 def online_softmax_kernel(x_ptr, out_ptr, n_cols, BLOCK: tl.constexpr):
     # One program per row: pass 1 finds the row max and sum online, pass 2 normalises.
@@ -98,18 +98,18 @@ $loop
         x = tl.load(x_ptr + row + idx, mask=mask, other=-float("inf")).to(tl.float32)
         y = $output
         tl.store(out_ptr + row + idx, y.to(out_ptr.dtype.element_ty), mask=mask)
-''')
+""")
 
-_ONLINE_FORWARD = '''
+_ONLINE_FORWARD = """
 x = x.contiguous()
 out = torch.empty_like(x)
 n_cols = x.shape[-1]
 n_rows = x.numel() // max(n_cols, 1)
 online_softmax_kernel[(n_rows,)](x, out, n_cols, BLOCK=BLOCK, num_warps=num_warps)
 return out
-'''
+"""
 
-_SPLIT = Text('''
+_SPLIT = Text("""
 @triton.jit
 def softmax_partials_kernel(x_ptr, part_m_ptr, part_s_ptr, n_cols, chunk,
                             SPLIT: tl.constexpr, BLOCK: tl.constexpr):
@@ -143,9 +143,9 @@ def softmax_normalise_kernel(x_ptr, out_ptr, part_m_ptr, part_s_ptr, n_cols, chu
         x = tl.load(x_ptr + row + idx, mask=mask, other=-float("inf")).to(tl.float32)
         y = $output
         tl.store(out_ptr + row + idx, y.to(out_ptr.dtype.element_ty), mask=mask)
-''')
+""")
 
-_SPLIT_FORWARD = '''
+_SPLIT_FORWARD = """
 x = x.contiguous()
 out = torch.empty_like(x)
 n_cols = x.shape[-1]
@@ -161,7 +161,7 @@ softmax_partials_kernel[grid](x, part_m, part_s, n_cols, chunk, SPLIT=split, BLO
 softmax_normalise_kernel[grid](x, out, part_m, part_s, n_cols, chunk, SPLIT=split,
                                BLOCK=BLOCK, num_warps=num_warps)
 return out
-'''
+"""
 
 # Rows up to this long are offered the single-pass (row in registers) variant.
 MAX_SINGLE_PASS = 32768
@@ -191,24 +191,55 @@ class SoftmaxTemplate(Template):
         cands = []
         if n <= MAX_SINGLE_PASS:
             per = max(1, min(16, 4096 // block))
-            space = {"ROWS_PER_PROGRAM": options(per, 1, 16, 3),
-                     "num_warps": options(warps_for(block * per), 1, 32, 3)}
-            cands.append(self._candidate("single_pass", op, analysis, space,
-                                         _SINGLE_PASS.substitute(output=output),
-                                         _SINGLE_PASS_FORWARD))
+            space = {
+                "ROWS_PER_PROGRAM": options(per, 1, 16, 3),
+                "num_warps": options(warps_for(block * per), 1, 32, 3),
+            }
+            cands.append(
+                self._candidate(
+                    "single_pass",
+                    op,
+                    analysis,
+                    space,
+                    _SINGLE_PASS.substitute(output=output),
+                    _SINGLE_PASS_FORWARD,
+                )
+            )
         blk = min(block, 4096)
         space = {"BLOCK": options(blk, 16, 8192, 3), "num_warps": options(warps_for(blk), 1, 32, 3)}
-        cands.append(self._candidate("online", op, analysis, space,
-                                     _ONLINE.substitute(output=output, loop=loop), _ONLINE_FORWARD))
+        cands.append(
+            self._candidate(
+                "online",
+                op,
+                analysis,
+                space,
+                _ONLINE.substitute(output=output, loop=loop),
+                _ONLINE_FORWARD,
+            )
+        )
         space = split_space(n, rows)
         if space is not None:
-            cands.append(self._candidate("split", op, analysis, space,
-                                         _SPLIT.substitute(output=output, loop=loop),
-                                         _SPLIT_FORWARD))
+            cands.append(
+                self._candidate(
+                    "split",
+                    op,
+                    analysis,
+                    space,
+                    _SPLIT.substitute(output=output, loop=loop),
+                    _SPLIT_FORWARD,
+                )
+            )
         return cands
 
-    def _candidate(self, variant: str, op: RowOp, analysis: TaskAnalysis, space: dict,
-                   kernels: str, forward: str) -> TemplateCandidate:
+    def _candidate(
+        self,
+        variant: str,
+        op: RowOp,
+        analysis: TaskAnalysis,
+        space: dict,
+        kernels: str,
+        forward: str,
+    ) -> TemplateCandidate:
         source = render_candidate(self.name, variant, op, analysis, space, kernels, forward)
         return TemplateCandidate(self.name, variant, source, note=op.describe())
 
