@@ -8,8 +8,6 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,18 +15,16 @@ import sqlalchemy as sa
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session
 
 from archive import db, repository
 from archive.errors import RunNotFound, SchemaError, TaskNotFound
 from archive.models import Base, Elite, Evaluation
 from archive.models import Job as JobRow
 from archive.run_store import RunStore
-from archive.testing import temporary_database
 from evolution.candidate import CandidateSpec
 from evolution.ports import Job, JobResult, RunStats
 
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 TABLES = {
     "tasks",
     "runs",
@@ -39,27 +35,6 @@ TABLES = {
     "elites",
     "run_stats",
 }
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database of each backend: a SQLite file, or a fresh PostgreSQL database."""
-    with temporary_database(request.param, tmp_path / "data") as url:
-        yield url
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    """An engine on the empty database, migrated to head."""
-    eng = db.make_engine(db_url)
-    db.ensure_schema(eng)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return db.session_factory(engine)
 
 
 def ok_result(median_ms: float = 1.0, eager_ms: float = 2.0) -> dict:

@@ -3,44 +3,19 @@
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import sqlalchemy as sa
-from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive import db, repository
 from archive import models as m
 from archive.errors import RunNotFound
 from archive.run_store import RunStore
-from archive.testing import temporary_database
 from evolution.candidate import CandidateSpec
 from evolution.ports import Job, JobResult, Store
 
-BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 SOURCE = "class ModelNew:\n    pass\n"
-
-
-@pytest.fixture(params=BACKENDS)
-def db_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
-    """An empty database of each backend: a SQLite file, or a fresh PostgreSQL database."""
-    with temporary_database(request.param, tmp_path / "data") as url:
-        yield url
-
-
-@pytest.fixture
-def engine(db_url: str) -> Iterator[Engine]:
-    eng = db.make_engine(db_url)
-    db.ensure_schema(eng)
-    yield eng
-    eng.dispose()
-
-
-@pytest.fixture
-def sessions(engine: Engine) -> sessionmaker[Session]:
-    return db.session_factory(engine)
 
 
 def new_run(sessions: sessionmaker[Session], task_id: int | None = None) -> RunStore:
