@@ -292,11 +292,8 @@ class RunStore:
         with self._sessions() as session:
             pairs = repository.evaluations_of_run(session, self.run_id)
             job_ids = [e.job_id for _, e in pairs if e.job_id]
-            runs = dict(
-                session.execute(sa.select(m.Job.id, m.Job.run_id).where(m.Job.id.in_(job_ids)))
-                .tuples()
-                .all()
-            )
+            stmt = sa.select(m.Job.id, m.Job.run_id).where(m.Job.id.in_(job_ids))
+            runs = {job_id: run_id for job_id, run_id in session.execute(stmt)}
             rows = []
             for c, e in pairs:
                 result = dict(e.result)
