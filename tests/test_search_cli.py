@@ -239,3 +239,47 @@ def test_templates_seed_the_run_and_their_families_are_searched(env, tmp_path):
     templated = [r for r in rows if r[0].startswith("template:softmax/")]
     assert templated and all(v == "OK" for _, _, v in templated), rows
     assert {e for _, e, _ in templated} == {"params"}  # schedules searched by the emitter
+
+
+def test_ctrl_c_keeps_what_is_done_and_says_how_to_resume(env, tmp_path):
+    args = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "run",
+        str(TASK),
+        "--seed-candidate",
+        str(SEED),
+        "--budget",
+        "40",
+        "--no-templates",
+    ]
+    proc = subprocess.Popen(
+        args,
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    db_file = tmp_path / "data" / "kernelmap.db"
+    deadline = time.monotonic() + 300
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None and done < 2:
+        time.sleep(0.5)
+        if db_file.exists():
+            try:
+                with _db(tmp_path).connect() as c:
+                    done = c.execute(sa.text("select count(*) from evaluations")).scalar()
+            except sa.exc.OperationalError:
+                continue
+    assert proc.poll() is None, "the run finished before Ctrl-C"
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the foreground group
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err
+    assert "interrupted" in out and "--resume" in err
+    with _db(tmp_path).connect() as c:
+        status = c.execute(sa.text("select status from runs")).scalar()
+        kept = c.execute(sa.text("select count(*) from evaluations")).scalar()
+    assert status == "interrupted" and kept >= done
