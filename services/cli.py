@@ -111,7 +111,30 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_false",
         help="do not seed the run from the template library",
     )
+    r.add_argument(
+        "--redis",
+        default=None,
+        metavar="URL",
+        help="evaluate on the Celery fleet behind this Redis broker (or KERNELMAP_REDIS_URL);"
+        " start workers with `kernelmap worker`",
+    )
     r.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
+
+    w = sub.add_parser("worker", help="evaluate jobs from the Celery queue (one per GPU)")
+    w.add_argument(
+        "--queue",
+        default=None,
+        metavar="CLASS",
+        help="hardware class: consumes eval.CLASS (default: cuda with a GPU, else cpu)",
+    )
+    w.add_argument(
+        "--device", default=None, metavar="N", help="GPU index (sets CUDA_VISIBLE_DEVICES)"
+    )
+    w.add_argument(
+        "--concurrency", type=int, default=1, help="evaluations at once (default 1 per GPU)"
+    )
+    w.add_argument("--redis", default=None, metavar="URL", help="broker (or KERNELMAP_REDIS_URL)")
+    w.add_argument("--loglevel", default="INFO", help="Celery's log level (default INFO)")
 
     ls = sub.add_parser("runs", help="list runs")
     ls.add_argument("--db", default=None, metavar="URL")
@@ -173,6 +196,7 @@ def main(argv: list[str] | None = None) -> int:
             "show": commands.cmd_show,
             "export": commands.cmd_export,
             "db": commands.cmd_db,
+            "worker": commands.cmd_worker,
         }
         return handlers[args.command](args)
     except KernelmapError as e:

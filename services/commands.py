@@ -1,4 +1,5 @@
-"""The search commands of the CLI: ``run``, ``runs``, ``show``, ``export``, ``db``, ``demo``."""
+"""The search commands of the CLI: ``run``, ``runs``, ``show``, ``export``, ``db``, ``demo``,
+``worker``."""
 
 from __future__ import annotations
 
@@ -97,6 +98,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         archive=args.archive,
         cells=args.cells,
         variation=args.variation,
+        redis_url=args.redis,
     )
     progress = ProgressLine()
     try:
@@ -229,4 +231,67 @@ def cmd_db(args: argparse.Namespace) -> int:
     url = database_url(Settings(), args.db)
     db.upgrade(url)
     print(f"database at revision {db.head_revision()}", file=sys.stderr)
+    return 0
+
+
+def _has_gpu() -> bool:
+    # NVML's count, not CUDA's: the worker forks its pool processes after this, and a CUDA
+    # context made before a fork is unusable in the children.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """``kernelmap worker``: a Celery worker evaluating jobs from ``eval.<CLASS>``."""
+    from kombu.utils.url import maybe_sanitize_url
+
+    if args.concurrency < 1:
+        raise KernelmapError(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.device is not None:
+        if not args.device.isdigit():
+            raise KernelmapError(f"--device must be a GPU index (0, 1, ...), got {args.device!r}")
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.device
+    if args.redis:
+        os.environ["KERNELMAP_REDIS_URL"] = args.redis
+    hardware = args.queue or ("cuda" if _has_gpu() else "cpu")
+    if hardware == "cpu":
+        os.environ["KERNELMAP_DEVICE"] = "cpu"
+    settings = Settings()  # after the environment is set: the pool processes read it too
+    device = settings.device if settings.device != "auto" else ("cuda" if _has_gpu() else "cpu")
+    if device == "cuda" and not _has_gpu():
+        raise KernelmapError(
+            f"queue {hardware} evaluates on CUDA but no GPU is visible"
+            f" (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})"
+        )
+    from services.celery_app import create_app, eval_queue
+
+    app = create_app(settings)
+    queue = eval_queue(hardware)
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "all visible") if device == "cuda" else "-"
+    print(
+        f"kernelmap worker: consuming {queue} on {maybe_sanitize_url(app.conf.broker_url)},"
+        f" device {device} (CUDA_VISIBLE_DEVICES={gpu}), concurrency {args.concurrency}",
+        file=sys.stderr,
+        flush=True,
+    )
+    app.worker_main(
+        [
+            "worker",
+            "--queues",
+            queue,
+            "--concurrency",
+            str(args.concurrency),
+            "--pool",
+            "prefork",
+            "--hostname",
+            f"kernelmap-{hardware}-{os.getpid()}@%h",
+            "--loglevel",
+            args.loglevel,
+            "--without-gossip",
+            "--without-mingle",
+            "--without-heartbeat",
+        ]
+    )
     return 0

@@ -29,6 +29,23 @@ class Settings(BaseSettings):
         default=None, description="SQLAlchemy URL; default: SQLite in the data directory"
     )
 
+    redis_url: str | None = Field(
+        default=None,
+        description="Redis broker of the evaluation fleet (redis://HOST:PORT/DB); when set,"
+        " `kernelmap run` dispatches through Celery to workers started by `kernelmap worker`",
+    )
+    redis_key_prefix: str = Field(
+        default="",
+        description="Prefix of every Redis key kernelmap's queues use (kombu's global_keyprefix):"
+        " separates deployments (or test runs) sharing one Redis server",
+    )
+    visibility_timeout_s: float | None = Field(
+        default=None,
+        gt=0,
+        description="Seconds before a job taken by a worker that died is delivered again;"
+        " default: longer than the longest evaluation (see services.celery_app)",
+    )
+
     def eval_config(self, **overrides: Any) -> EvalConfig:
         """The evaluator's configuration, with command-line ``overrides`` applied."""
         base = {

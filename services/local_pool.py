@@ -14,13 +14,14 @@ import multiprocessing
 import os
 import signal
 import tempfile
-import time
-import traceback
 from pathlib import Path
 from typing import Any
 
 from evaluator_worker.config import EvalConfig
 from evolution.ports import Job, JobResult
+from services.job_eval import evaluate_job, failure
+
+__all__ = ["LocalPool", "failure"]
 
 log = logging.getLogger(__name__)
 
@@ -43,40 +44,7 @@ def _init(config: EvalConfig, task_path: str) -> None:
 
 
 def _evaluate(job: Job) -> dict[str, Any]:
-    from evaluator_worker.errors import KernelmapError
-
-    path = Path(_worker["dir"]) / f"candidate_{job.candidate_id}_{job.job_id[:8]}.py"
-    path.write_text(job.source)
-    t0 = time.monotonic()
-    try:
-        result = _worker["ev"].evaluate(_worker["task"], path, job.params).to_dict()
-    except KernelmapError as e:
-        result = failure("LOAD_ERROR", str(e))
-    except Exception as e:  # an evaluator bug: reported with context, never silently dropped
-        result = failure("RUNTIME_ERROR", f"evaluator error: {type(e).__name__}: {e}")
-        result["internal_error"] = traceback.format_exc(limit=8)
-    finally:
-        path.unlink(missing_ok=True)
-    result["worker"] = f"local-{os.getpid()}"
-    result.setdefault("stages_s", {}).setdefault("total_s", time.monotonic() - t0)
-    return result
-
-
-def failure(verdict: str, message: str) -> dict[str, Any]:
-    """A result dict for a job that produced no evaluation (shaped like ``EvalResult.to_dict``)."""
-    return {
-        "verdict": verdict,
-        "correct": False,
-        "speedup_vs_eager": None,
-        "speedup_vs_compile": None,
-        "timing": None,
-        "features": {},
-        "messages": [message],
-        "device": None,
-        "hardware": {},
-        "stages_s": {},
-        "params": {},
-    }
+    return evaluate_job(_worker["ev"], _worker["task"], job, _worker["dir"], f"local-{os.getpid()}")
 
 
 class LocalPool:

@@ -1,9 +1,10 @@
-"""``kernelmap run`` on one machine: wires the search core to the database and a local pool.
+"""``kernelmap run``: wires the search core to the database and a dispatcher.
 
 The controller (this process) owns the run's pyribs archive; a :class:`LocalPool` of evaluator
-processes evaluates; :class:`archive.run_store.RunStore` persists every proposal, job,
-evaluation, elite change and progress point as it happens, so a killed run loses at most the
-evaluations in flight and ``--resume`` continues it.
+processes evaluates (with a Redis broker: the Celery fleet, through
+:class:`services.celery_dispatch.CeleryDispatcher`); :class:`archive.run_store.RunStore`
+persists every proposal, job, evaluation, elite change and progress point as it happens, so a
+killed run loses at most the evaluations in flight and ``--resume`` continues it.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any
 from archive import db, repository
 from archive.run_store import RunStore
 from evaluator_worker import static_gate
+from evaluator_worker.config import EvalConfig
 from evaluator_worker.errors import KernelmapError
 from evaluator_worker.judge import resolve_device
 from evaluator_worker.task import load_task
@@ -62,6 +64,7 @@ class RunOptions:
     archive: str = "grid"
     variation: str = "gaussian"
     cells: int | None = None
+    redis_url: str | None = None
     notify: Callable[[str], None] = print_note
 
 
@@ -197,6 +200,8 @@ def run_search(
     Returns a summary dict (run_id, evaluations, elites, coverage, qd_score, best...).
     Raises :class:`KernelmapError` subclasses for bad input before anything starts.
     """
+    if opts.redis_url:
+        settings = settings.model_copy(update={"redis_url": opts.redis_url})
     engine, sessions = open_database(settings, opts.db_url)
     try:
         if opts.resume is not None:
@@ -326,6 +331,33 @@ def _archive(dims: list, config: dict[str, Any], state: dict[str, Any], seed: in
     return MapArchive(dims, seed=seed)
 
 
+def _dispatcher(
+    settings: Settings,
+    run_id: int,
+    device: str,
+    task_file: Path,
+    eval_config: EvalConfig,
+    workers: int,
+):
+    """The local pool, or the Celery fleet's queue for the run's device when a broker is set.
+
+    With a broker, ``workers`` is the number of jobs in flight at once.
+    """
+    if not settings.redis_url:
+        return LocalPool(eval_config, str(task_file), workers)
+    from services.celery_app import create_app
+    from services.celery_dispatch import CeleryDispatcher
+
+    return CeleryDispatcher(
+        create_app(settings),
+        hardware_class=device,
+        run_id=run_id,
+        capacity=workers,
+        task_source=task_file.read_text(),
+        eval_config=dataclasses.asdict(eval_config),
+    )
+
+
 def _search(
     settings: Settings,
     sessions,
@@ -353,7 +385,7 @@ def _search(
     eval_config = settings.eval_config(
         device=device, timeout_s=config.get("timeout_s"), time_interpreted=device == "cpu"
     )
-    pool = LocalPool(eval_config, str(task_file), config["workers"])
+    pool = _dispatcher(settings, run_id, device, task_file, eval_config, config["workers"])
     store = RunStore(sessions, run_id)
     loop = SearchLoop(
         archive, emitters, pool, store, budget, prefilter=_prefilter({}), on_progress=on_progress
