@@ -18,6 +18,9 @@ RUN_STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interru
 #: A run in one of these has ended; ``finished_at`` is set.
 TERMINAL_STATUSES = ("finished", "failed", "cancelled", "interrupted")
 JOB_STATUSES = ("dispatched", "done", "lost")
+#: Who an API key speaks for: ``admin`` sees everything and manages keys, ``user`` sees only
+#: their own tasks and runs, ``worker`` may only claim jobs and post results.
+USER_ROLES = ("admin", "user", "worker")
 
 # Deterministic constraint names on every backend (SQLite batch migrations need names).
 NAMING_CONVENTION = {
@@ -84,6 +87,8 @@ class Task(Base):
     meta: Mapped[dict[str, Any]] = mapped_column(default=dict)
     validation: Mapped[dict[str, Any]] = mapped_column(default=dict)
     created_at: Mapped[dt.datetime] = _created()
+    #: The user who submitted it through the API; NULL for tasks made by the local CLI.
+    owner_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"), index=True)
 
 
 class Run(Base):
@@ -108,6 +113,8 @@ class Run(Base):
     finished_at: Mapped[dt.datetime | None]
     archive_state: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(sa.Text)
+    #: The user who started it through the API; NULL for runs made by the local CLI.
+    owner_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"), index=True)
 
 
 class Candidate(Base):
@@ -236,3 +243,36 @@ class RunStat(Base):
     best_candidate_id: Mapped[int | None] = mapped_column(sa.ForeignKey("candidates.id"))
     verdicts: Mapped[dict[str, int]] = mapped_column(JSONDoc, default=dict)
     created_at: Mapped[dt.datetime] = _created()
+
+
+class User(Base):
+    """Someone (or some worker) the API knows; each of their API keys authenticates them.
+
+    ``role`` is one of :data:`USER_ROLES`.
+    """
+
+    __tablename__ = "users"
+    __table_args__ = (sa.CheckConstraint("role IN ('admin', 'user', 'worker')", name="role"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text)
+    role: Mapped[str] = mapped_column(sa.String(16))
+    created_at: Mapped[dt.datetime] = _created()
+
+
+class ApiKey(Base):
+    """An API key of a user. Only the sha256 of the key is stored, never the key itself.
+
+    ``prefix`` (the key's first 8 characters) identifies a key in listings without
+    revealing it; a revoked key (``revoked_at`` set) no longer authenticates.
+    """
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    user_id: Mapped[int] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    prefix: Mapped[str] = mapped_column(sa.String(8), index=True)
+    key_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    name: Mapped[str] = mapped_column(sa.Text, default="")
+    created_at: Mapped[dt.datetime] = _created()
+    revoked_at: Mapped[dt.datetime | None]

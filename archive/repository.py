@@ -12,10 +12,12 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from archive.errors import CandidateNotFound, RunNotFound, TaskNotFound
+from archive.errors import CandidateNotFound, NotFoundError, RunNotFound, TaskNotFound
 from archive.models import (
     RUN_STATUSES,
     TERMINAL_STATUSES,
+    USER_ROLES,
+    ApiKey,
     Candidate,
     Elite,
     Evaluation,
@@ -23,6 +25,7 @@ from archive.models import (
     Run,
     RunStat,
     Task,
+    User,
     utcnow,
 )
 
@@ -41,14 +44,20 @@ def add_task(
     source: str,
     meta: dict[str, Any] | None = None,
     validation: dict[str, Any] | None = None,
+    *,
+    owner_id: int | None = None,
 ) -> Task:
-    """Store a validated task file; a new row each time (see :func:`find_task_by_sha`)."""
+    """Store a validated task file; a new row each time (see :func:`find_task_by_sha`).
+
+    ``owner_id`` is the API user who submitted it (None from the local CLI).
+    """
     task = Task(
         name=name,
         source=source,
         source_sha256=sha256(source),
         meta=dict(meta or {}),
         validation=dict(validation or {}),
+        owner_id=owner_id,
     )
     session.add(task)
     session.flush()
@@ -84,6 +93,7 @@ def create_run(
     objective_label: str,
     config: dict[str, Any] | None = None,
     archive_state: dict[str, Any] | None = None,
+    owner_id: int | None = None,
 ) -> Run:
     """Create a ``queued`` run of task ``task_id`` (raises ``TaskNotFound`` for an unknown task).
 
@@ -101,6 +111,8 @@ def create_run(
         Emitters, descriptor dimensions, workers... (JSON).
     archive_state:
         What rebuilding the archive needs beyond the elites (e.g. CVT centroids).
+    owner_id:
+        The API user who started it (None from the local CLI).
     """
     get_task(session, task_id)
     run = Run(
@@ -112,6 +124,7 @@ def create_run(
         device=device,
         objective_label=objective_label,
         archive_state=archive_state,
+        owner_id=owner_id,
     )
     session.add(run)
     session.flush()
@@ -314,3 +327,139 @@ def latest_run_stat(session: Session, run_id: int) -> RunStat | None:
     """The run's newest progress point, if any."""
     stmt = sa.select(RunStat).where(RunStat.run_id == run_id).order_by(RunStat.id.desc())
     return session.scalars(stmt.limit(1)).first()
+
+
+# -- ownership (the API's view: a user sees only what they own) --------------------------------
+
+
+def list_tasks(
+    session: Session, owner_id: int | None = None, limit: int = 50, offset: int = 0
+) -> list[Task]:
+    """Tasks, newest first; only those of ``owner_id`` unless it is None (every task)."""
+    stmt = sa.select(Task).order_by(Task.id.desc()).limit(limit).offset(offset)
+    if owner_id is not None:
+        stmt = stmt.where(Task.owner_id == owner_id)
+    return list(session.scalars(stmt))
+
+
+def count_tasks(session: Session, owner_id: int | None = None) -> int:
+    """How many tasks :func:`list_tasks` pages through."""
+    stmt = sa.select(sa.func.count()).select_from(Task)
+    if owner_id is not None:
+        stmt = stmt.where(Task.owner_id == owner_id)
+    return int(session.scalar(stmt) or 0)
+
+
+def list_owned_runs(
+    session: Session, owner_id: int | None = None, limit: int = 50, offset: int = 0
+) -> list[Run]:
+    """Runs, newest first; only those of ``owner_id`` unless it is None (every run)."""
+    stmt = sa.select(Run).order_by(Run.id.desc()).limit(limit).offset(offset)
+    if owner_id is not None:
+        stmt = stmt.where(Run.owner_id == owner_id)
+    return list(session.scalars(stmt))
+
+
+def count_owned_runs(session: Session, owner_id: int | None = None) -> int:
+    """How many runs :func:`list_owned_runs` pages through."""
+    stmt = sa.select(sa.func.count()).select_from(Run)
+    if owner_id is not None:
+        stmt = stmt.where(Run.owner_id == owner_id)
+    return int(session.scalar(stmt) or 0)
+
+
+def count_candidates_of_run(session: Session, run_id: int, verdict: str | None = None) -> int:
+    """How many candidates :func:`candidates_of_run` pages through (same ``verdict`` filter)."""
+    stmt = sa.select(sa.func.count()).select_from(Candidate)
+    if verdict is not None:
+        latest = _latest_evaluation_ids(run_id)
+        stmt = stmt.join(latest, latest.c.candidate_id == Candidate.id).join(
+            Evaluation, Evaluation.id == latest.c.evaluation_id
+        )
+        stmt = stmt.where(Evaluation.verdict == verdict)
+    stmt = stmt.where(Candidate.id.in_(_proposed_by(run_id)))
+    return int(session.scalar(stmt) or 0)
+
+
+def candidate_owned_by(session: Session, candidate_id: int, owner_id: int) -> bool:
+    """Whether a run of ``owner_id`` proposed the candidate (first, or as a duplicate)."""
+    stmt = sa.select(
+        sa.exists()
+        .where(Proposal.candidate_id == candidate_id)
+        .where(Proposal.run_id == Run.id)
+        .where(Run.owner_id == owner_id)
+    )
+    return bool(session.scalar(stmt))
+
+
+# -- users and API keys ------------------------------------------------------------------------
+
+
+def add_user(session: Session, name: str, role: str) -> User:
+    """Create a user with ``role`` (one of :data:`~archive.models.USER_ROLES`)."""
+    if role not in USER_ROLES:
+        raise ValueError(f"unknown role {role!r}; expected one of {USER_ROLES}")
+    user = User(name=name, role=role)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def get_user(session: Session, user_id: int) -> User:
+    """The user ``user_id``; raises :class:`~archive.errors.NotFoundError`."""
+    user = session.get(User, user_id)
+    if user is None:
+        raise NotFoundError("user", user_id)
+    return user
+
+
+def count_users(session: Session) -> int:
+    """How many users there are (0 on a fresh database)."""
+    return int(session.scalar(sa.select(sa.func.count()).select_from(User)) or 0)
+
+
+def add_api_key(session: Session, user_id: int, prefix: str, key_hash: str, name: str) -> ApiKey:
+    """Store a key of ``user_id`` by its hash (the caller hashes; the key is never stored)."""
+    key = ApiKey(user_id=user_id, prefix=prefix, key_hash=key_hash, name=name)
+    session.add(key)
+    session.flush()
+    return key
+
+
+def api_key_by_hash(session: Session, key_hash: str) -> ApiKey | None:
+    """The key with this sha256, revoked or not."""
+    return session.scalars(sa.select(ApiKey).where(ApiKey.key_hash == key_hash)).first()
+
+
+def get_api_key(session: Session, key_id: int) -> ApiKey:
+    """The key ``key_id``; raises :class:`~archive.errors.NotFoundError`."""
+    key = session.get(ApiKey, key_id)
+    if key is None:
+        raise NotFoundError("API key", key_id, "GET /api/v1/keys lists the keys")
+    return key
+
+
+def list_api_keys(session: Session, limit: int = 50, offset: int = 0) -> list[tuple[ApiKey, User]]:
+    """Keys with their users, oldest first."""
+    stmt = (
+        sa.select(ApiKey, User)
+        .join(User, User.id == ApiKey.user_id)
+        .order_by(ApiKey.id)
+        .limit(limit)
+        .offset(offset)
+    )
+    return [(k, u) for k, u in session.execute(stmt)]
+
+
+def count_api_keys(session: Session) -> int:
+    """How many keys :func:`list_api_keys` pages through."""
+    return int(session.scalar(sa.select(sa.func.count()).select_from(ApiKey)) or 0)
+
+
+def revoke_api_key(session: Session, key_id: int) -> ApiKey:
+    """Mark the key revoked (it stops authenticating); revoking again keeps the first time."""
+    key = get_api_key(session, key_id)
+    if key.revoked_at is None:
+        key.revoked_at = utcnow()
+        session.flush()
+    return key

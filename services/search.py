@@ -34,6 +34,7 @@ from evolution.grid import MapArchive
 from evolution.loop import Progress, SearchLoop
 from services.config import Settings
 from services.local_pool import LocalPool, failure
+from services.run_config import objective_label, run_config
 from services.seeds import Seed, SeedError, check_seed, load_seed, reference_seed
 
 RESUMABLE = {"running", "interrupted", "queued", "failed"}
@@ -256,16 +257,16 @@ def _create(settings: Settings, sessions, opts: RunOptions):
         raise RunError("--archive cvt needs --cells N (at least 2)")
     if opts.variation not in VARIATIONS:
         raise RunError(f"--variation must be one of {', '.join(VARIATIONS)}")
-    config = {
-        "variation": opts.variation,
-        "archive": opts.archive,
-        "cells": opts.cells,
-        "device": device.type,
-        "workers": workers,
-        "dims": dims_spec,
-        "seeds": [s.to_dict() for s in seeds],
-        "timeout_s": settings.timeout_s,
-    }
+    config = run_config(
+        device=device.type,
+        seeds=seeds,
+        timeout_s=settings.timeout_s,
+        dims=dims_spec,
+        workers=workers,
+        variation=opts.variation,
+        archive=opts.archive,
+        cells=opts.cells,
+    )
     with sessions() as s:
         task_row = repository.add_task(
             s,
@@ -280,14 +281,6 @@ def _create(settings: Settings, sessions, opts: RunOptions):
             },
             validation={"ok": True, "device": device.type},
         )
-        uses_triton = any(static_gate.check_source(x.source).uses_triton for x in seeds)
-        label = (
-            "gpu-speedup"
-            if device.type == "cuda"
-            else "cpu-interpreter"
-            if uses_triton
-            else "cpu-time"
-        )
         run = repository.create_run(
             s,
             task_id=task_row.id,
@@ -295,7 +288,7 @@ def _create(settings: Settings, sessions, opts: RunOptions):
             budget=opts.budget,
             seed=random.SystemRandom().getrandbits(31),
             device=device.type,
-            objective_label=label,
+            objective_label=objective_label(device.type, seeds),
         )
         s.commit()
         run_id, task_id = run.id, task_row.id

@@ -1,0 +1,143 @@
+"""``/runs``: start a search on your task, follow it, browse its archive, export its best."""
+
+from __future__ import annotations
+
+import logging
+from typing import Annotated
+
+from fastapi import APIRouter, Query
+from fastapi.responses import Response
+
+from archive import repository
+from services import views
+from services.api.deps import (
+    ConfigDep,
+    CurrentUser,
+    OwnedRun,
+    PageDep,
+    SessionDep,
+    find_task,
+    owner_filter,
+)
+from services.api.errors import NotFound
+from services.api.launch import create_queued_run
+from services.api.schemas import (
+    ArchiveOut,
+    CandidateItem,
+    Page,
+    RunCreate,
+    RunCreated,
+    RunOut,
+    RunSummary,
+    Text,
+)
+from services.seeds import bake_params
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/runs", tags=["runs"])
+
+
+@router.post("", status_code=201, response_model=RunCreated)
+def create_run(
+    body: RunCreate, session: SessionDep, user: CurrentUser, config: ConfigDep
+) -> RunCreated:
+    """Create a ``queued`` run on one of your tasks and hand it to the controller."""
+    task = find_task(session, user, body.task_id)
+    run = create_queued_run(
+        session,
+        user,
+        task,
+        budget=body.budget,
+        hardware=body.hardware or config.default_hardware,
+        seed_sources=body.seed_candidates,
+        timeout_s=config.settings.timeout_s,
+    )
+    session.commit()
+    if config.start_run is not None:
+        try:
+            config.start_run(run.id)
+        except Exception:
+            # The run is stored and queued: the controller picks queued runs up on its own.
+            log.exception("handing run %s to the controller failed; it stays queued", run.id)
+    return RunCreated(id=run.id, status=run.status)
+
+
+@router.get("", response_model=Page[RunOut])
+def list_runs(session: SessionDep, user: CurrentUser, page: PageDep) -> Page[RunOut]:
+    """Your runs, newest first (an admin sees every run)."""
+    owner = owner_filter(user)
+    rows = repository.list_owned_runs(session, owner, limit=page.limit, offset=page.offset)
+    return Page[RunOut](
+        items=[RunOut.model_validate(r, from_attributes=True) for r in rows],
+        total=repository.count_owned_runs(session, owner),
+        limit=page.limit,
+        offset=page.offset,
+    )
+
+
+@router.get("/{run_id}", response_model=RunSummary)
+def get_run(run: OwnedRun, session: SessionDep) -> RunSummary:
+    """The run's status and progress: evaluations, elites, coverage, QD score, best."""
+    summary = views.run_summary(session, run.id)
+    return RunSummary(id=run.id, **summary)
+
+
+@router.get("/{run_id}/archive", response_model=ArchiveOut)
+def get_archive(run: OwnedRun, session: SessionDep) -> ArchiveOut:
+    """The occupied cells with their elites and descriptor values, best first."""
+    cells = views.archive_table(session, run.id)
+    dims = run.config.get("dims")
+    return ArchiveOut.model_validate({"run_id": run.id, "dims": dims, "cells": cells})
+
+
+@router.get("/{run_id}/candidates", response_model=Page[CandidateItem])
+def list_candidates(
+    run: OwnedRun,
+    session: SessionDep,
+    page: PageDep,
+    verdict: Annotated[
+        Text | None, Query(max_length=32, description="Only this verdict (e.g. OK, INCORRECT)")
+    ] = None,
+) -> Page[CandidateItem]:
+    """The candidates the run proposed, by id, each with its newest verdict."""
+    rows = repository.candidates_of_run(
+        session, run.id, verdict=verdict, limit=page.limit, offset=page.offset
+    )
+    items = [
+        CandidateItem(
+            id=c.id,
+            emitter=c.emitter,
+            label=c.label,
+            params=dict(c.params),
+            parent_ids=list(c.parent_ids),
+            verdict=e.verdict if e else None,
+            objective=e.objective if e else None,
+            speedup_vs_eager=e.speedup_vs_eager if e else None,
+        )
+        for c, e in rows
+    ]
+    return Page[CandidateItem](
+        items=items,
+        total=repository.count_candidates_of_run(session, run.id, verdict),
+        limit=page.limit,
+        offset=page.offset,
+    )
+
+
+@router.get(
+    "/{run_id}/best.py",
+    response_class=Response,
+    responses={200: {"content": {"text/x-python": {}}, "description": "The best kernel"}},
+)
+def get_best(run: OwnedRun, session: SessionDep) -> Response:
+    """The run's best correct kernel as a standalone file, its parameters baked in."""
+    best = repository.best_elite(session, run.id)
+    if best is None:
+        raise NotFound(f"run {run.id} has no correct candidate yet: nothing to export")
+    cand = repository.get_candidate(session, best.candidate_id)
+    return Response(
+        bake_params(cand.source, dict(cand.params)),
+        media_type="text/x-python",
+        headers={"Content-Disposition": f'attachment; filename="run_{run.id}_best.py"'},
+    )

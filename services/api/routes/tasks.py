@@ -1,0 +1,78 @@
+"""``/tasks``: upload a task file (validated in a child process), list and read your tasks."""
+
+from __future__ import annotations
+
+from pathlib import PurePath
+from typing import Annotated
+
+from fastapi import APIRouter, File, Form, UploadFile
+
+from archive import repository
+from services.api.deps import ConfigDep, CurrentUser, OwnedTask, PageDep, SessionDep, owner_filter
+from services.api.errors import PayloadTooLarge, Unprocessable
+from services.api.schemas import Page, TaskDetail, TaskOut, storable
+from services.api.validation import validate_task_source
+
+router = APIRouter(prefix="/tasks", tags=["tasks"])
+
+
+def _task_name(name: str | None, filename: str | None) -> str:
+    chosen = (name or "").strip() or PurePath(filename or "").stem or "task"
+    try:
+        return storable(chosen)[:200]
+    except ValueError as e:
+        raise Unprocessable(f"name {e}", field="name") from None
+
+
+@router.post("", status_code=201, response_model=TaskOut)
+def create_task(
+    session: SessionDep,
+    user: CurrentUser,
+    config: ConfigDep,
+    file: Annotated[UploadFile, File(description="The task file (KernelBench format)")],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+) -> TaskOut:
+    """Upload a task file; it is validated (loads, runs, output not near-constant) first."""
+    data = file.file.read(config.max_task_bytes + 1)
+    if len(data) > config.max_task_bytes:
+        raise PayloadTooLarge(
+            f"the task file is over {config.max_task_bytes} bytes: a task needs only the"
+            " reference model and its input generators",
+            field="file",
+        )
+    try:
+        source = storable(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        msg = f"the task file must be UTF-8 Python source ({e})"
+        raise Unprocessable(msg, field="file") from None
+    task_name = _task_name(name, file.filename)
+    meta = validate_task_source(
+        source,
+        device="cpu",
+        timeout_s=config.validate_timeout_s,
+        memory_mb=config.settings.memory_limit_mb,
+    )
+    task = repository.add_task(
+        session, task_name, source, meta, {"ok": True, "device": "cpu"}, owner_id=user.id
+    )
+    session.commit()
+    return TaskOut.model_validate(task, from_attributes=True)
+
+
+@router.get("", response_model=Page[TaskOut])
+def list_tasks(session: SessionDep, user: CurrentUser, page: PageDep) -> Page[TaskOut]:
+    """Your tasks, newest first (an admin sees every task)."""
+    owner = owner_filter(user)
+    rows = repository.list_tasks(session, owner, limit=page.limit, offset=page.offset)
+    return Page[TaskOut](
+        items=[TaskOut.model_validate(t, from_attributes=True) for t in rows],
+        total=repository.count_tasks(session, owner),
+        limit=page.limit,
+        offset=page.offset,
+    )
+
+
+@router.get("/{task_id}", response_model=TaskDetail)
+def get_task(task: OwnedTask) -> TaskDetail:
+    """One of your tasks, with its source and validation report."""
+    return TaskDetail.model_validate(task, from_attributes=True)

@@ -1,0 +1,96 @@
+"""API keys: making them, checking them, revoking them.
+
+A key is ``km_`` followed by 43 URL-safe characters (``secrets.token_urlsafe(32)``, 256 bits).
+Only its sha256 is stored, so a leaked database reveals no usable key; a key is looked up by
+that hash (an index lookup, no secret-dependent comparison loop) and the found hash is compared
+again with :func:`hmac.compare_digest`. Like :mod:`archive.repository`, these functions flush
+but never commit: the caller owns the transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import secrets
+
+from sqlalchemy.orm import Session
+
+from archive import repository
+from archive.models import USER_ROLES, ApiKey, User
+from evaluator_worker.errors import KernelmapError
+
+KEY_PREFIX = "km_"
+#: How many leading characters of a key are stored in clear, to tell keys apart in listings.
+SHOWN_PREFIX_LEN = 8
+#: Longer bearer tokens are refused before hashing (a key is 46 characters).
+MAX_KEY_LEN = 128
+
+
+class KeyRequestError(KernelmapError):
+    """A key cannot be made as asked (unknown role, empty name)."""
+
+
+def hash_key(key: str) -> str:
+    """The hex sha256 of a key, as stored."""
+    return hashlib.sha256(key.encode()).hexdigest()
+
+
+def new_key() -> str:
+    """A fresh random key, ``km_<43 url-safe characters>``."""
+    return KEY_PREFIX + secrets.token_urlsafe(32)
+
+
+def create_key(session: Session, role: str, name: str) -> tuple[User, str]:
+    """Make a new user with ``role`` and one key for them.
+
+    Parameters
+    ----------
+    role:
+        ``admin``, ``user`` or ``worker`` (see :data:`archive.models.USER_ROLES`).
+    name:
+        Names both the user and the key (who or what the key is for).
+
+    Returns
+    -------
+    (User, str)
+        The new user and the plaintext key: the only time it exists outside the client.
+    """
+    if role not in USER_ROLES:
+        raise KeyRequestError(f"unknown role {role!r}: use one of {', '.join(USER_ROLES)}")
+    name = name.strip()
+    if not name:
+        raise KeyRequestError("a key needs a name saying who or what it is for")
+    user = repository.add_user(session, name, role)
+    key = new_key()
+    repository.add_api_key(session, user.id, key[:SHOWN_PREFIX_LEN], hash_key(key), name)
+    return user, key
+
+
+def authenticate(session: Session, key: str | None) -> User | None:
+    """The user a key belongs to; None for a missing, malformed, unknown or revoked key."""
+    if not key or not key.startswith(KEY_PREFIX) or len(key) > MAX_KEY_LEN:
+        return None
+    digest = hash_key(key)
+    row = repository.api_key_by_hash(session, digest)
+    if row is None or row.revoked_at is not None:
+        return None
+    if not hmac.compare_digest(row.key_hash, digest):
+        return None
+    return session.get(User, row.user_id)
+
+
+def ensure_admin(session: Session) -> str | None:
+    """On a database without users, make the first admin and return their key; else None.
+
+    ``kernelmap serve`` prints that key once. Two processes starting on the same empty
+    database at once could each make an admin; both keys are valid.
+    """
+    if repository.count_users(session) > 0:
+        return None
+    _, key = create_key(session, "admin", "admin")
+    return key
+
+
+def revoke(session: Session, key_id: int) -> ApiKey:
+    """Revoke key ``key_id`` (raises :class:`~archive.errors.NotFoundError` if unknown)."""
+    return repository.revoke_api_key(session, key_id)
