@@ -153,6 +153,12 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("-o", "--output", required=True, metavar="FILE")
     ex.add_argument("--db", default=None, metavar="URL")
 
+    kp = sub.add_parser("keys", help="API keys")
+    kp.add_argument("action", choices=["create"], help="create a key (printed once, on stdout)")
+    kp.add_argument("--role", choices=["admin", "user", "worker"], required=True)
+    kp.add_argument("--name", default=None, help="who or what the key is for")
+    kp.add_argument("--db", default=None, metavar="URL")
+
     dbp = sub.add_parser("db", help="database maintenance")
     dbp.add_argument("action", choices=["upgrade"], help="apply migrations")
     dbp.add_argument("--db", default=None, metavar="URL")
@@ -196,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
             "show": commands.cmd_show,
             "export": commands.cmd_export,
             "db": commands.cmd_db,
+            "keys": commands.cmd_keys,
             "worker": commands.cmd_worker,
         }
         return handlers[args.command](args)

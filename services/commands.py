@@ -295,3 +295,23 @@ def cmd_worker(args: argparse.Namespace) -> int:
         ]
     )
     return 0
+
+
+def cmd_keys(args: argparse.Namespace) -> int:
+    """``kernelmap keys create --role R``: prints only the new key on stdout (stored hashed)."""
+    from services.keys import create_key
+    from services.search import open_database
+
+    engine, sessions = open_database(Settings(), args.db)
+    try:
+        with sessions() as s:
+            user, key = create_key(s, args.role, args.name or f"{args.role} key")
+            s.commit()
+            user_id = user.id
+    finally:
+        engine.dispose()
+    print(key)
+    print(
+        f"created a {args.role} key for user {user_id}; it is shown only this once", file=sys.stderr
+    )
+    return 0
