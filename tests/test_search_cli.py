@@ -41,6 +41,43 @@ def _db(tmp_path: Path) -> sa.Engine:
     return sa.create_engine(f"sqlite:///{tmp_path / 'data' / 'kernelmap.db'}")
 
 
+def _start_run(env: dict, budget: str, output=subprocess.DEVNULL) -> subprocess.Popen:
+    """A `kernelmap run` of the chunked seed in its own process group (as a shell starts it)."""
+    args = [
+        sys.executable,
+        "-m",
+        "services.cli",
+        "run",
+        str(TASK),
+        "--seed-candidate",
+        str(SEED),
+        "--budget",
+        budget,
+        "--dims",
+        "block_size:8,num_warps_param:4",
+        "--no-templates",
+    ]
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=output, stderr=output, text=True, start_new_session=True
+    )
+
+
+def _wait_for_evaluations(proc: subprocess.Popen, tmp_path: Path, n: int) -> int:
+    """Poll the run's database until it holds ``n`` evaluations; returns how many it saw."""
+    db_file = tmp_path / "data" / "kernelmap.db"
+    deadline = time.monotonic() + 300
+    done = 0
+    while time.monotonic() < deadline and proc.poll() is None and done < n:
+        time.sleep(0.5)
+        if db_file.exists():
+            try:
+                with _db(tmp_path).connect() as c:
+                    done = c.execute(sa.text("select count(*) from evaluations")).scalar()
+            except sa.exc.OperationalError:
+                continue
+    return done
+
+
 def test_run_fills_the_archive_and_exports_the_best(env, tmp_path):
     p = kernelmap(
         env,
@@ -95,45 +132,12 @@ def test_unknown_run_and_bad_dims(env):
 
 
 def test_sigkill_then_resume_loses_nothing_and_duplicates_nothing(env, tmp_path):
-    args = [
-        sys.executable,
-        "-m",
-        "services.cli",
-        "run",
-        str(TASK),
-        "--seed-candidate",
-        str(SEED),
-        "--budget",
-        "10",
-        "--dims",
-        "block_size:8,num_warps_param:4",
-        "--no-templates",
-    ]
-    proc = subprocess.Popen(
-        args,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    engine = None
-    deadline = time.monotonic() + 300
-    done = 0
-    while time.monotonic() < deadline and proc.poll() is None:
-        time.sleep(0.5)
-        if (tmp_path / "data" / "kernelmap.db").exists():
-            engine = engine or _db(tmp_path)
-            try:
-                with engine.connect() as c:
-                    done = c.execute(sa.text("select count(*) from evaluations")).scalar()
-            except sa.exc.OperationalError:
-                continue
-            if done >= 3:
-                break
+    proc = _start_run(env, "10")
+    _wait_for_evaluations(proc, tmp_path, 3)
     assert proc.poll() is None, "the run finished before it could be killed"
     os.killpg(proc.pid, signal.SIGKILL)
     proc.wait()
+    engine = _db(tmp_path)
     with engine.connect() as c:
         run_id, status = c.execute(sa.text("select id, status from runs")).one()
     assert status == "running"  # killed: nobody could record anything else
@@ -242,38 +246,8 @@ def test_templates_seed_the_run_and_their_families_are_searched(env, tmp_path):
 
 
 def test_ctrl_c_keeps_what_is_done_and_says_how_to_resume(env, tmp_path):
-    args = [
-        sys.executable,
-        "-m",
-        "services.cli",
-        "run",
-        str(TASK),
-        "--seed-candidate",
-        str(SEED),
-        "--budget",
-        "40",
-        "--no-templates",
-    ]
-    proc = subprocess.Popen(
-        args,
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
-    db_file = tmp_path / "data" / "kernelmap.db"
-    deadline = time.monotonic() + 300
-    done = 0
-    while time.monotonic() < deadline and proc.poll() is None and done < 2:
-        time.sleep(0.5)
-        if db_file.exists():
-            try:
-                with _db(tmp_path).connect() as c:
-                    done = c.execute(sa.text("select count(*) from evaluations")).scalar()
-            except sa.exc.OperationalError:
-                continue
+    proc = _start_run(env, "40", output=subprocess.PIPE)
+    done = _wait_for_evaluations(proc, tmp_path, 2)
     assert proc.poll() is None, "the run finished before Ctrl-C"
     os.killpg(proc.pid, signal.SIGINT)  # what a terminal sends to the foreground group
     out, err = proc.communicate(timeout=120)
