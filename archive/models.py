@@ -14,7 +14,15 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-RUN_STATUSES = ("queued", "running", "finished", "failed", "cancelled", "interrupted")
+RUN_STATUSES = (
+    "queued",
+    "running",
+    "paused",
+    "finished",
+    "failed",
+    "cancelled",
+    "interrupted",
+)
 #: A run in one of these has ended; ``finished_at`` is set.
 TERMINAL_STATUSES = ("finished", "failed", "cancelled", "interrupted")
 JOB_STATUSES = ("dispatched", "done", "lost")
@@ -276,3 +284,60 @@ class ApiKey(Base):
     name: Mapped[str] = mapped_column(sa.Text, default="")
     created_at: Mapped[dt.datetime] = _created()
     revoked_at: Mapped[dt.datetime | None]
+
+
+#: Where a job handed to remote workers stands: waiting to be claimed, leased to a worker
+#: until ``lease_expires_at``, or ``done`` (its result is stored in the row).
+REMOTE_JOB_STATUSES = ("queued", "leased", "done")
+
+
+class Worker(Base):
+    """A remote GPU worker enrolled over HTTPS (``kernelmap worker --join URL --token KEY``).
+
+    It enrolled with a ``worker``-role API key (``enrolled_by``) and got its own token, of which
+    only the sha256 is stored. ``hardware`` is what it reported (GPU, memory, driver, torch and
+    triton versions); ``hardware_class`` the queue it serves. Results from remote workers are
+    unverified until a trusted cluster worker re-measures them. Celery workers inside the
+    cluster are not rows here: they heartbeat into Redis (:mod:`services.fleet`).
+    """
+
+    __tablename__ = "workers"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(sa.Text)
+    hardware_class: Mapped[str] = mapped_column(sa.String(64), index=True)
+    hardware: Mapped[dict[str, Any]] = mapped_column(default=dict)
+    token_prefix: Mapped[str] = mapped_column(sa.String(8))
+    token_hash: Mapped[str] = mapped_column(sa.String(64), unique=True)
+    enrolled_by: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"), index=True)
+    created_at: Mapped[dt.datetime] = _created()
+    last_seen_at: Mapped[dt.datetime | None]
+    revoked_at: Mapped[dt.datetime | None]
+
+
+class RemoteJob(Base):
+    """An evaluation job offered to remote workers, claimed with a lease.
+
+    The controller's lease dispatcher inserts the row (``payload`` is the job message of
+    :func:`services.worker_tasks.job_message`); a worker claims it (``leased``, with
+    ``lease_expires_at``), extends the lease by heartbeats and posts the result once
+    (``done``, ``result`` set; a second post is ignored). A reaper puts expired leases back to
+    ``queued`` and counts ``attempts``. ``delivered`` marks a result the controller has taken.
+    """
+
+    __tablename__ = "remote_jobs"
+
+    job_id: Mapped[str] = mapped_column(sa.String(64), sa.ForeignKey("jobs.id"), primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id"), index=True)
+    hardware_class: Mapped[str] = mapped_column(sa.String(64))
+    payload: Mapped[dict[str, Any]]
+    status: Mapped[str] = mapped_column(sa.String(16), default="queued")
+    worker_id: Mapped[int | None] = mapped_column(sa.ForeignKey("workers.id"), index=True)
+    lease_expires_at: Mapped[dt.datetime | None]
+    attempts: Mapped[int] = mapped_column(default=0)
+    result: Mapped[dict[str, Any] | None]
+    delivered: Mapped[bool] = mapped_column(default=False)
+    created_at: Mapped[dt.datetime] = _created()
+    finished_at: Mapped[dt.datetime | None]
+
+    __table_args__ = (sa.Index("ix_remote_jobs_claim", "hardware_class", "status"),)

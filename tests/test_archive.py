@@ -211,7 +211,7 @@ def test_run_status_stamps_times_in_utc(sessions):
         repository.set_run_status(s, run_id, "running")  # resumed
         assert run.finished_at is None and run.error is None and run.started_at == started
         with pytest.raises(ValueError, match="unknown run status"):
-            repository.set_run_status(s, run_id, "paused")
+            repository.set_run_status(s, run_id, "sleeping")
 
 
 def test_candidates_of_run_show_newest_verdict_and_filter(sessions):
