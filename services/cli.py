@@ -135,6 +135,36 @@ def build_parser() -> argparse.ArgumentParser:
     )
     w.add_argument("--redis", default=None, metavar="URL", help="broker (or KERNELMAP_REDIS_URL)")
     w.add_argument("--loglevel", default="INFO", help="Celery's log level (default INFO)")
+    w.add_argument(
+        "--join",
+        default=None,
+        metavar="URL",
+        help="a remote worker: join the kernelmap server at URL over HTTPS and pull jobs"
+        " (needs --token)",
+    )
+    w.add_argument(
+        "--token", default=None, metavar="KEY", help="the enrolment token (a worker-role key)"
+    )
+    w.add_argument(
+        "--name", default=None, help="the remote worker's name (default: this host's name)"
+    )
+
+    sv = sub.add_parser(
+        "serve", help="the service: REST API + controller (+ embedded broker and local worker)"
+    )
+    sv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
+    sv.add_argument("--port", type=int, default=8000, help="port (8000)")
+    sv.add_argument("--data-dir", default=None, metavar="DIR", help="data directory")
+    sv.add_argument(
+        "--local-worker",
+        action="store_true",
+        help="with an external Redis, also start an evaluation worker here (embedded mode"
+        " always does)",
+    )
+    sv.add_argument("--no-controller", action="store_true", help="API only (cluster replicas)")
+
+    ct = sub.add_parser("controller", help="the cluster's controller: searches the API's runs")
+    ct.add_argument("--data-dir", default=None, metavar="DIR", help="data directory")
 
     ls = sub.add_parser("runs", help="list runs")
     ls.add_argument("--db", default=None, metavar="URL")
@@ -192,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kernelmap`` console script."""
     try:
         args = build_parser().parse_args(argv)
-        from services import commands
+        from services import commands, serve
 
         handlers = {
             "eval": cmd_eval,
@@ -204,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
             "db": commands.cmd_db,
             "keys": commands.cmd_keys,
             "worker": commands.cmd_worker,
+            "serve": serve.cmd_serve,
+            "controller": serve.cmd_controller,
         }
         return handlers[args.command](args)
     except KernelmapError as e:

@@ -46,6 +46,18 @@ class Settings(BaseSettings):
         " default: longer than the longest evaluation (see services.celery_app)",
     )
 
+    max_active_runs: int = Field(
+        default=16, ge=1, description="Runs the controller searches at once, all users together"
+    )
+    max_runs_per_user: int = Field(
+        default=2,
+        ge=1,
+        description="Runs of one user searched at once; the user's further runs wait queued",
+    )
+    run_jobs_in_flight: int = Field(
+        default=4, ge=1, description="Evaluation jobs the controller keeps in flight per run"
+    )
+
     def eval_config(self, **overrides: Any) -> EvalConfig:
         """The evaluator's configuration, with command-line ``overrides`` applied."""
         base = {

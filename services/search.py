@@ -20,7 +20,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from archive import db, repository
+from archive import db, repository, run_control
 from archive.run_store import RunStore
 from evaluator_worker import static_gate
 from evaluator_worker.config import EvalConfig
@@ -308,6 +308,58 @@ def _resume(settings: Settings, sessions, opts: RunOptions):
         return run.id, _task_file(settings, task.id, task.source), seeds, config
 
 
+def search_stored_run(
+    settings: Settings,
+    sessions,
+    run_id: int,
+    *,
+    stop: threading.Event,
+    make_dispatcher: Callable[..., Any] | None = None,
+    probe_templates: Callable[[str, str], tuple[list[Seed], list[str]]] | None = None,
+    status_on_stop: str | None = None,
+) -> dict[str, Any]:
+    """Search (or resume) a run stored by the API, as the controller does.
+
+    The first time, the template library's seeds are matched in a sandboxed child
+    (:func:`services.template_probe.probe_templates`) and stored in the run's configuration,
+    so a resumed run rebuilds the same emitters. At least ``settings.run_jobs_in_flight`` jobs
+    are kept in flight. A run its owner paused or cancelled before it started is left alone.
+    """
+    with sessions() as s:
+        run = repository.get_run(s, run_id)
+        task = repository.get_task(s, run.task_id)
+        config, device, source, task_id = dict(run.config), run.device, task.source, task.id
+    if config.get("templates", True) and not config.get("templates_added"):
+        if probe_templates is None:
+            from services.template_probe import probe_templates
+        found, notes = probe_templates(source, "cpu" if device == "cpu" else "cuda")
+        config["seeds"] = list(config["seeds"]) + [t.to_dict() for t in found]
+        config["templates_added"] = True
+        config["template_notes"] = notes[:20]
+        with sessions() as s:
+            repository.get_run(s, run_id).config = config
+            s.commit()
+    config["workers"] = max(int(config.get("workers") or 1), settings.run_jobs_in_flight)
+    with sessions() as s:
+        if not run_control.mark_running(s, run_id):
+            s.rollback()
+            return {"run_id": run_id, "status": run_control.status_of(s, run_id)}
+        s.commit()
+    seeds = [Seed.from_dict(d) for d in config["seeds"]]
+    return _search(
+        settings,
+        sessions,
+        run_id,
+        _task_file(settings, task_id, source),
+        seeds,
+        config,
+        None,
+        stop,
+        make_dispatcher=make_dispatcher,
+        status_on_stop=status_on_stop,
+    )
+
+
 def _archive(dims: list, config: dict[str, Any], state: dict[str, Any], seed: int) -> MapArchive:
     """The run's map: a grid, or a CVT archive whose saved centroids are reused on resume."""
     if config.get("archive", "grid") == "cvt":
@@ -360,13 +412,25 @@ def _search(
     config: dict[str, Any],
     on_progress,
     stop: threading.Event | None,
+    *,
+    make_dispatcher: Callable[..., Any] | None = None,
+    status_on_stop: str | None = "interrupted",
 ) -> dict[str, Any]:
+    """Search run ``run_id`` (already stored) until its budget, ``stop`` or a failure.
+
+    ``make_dispatcher(run_id=, device=, task_file=, eval_config=, workers=)`` builds the
+    dispatcher (default: :func:`_dispatcher`). When ``stop`` ends the search, the run becomes
+    ``status_on_stop`` (None leaves it ``running``, for a controller that will resume it),
+    unless its owner paused or cancelled it meanwhile: that status stays.
+    """
     with sessions() as s:
         run = repository.get_run(s, run_id)
         budget, rng_seed, device = run.budget, run.seed, run.device
         state = dict(run.archive_state or {})
         repository.set_run_status(s, run_id, "running")
         s.commit()
+    hardware_class = device  # the queue's class (cpu, cuda, h100...): its device is cpu or cuda
+    device = "cpu" if hardware_class == "cpu" else "cuda"
     dims = parse_dims(config["dims"], device)
     archive = _archive(dims, config, state, rng_seed)
     if archive.centroids is not None and "centroids" not in state:
@@ -378,7 +442,18 @@ def _search(
     eval_config = settings.eval_config(
         device=device, timeout_s=config.get("timeout_s"), time_interpreted=device == "cpu"
     )
-    pool = _dispatcher(settings, run_id, device, task_file, eval_config, config["workers"])
+    if make_dispatcher is None:
+        pool = _dispatcher(
+            settings, run_id, hardware_class, task_file, eval_config, config["workers"]
+        )
+    else:
+        pool = make_dispatcher(
+            run_id=run_id,
+            device=hardware_class,
+            task_file=task_file,
+            eval_config=eval_config,
+            workers=config["workers"],
+        )
     store = RunStore(sessions, run_id)
     loop = SearchLoop(
         archive, emitters, pool, store, budget, prefilter=_prefilter({}), on_progress=on_progress
@@ -401,7 +476,15 @@ def _search(
             signal.signal(signal.SIGINT, previous)
         pool.close()
         with sessions() as s:
-            repository.set_run_status(s, run_id, status, error=error)
+            current = run_control.status_of(s, run_id)
+            if status == "interrupted" and current in ("paused", "cancelled"):
+                status = current  # its owner stopped it: that is its status
+            elif status == "interrupted" and status_on_stop is None:
+                status = "running"  # the controller resumes it when it starts again
+            else:
+                if status == "interrupted":
+                    status = status_on_stop or status
+                repository.set_run_status(s, run_id, status, error=error)
             s.commit()
     out = dataclasses.asdict(summary) if dataclasses.is_dataclass(summary) else dict(summary)
     out.update(run_id=run_id, status=status)

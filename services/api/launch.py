@@ -15,8 +15,10 @@ from sqlalchemy.orm import Session
 
 from archive import repository
 from archive.models import Run, Task, User
+from evolution.descriptors import default_dims, parse_dims
 from services.api.errors import Unprocessable
 from services.run_config import objective_label, run_config
+from services.search import VARIATIONS
 from services.seeds import Seed, SeedError, check_seed, reference_seed
 
 
@@ -53,10 +55,40 @@ def create_queued_run(
     hardware: str,
     seed_sources: list[str],
     timeout_s: float,
+    emitters: list[str] | None = None,
+    descriptors: list[str] | None = None,
 ) -> Run:
-    """Check the seeds and create a ``queued`` run owned by ``user`` (not committed)."""
+    """Check the seeds and create a ``queued`` run owned by ``user`` (not committed).
+
+    ``emitters``: ``templates`` and at most one variation (``gaussian``, ``iso_line``,
+    ``cma``); None is templates + gaussian. ``descriptors``: the map's dimensions (``name`` or
+    ``name:bins``); None is the hardware's defaults.
+    """
     seeds = check_seeds(task, seed_sources)
-    config = run_config(device=hardware, seeds=seeds, timeout_s=timeout_s)
+    device = "cpu" if hardware == "cpu" else "cuda"
+    chosen = ["templates", "gaussian"] if emitters is None else list(emitters)
+    variations = [e for e in chosen if e in VARIATIONS]
+    if len(variations) > 1:
+        raise Unprocessable(
+            f"emitters: choose at most one of {', '.join(VARIATIONS)}, got {', '.join(variations)}",
+            field="emitters",
+        )
+    dims = None
+    if descriptors is not None:
+        dims = ",".join(descriptors)
+        try:
+            parse_dims(dims, device)
+        except ValueError as e:
+            raise Unprocessable(f"descriptors: {e}", field="descriptors") from None
+    config = run_config(
+        device=hardware,
+        seeds=seeds,
+        timeout_s=timeout_s,
+        dims=dims or ",".join(default_dims(device)),
+        variation=variations[0] if variations else "gaussian",
+    )
+    config["templates"] = "templates" in chosen
+    config["emitters"] = chosen
     return repository.create_run(
         session,
         task_id=task.id,
@@ -64,6 +96,6 @@ def create_queued_run(
         budget=budget,
         seed=random.SystemRandom().getrandbits(31),
         device=hardware,
-        objective_label=objective_label(hardware, seeds),
+        objective_label=objective_label(device, seeds),
         owner_id=user.id,
     )

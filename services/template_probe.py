@@ -1,0 +1,49 @@
+"""Template seeds for a stored task, matched in a sandboxed child (the controller's side).
+
+A run created through the API carries only the reference and the user's seeds: the API never
+runs a task's code. When the controller starts such a run it asks
+:mod:`evolution.templates.probe`, in a child process, which templates match, checks each
+template candidate like any seed, and stores them in the run's configuration so a resumed run
+keeps the same emitters.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from services.json_child import run_json_child
+from services.seeds import Seed, SeedError, check_seed
+
+log = logging.getLogger(__name__)
+
+PROBE_TIMEOUT_S = 120.0
+PROBE_MEMORY_MB = 8192
+
+
+def probe_templates(
+    source: str, device: str, *, timeout_s: float = PROBE_TIMEOUT_S
+) -> tuple[list[Seed], list[str]]:
+    """The template seeds for a task's ``source`` on ``device``, and notes on what declined.
+
+    Never raises for a task's fault: a task that cannot be matched yields no seeds and a note
+    saying why (the run goes on with its other emitters).
+    """
+    args = ["--device", device, "--memory-mb", str(PROBE_MEMORY_MB)]
+    answer = run_json_child(
+        "evolution.templates.probe", source, args, device="cpu", timeout_s=timeout_s
+    )
+    if answer.timed_out:
+        return [], [f"template matching took longer than {timeout_s:g} s: skipped"]
+    verdict = answer.verdict
+    if verdict is None:
+        log.warning("template probe exited with %s: %s", answer.returncode, answer.stderr[-2000:])
+        return [], [f"template matching crashed (exit code {answer.returncode}): skipped"]
+    if not verdict.get("ok"):
+        return [], [str(verdict.get("error", "template matching failed"))]
+    seeds, notes = [], [str(d) for d in verdict.get("declined", [])]
+    for t in verdict.get("templates", []):
+        try:
+            seeds.append(check_seed(str(t["label"]), str(t["source"])))
+        except (SeedError, KeyError) as e:  # a template bug: said, never hidden
+            notes.append(f"template {t.get('label')} skipped: {e}")
+    return seeds, notes
