@@ -270,6 +270,10 @@ def test_run_requests_are_validated_field_by_field(api):
     assert r.json()["detail"][0]["loc"] == ["body", "budget"]
     body = {"task_id": task_id, "budget": 5, "hardware": "tpu"}
     r = api.client.post("/api/v1/runs", json=body, headers=alice)
+    assert r.status_code == 422 and r.json()["field"] == "hardware"
+    assert "no worker serves hardware class 'tpu'" in r.json()["detail"]
+    body = {"task_id": task_id, "budget": 5, "hardware": "Not A Class!"}
+    r = api.client.post("/api/v1/runs", json=body, headers=alice)
     assert r.status_code == 422 and r.json()["detail"][0]["loc"] == ["body", "hardware"]
     r = api.client.post("/api/v1/runs", json={"task_id": 999999, "budget": 5}, headers=alice)
     assert r.status_code == 404

@@ -9,17 +9,22 @@ task's code, which the API process never does; the controller that starts the ru
 
 from __future__ import annotations
 
+import logging
 import random
 
+import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
 from archive import repository
-from archive.models import Run, Task, User
+from archive.models import Run, Task, User, Worker
 from evolution.descriptors import default_dims, parse_dims
 from services.api.errors import Unprocessable
+from services.config import Settings
 from services.run_config import objective_label, run_config
 from services.search import VARIATIONS
 from services.seeds import Seed, SeedError, check_seed, reference_seed
+
+log = logging.getLogger(__name__)
 
 
 def check_seeds(task: Task, sources: list[str]) -> list[Seed]:
@@ -44,6 +49,38 @@ def check_seeds(task: Task, sources: list[str]) -> list[Seed]:
             msg = f"seed candidate {label} cannot be parsed: {type(e).__name__}: {e}"
             raise Unprocessable(msg, field=label) from None
     return seeds
+
+
+#: Hardware classes a run may always name: the default queues ``eval.cpu`` and ``eval.cuda``.
+DEFAULT_CLASSES = ("cpu", "cuda")
+
+
+def check_hardware(session: Session, settings: Settings, hardware: str) -> None:
+    """Refuse a hardware class no worker serves: its run would wait forever.
+
+    ``cpu`` and ``cuda`` are always accepted (workers may start later); another class must be
+    served by a live Celery worker or an enrolled remote worker.
+    """
+    if hardware in DEFAULT_CLASSES:
+        return
+    known = set(DEFAULT_CLASSES)
+    known |= set(
+        session.scalars(sa.select(Worker.hardware_class).where(Worker.revoked_at.is_(None)))
+    )
+    if settings.redis_url:
+        from services.fleet import FleetError, live_workers
+
+        try:
+            known |= {str(w.get("hardware_class")) for w in live_workers(settings)}
+        except FleetError as e:
+            log.warning("cannot list the Celery workers to check hardware %r: %s", hardware, e)
+    if hardware not in known:
+        raise Unprocessable(
+            f"no worker serves hardware class {hardware!r}: use one of"
+            f" {', '.join(sorted(known))}, or start a worker with `kernelmap worker --queue"
+            f" {hardware}` first",
+            field="hardware",
+        )
 
 
 def create_queued_run(

@@ -8,7 +8,7 @@ from typing import Annotated
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
-from archive import repository
+from archive import repository, run_control
 from services import views
 from services.api.deps import (
     ConfigDep,
@@ -19,8 +19,8 @@ from services.api.deps import (
     find_task,
     owner_filter,
 )
-from services.api.errors import NotFound
-from services.api.launch import create_queued_run
+from services.api.errors import Conflict, ErrorBody, NotFound
+from services.api.launch import check_hardware, create_queued_run
 from services.api.schemas import (
     ArchiveOut,
     CandidateItem,
@@ -28,6 +28,7 @@ from services.api.schemas import (
     RunCreate,
     RunCreated,
     RunOut,
+    RunStatusOut,
     RunSummary,
     Text,
 )
@@ -44,14 +45,18 @@ def create_run(
 ) -> RunCreated:
     """Create a ``queued`` run on one of your tasks and hand it to the controller."""
     task = find_task(session, user, body.task_id)
+    hardware = body.hardware or config.default_hardware
+    check_hardware(session, config.settings, hardware)
     run = create_queued_run(
         session,
         user,
         task,
         budget=body.budget,
-        hardware=body.hardware or config.default_hardware,
+        hardware=hardware,
         seed_sources=body.seed_candidates,
         timeout_s=config.settings.timeout_s,
+        emitters=body.emitters,
+        descriptors=body.descriptors,
     )
     session.commit()
     if config.start_run is not None:
@@ -74,6 +79,41 @@ def list_runs(session: SessionDep, user: CurrentUser, page: PageDep) -> Page[Run
         limit=page.limit,
         offset=page.offset,
     )
+
+
+def _act(run, session, config, action: str) -> RunStatusOut:
+    try:
+        run = run_control.apply_action(session, run.id, action)
+    except run_control.TransitionError as e:
+        raise Conflict(str(e)) from None
+    session.commit()
+    if config.start_run is not None:
+        try:
+            config.start_run(run.id)  # wakes the controller: it stops or starts the run now
+        except Exception:
+            log.exception("waking the controller for run %s failed; it notices on its own", run.id)
+    return RunStatusOut(id=run.id, status=run.status)
+
+
+_CONFLICT = {409: {"model": ErrorBody, "description": "The run is not in a state for this"}}
+
+
+@router.post("/{run_id}/pause", response_model=RunStatusOut, responses=_CONFLICT)
+def pause_run(run: OwnedRun, session: SessionDep, config: ConfigDep) -> RunStatusOut:
+    """Pause a queued or running run: its jobs in flight finish, nothing new is dispatched."""
+    return _act(run, session, config, "pause")
+
+
+@router.post("/{run_id}/resume", response_model=RunStatusOut, responses=_CONFLICT)
+def resume_run(run: OwnedRun, session: SessionDep, config: ConfigDep) -> RunStatusOut:
+    """Queue a paused (or failed) run again; the search continues where it stopped."""
+    return _act(run, session, config, "resume")
+
+
+@router.post("/{run_id}/cancel", response_model=RunStatusOut, responses=_CONFLICT)
+def cancel_run(run: OwnedRun, session: SessionDep, config: ConfigDep) -> RunStatusOut:
+    """End a run for good; what it found so far stays browsable."""
+    return _act(run, session, config, "cancel")
 
 
 @router.get("/{run_id}", response_model=RunSummary)
