@@ -11,12 +11,22 @@ the broker's ``visibility_timeout`` when the whole worker did). The controller i
 idempotently by job id. The visibility timeout is longer than the longest evaluation plus its
 time limits, or a slow job would be handed to a second worker while the first still runs it.
 
+Broker faults: a worker whose connection to Redis breaks (Redis restarted, network cut) keeps
+evaluating the job it holds, reconnects by itself with Celery's backoff (2, 4, 6... up to 30 s
+between tries) and waits for the broker for as long as it takes; a result it cannot send waits
+up to about 40 s for the broker (:data:`services.worker_tasks.REPORT_RETRY_POLICY`). A Redis that
+restarts without persistence forgets every queued and unacknowledged job and every unread
+result: the controller sends again each job whose result has not come back
+(:class:`services.celery_dispatch.CeleryDispatcher`). A job whose whole worker dies on every
+delivery is delivered a bounded number of times (:data:`services.worker_tasks.MAX_DELIVERIES`).
+
 ``celery -A services.celery_app worker -Q eval.cuda -c 1`` works too; ``kernelmap worker`` sets
 the device, the queue and the worker options for you.
 """
 
 from __future__ import annotations
 
+import redis
 from celery import Celery
 
 from services.config import Settings
@@ -79,6 +89,25 @@ def transport_options(settings: Settings) -> dict:
     }
 
 
+def key_prefix(app: Celery) -> str:
+    """The deployment's Redis key prefix (``KERNELMAP_REDIS_KEY_PREFIX``) of ``app``'s queues."""
+    return str((app.conf.broker_transport_options or {}).get("global_keyprefix") or "")
+
+
+def broker_client(app: Celery) -> redis.Redis:
+    """A plain redis-py client of ``app``'s broker, for the keys kernelmap keeps beside its
+    queues (delivery counts) and for looking into a queue.
+
+    Keys are not prefixed for you: put :func:`key_prefix` in front of every key. (kombu's own
+    client prefixes only the commands its transport uses.) Connects lazily.
+    """
+    from services.embedded_redis import redis_py_url
+
+    return redis.Redis.from_url(
+        redis_py_url(app.conf.broker_url), socket_timeout=10.0, socket_connect_timeout=5.0
+    )
+
+
 def create_app(settings: Settings | None = None) -> Celery:
     """A configured Celery app on ``settings.redis_url`` (default: Redis on localhost)."""
     settings = settings or Settings()
@@ -103,6 +132,15 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_time_limit=time_limit_s(settings.timeout_s),
         broker_transport_options=transport_options(settings),
         broker_connection_retry_on_startup=True,
+        # A worker that lost its broker tries again for as long as it takes (Celery's default
+        # gives up after 100 tries, about 45 min, and the worker exits): a GPU host must not
+        # need a restart because Redis was down for an hour.
+        broker_connection_retry=True,
+        broker_connection_max_retries=None,
+        # Keep evaluating the job in hand when the connection breaks: its result is sent when
+        # the broker is back. Cancelling it would waste the evaluation and, with a broker that
+        # forgot the job, leave it to the controller to send again anyway.
+        worker_cancel_long_running_tasks_on_connection_loss=False,
         task_default_queue=eval_queue("cuda"),
         task_create_missing_queues=True,
         worker_send_task_events=False,

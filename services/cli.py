@@ -148,6 +148,12 @@ def build_parser() -> argparse.ArgumentParser:
     w.add_argument(
         "--name", default=None, help="the remote worker's name (default: this host's name)"
     )
+    w.add_argument(
+        "--insecure-http",
+        action="store_true",
+        help="allow --join over plain http:// to a non-loopback host (the token travels in"
+        " clear: only on a network you trust)",
+    )
 
     sv = sub.add_parser(
         "serve", help="the service: REST API + controller (+ embedded broker and local worker)"

@@ -244,7 +244,12 @@ def _has_gpu() -> bool:
 
 
 def cmd_worker(args: argparse.Namespace) -> int:
-    """``kernelmap worker``: a Celery worker evaluating jobs from ``eval.<CLASS>``."""
+    """``kernelmap worker``: a Celery worker evaluating jobs from ``eval.<CLASS>``; with
+    ``--join URL --token KEY``, a remote worker pulling jobs from a server over HTTPS."""
+    if args.join or args.token:
+        from services.serve import run_remote
+
+        return run_remote(args)
     from kombu.utils.url import maybe_sanitize_url
 
     if args.concurrency < 1:
@@ -265,35 +270,46 @@ def cmd_worker(args: argparse.Namespace) -> int:
             f"queue {hardware} evaluates on CUDA but no GPU is visible"
             f" (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})"
         )
+    import socket
+
     from services.celery_app import create_app, eval_queue
+    from services.fleet import Heartbeat, hardware_info
 
     app = create_app(settings)
     queue = eval_queue(hardware)
     gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "all visible") if device == "cuda" else "-"
+    # The node name spelled out (Celery's %h is the same hostname) so that the heartbeat's
+    # record and the name on every job's result agree.
+    name = f"kernelmap-{hardware}-{os.getpid()}@{socket.gethostname()}"
     print(
         f"kernelmap worker: consuming {queue} on {maybe_sanitize_url(app.conf.broker_url)},"
         f" device {device} (CUDA_VISIBLE_DEVICES={gpu}), concurrency {args.concurrency}",
         file=sys.stderr,
         flush=True,
     )
-    app.worker_main(
-        [
-            "worker",
-            "--queues",
-            queue,
-            "--concurrency",
-            str(args.concurrency),
-            "--pool",
-            "prefork",
-            "--hostname",
-            f"kernelmap-{hardware}-{os.getpid()}@%h",
-            "--loglevel",
-            args.loglevel,
-            "--without-gossip",
-            "--without-mingle",
-            "--without-heartbeat",
-        ]
-    )
+    # Gathered before Celery forks its pool; hardware_info never initialises CUDA here.
+    heartbeat = Heartbeat(settings, name, hardware, hardware_info(device)).start()
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--queues",
+                queue,
+                "--concurrency",
+                str(args.concurrency),
+                "--pool",
+                "prefork",
+                "--hostname",
+                name,
+                "--loglevel",
+                args.loglevel,
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ]
+        )
+    finally:
+        heartbeat.stop()
     return 0
 
 

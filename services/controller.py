@@ -20,6 +20,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
@@ -47,6 +48,46 @@ def device_of(hardware_class: str) -> str:
     return "cpu" if hardware_class == "cpu" else "cuda"
 
 
+def fleet_dispatchers(
+    settings: Settings, session_factory: sessionmaker[Session]
+) -> Callable[..., Any]:
+    """``make_dispatcher`` for the controller: a :class:`services.fleet_dispatch.FleetDispatcher`
+    over the run's Celery queue and its remote workers."""
+
+    def make(*, run_id: int, device: str, task_file: Path, eval_config: Any, workers: int):
+        from services.celery_app import create_app
+        from services.celery_dispatch import CeleryDispatcher
+        from services.fleet import live_workers
+        from services.fleet_dispatch import FleetDispatcher
+        from services.lease_dispatch import LeaseDispatcher
+
+        source = task_file.read_text()
+        config = dataclasses.asdict(eval_config)
+
+        def say(text: str) -> None:
+            log.warning("run %s: %s", run_id, text)
+
+        celery = CeleryDispatcher(
+            create_app(settings),
+            hardware_class=device,
+            run_id=run_id,
+            capacity=workers,
+            task_source=source,
+            eval_config=config,
+            notify=say,
+        )
+        lease = LeaseDispatcher(
+            session_factory, run_id, device, workers, source, config, notify=say
+        )
+
+        def celery_workers() -> int:
+            return sum(1 for w in live_workers(settings) if w.get("hardware_class") == device)
+
+        return FleetDispatcher(celery, lease, session_factory, device, celery_workers, workers)
+
+    return make
+
+
 class Controller:
     """Starts, stops and resumes the API's runs (see the module notes).
 
@@ -58,8 +99,9 @@ class Controller:
         Sessions on an up-to-date database.
     make_dispatcher:
         ``make_dispatcher(run_id=, device=, task_file=, eval_config=, workers=)`` -> the
-        run's :class:`evolution.ports.Dispatcher`; default: the Celery fleet on
-        ``settings.redis_url``.
+        run's :class:`evolution.ports.Dispatcher` (``device`` is the hardware class); default:
+        :func:`fleet_dispatchers` (the Celery fleet on ``settings.redis_url`` and remote
+        workers).
     probe_templates:
         ``probe_templates(task_source, device)`` -> (seeds, notes); default: the sandboxed
         template matcher of :mod:`services.template_probe`.
@@ -75,7 +117,7 @@ class Controller:
     ) -> None:
         self.settings = settings
         self.sessions = session_factory
-        self.make_dispatcher = make_dispatcher
+        self.make_dispatcher = make_dispatcher or fleet_dispatchers(settings, session_factory)
         self.probe_templates = probe_templates
         self._active: dict[int, _Active] = {}
         self._wake = threading.Event()

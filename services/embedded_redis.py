@@ -220,7 +220,7 @@ def _is_redis_server(pid: int) -> bool:
     return Path(out.stdout.strip()).name.startswith("redis-server")
 
 
-def _death_signal(parent: int):
+def death_signal(parent: int):
     """A ``preexec_fn`` giving the child SIGTERM when its parent thread dies (Linux only)."""
     libc = ctypes.CDLL(None, use_errno=True)  # looked up before the fork, not in the child
 
@@ -562,7 +562,7 @@ class EmbeddedRedis:
         if die_with_parent is None:
             die_with_parent = threading.current_thread() is threading.main_thread()
         preexec = (
-            _death_signal(os.getpid()) if die_with_parent and sys.platform == "linux" else None
+            death_signal(os.getpid()) if die_with_parent and sys.platform == "linux" else None
         )
         with self.log_path.open("ab") as log_file:
             # Errors before the log file is open (a bad configuration line) go to stderr.

@@ -78,6 +78,8 @@ def _print_admin_key(sessions) -> None:
 
 
 def _start_worker(settings: Settings, hardware_class: str) -> subprocess.Popen:
+    from services.embedded_redis import death_signal
+
     cmd = [sys.executable, "-c", _CLI, "worker", "--queue", hardware_class]
     env = dict(os.environ)
     env["KERNELMAP_REDIS_URL"] = settings.redis_url or ""
@@ -92,6 +94,8 @@ def _start_worker(settings: Settings, hardware_class: str) -> subprocess.Popen:
             stdout=out,
             stderr=subprocess.STDOUT,
             start_new_session=True,  # stopped as a group: its pool processes too
+            # Told to stop if serve itself dies without cleaning up (kill -9).
+            preexec_fn=death_signal(os.getpid()) if sys.platform == "linux" else None,
         )
     print(
         f"kernelmap: local worker on eval.{hardware_class} (pid {proc.pid}, log {log_path})",
@@ -215,15 +219,15 @@ def run_remote(args: argparse.Namespace) -> int:
 
     if not (args.join and args.token):
         raise KernelmapError("a remote worker needs both --join URL and --token KEY")
-    if args.device is not None:
-        if not args.device.isdigit():
-            raise KernelmapError(f"--device must be a GPU index (0, 1, ...), got {args.device!r}")
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.device
+    if args.device is not None and not args.device.isdigit():
+        raise KernelmapError(f"--device must be a GPU index (0, 1, ...), got {args.device!r}")
     settings = Settings()
     return run_remote_worker(
         args.join,
         args.token,
         hardware_class=args.queue,
+        device=args.device,
         name=args.name,
         data_dir=settings.data_dir,
+        insecure_http=args.insecure_http,
     )

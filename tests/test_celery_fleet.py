@@ -242,6 +242,14 @@ def test_a_job_whose_worker_is_killed_is_evaluated_again_and_recorded_once(env, 
     assert [(j.id, j.status) for j in jobs] == [(job_id, "done")]
     assert jobs[0].worker.startswith(f"kernelmap-cpu-{second.proc.pid}@")
     assert evaluations == [job_id]
+    # Started twice, once with a worker that died; the count goes once the result is sent.
+    client = redis.Redis.from_url(REDIS_URL)
+    key = f"{env['KERNELMAP_REDIS_KEY_PREFIX']}kernelmap:deliveries:{job_id}"
+    deadline = time.monotonic() + 5
+    while client.exists(key) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not client.exists(key)
+    client.close()
 
 
 def test_a_job_whose_pool_process_dies_is_retried_at_once(env, start_worker):

@@ -11,7 +11,8 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 
 from services.api import errors
 from services.api.deps import MAX_TASK_BYTES, VALIDATE_TIMEOUT_S, ApiConfig
-from services.api.routes import api_router
+from services.api.routes import api_router, health
+from services.api.routes.metrics import router as metrics_router
 from services.config import Settings
 
 API_PREFIX = "/api/v1"
@@ -81,5 +82,7 @@ def create_app(
     )
     errors.install(app)
     app.include_router(api_router, prefix=API_PREFIX)
+    app.include_router(health.router)
+    app.include_router(metrics_router)  # /metrics, where Prometheus looks by default
     app.add_middleware(UploadLimit, path=f"{API_PREFIX}/tasks", max_bytes=max_task_bytes)
     return app

@@ -11,8 +11,11 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.encoders import jsonable_encoder
+from fastapi.exception_handlers import http_exception_handler
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
+from pydantic import BaseModel, Field
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from archive.errors import NotFoundError
 from evaluator_worker.errors import KernelmapError, TaskError
@@ -39,6 +42,12 @@ class NotFound(ApiError):
     """Nothing the caller may see has this id (404); another user's id is not found either."""
 
     status_code = 404
+
+
+class Conflict(ApiError):
+    """The request does not apply to the resource in its current state (409)."""
+
+    status_code = 409
 
 
 class PayloadTooLarge(ApiError):
@@ -101,8 +110,125 @@ async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:
     return AsciiJSONResponse({"detail": jsonable_encoder(errors)}, status_code=422)
 
 
+class ErrorBody(BaseModel):
+    """What every refused request gets (other than a field-by-field validation error)."""
+
+    detail: str = Field(description="What was wrong and how to fix it")
+    field: str | None = Field(default=None, description="The request field at fault")
+    line: int | None = Field(default=None, description="Line of the uploaded file at fault")
+
+
+_ERROR_REF = {"$ref": "#/components/schemas/ErrorBody"}
+#: Why each documented error status happens (the OpenAPI response descriptions).
+_WHY = {
+    400: "The request body could not be parsed",
+    401: "Missing, unknown or revoked API key",
+    403: "The key's role may not do this",
+    404: "Nothing you may see has this id",
+    409: "The action does not apply to the resource in its current state",
+    413: "The upload is over the size limit",
+}
+
+
+_VALIDATION_REF = {"$ref": "#/components/schemas/HTTPValidationError"}
+# FastAPI's own definitions, for a schema where no route declared a body or a parameter.
+_VALIDATION_ITEM_SCHEMA = {
+    "title": "ValidationError",
+    "type": "object",
+    "required": ["loc", "msg", "type"],
+    "properties": {
+        "loc": {"type": "array", "items": {"anyOf": [{"type": "string"}, {"type": "integer"}]}},
+        "msg": {"type": "string"},
+        "type": {"type": "string"},
+        "ctx": {"type": "object"},
+    },
+}
+_VALIDATION_SCHEMA = {
+    "title": "HTTPValidationError",
+    "type": "object",
+    "properties": {
+        "detail": {"type": "array", "items": {"$ref": "#/components/schemas/ValidationError"}}
+    },
+}
+
+
+def _error_response(status: int) -> dict[str, Any]:
+    return {"description": _WHY[status], "content": {"application/json": {"schema": _ERROR_REF}}}
+
+
+def document_errors(schema: dict[str, Any]) -> dict[str, Any]:
+    """Add the error responses the handlers produce to every operation of an OpenAPI schema.
+
+    An operation that needs a key may answer 401 and 403; one with path parameters or a body
+    404 (ids it refers to); one with a body 400 (unparsable) and, for an upload, 413; one with
+    parameters or a body 422, which is either FastAPI's field-by-field list or an
+    :class:`ErrorBody` (a seed that is not a candidate, a file that is not UTF-8). Responses a
+    route documents itself are kept.
+    """
+    components = schema.setdefault("components", {}).setdefault("schemas", {})
+    components["ErrorBody"] = ErrorBody.model_json_schema(
+        ref_template="#/components/schemas/{model}"
+    )
+    for path_item in schema.get("paths", {}).values():
+        for operation in path_item.values():
+            if not isinstance(operation, dict) or "responses" not in operation:
+                continue
+            responses = operation["responses"]
+            body = operation.get("requestBody")
+            has_path_ids = any(p.get("in") == "path" for p in operation.get("parameters", []))
+            statuses = []
+            if operation.get("security"):
+                statuses += [401, 403]
+            if has_path_ids or body:
+                statuses.append(404)
+            if body:
+                statuses.append(400)
+                if "multipart/form-data" in body.get("content", {}):
+                    statuses.append(413)
+            for status in statuses:
+                responses.setdefault(str(status), _error_response(status))
+            if (body or operation.get("parameters")) and "422" not in responses:
+                # A body read by a dependency (to bound its size) is validated all the same.
+                responses["422"] = {
+                    "description": "Validation Error",
+                    "content": {"application/json": {"schema": _VALIDATION_REF}},
+                }
+                components.setdefault("HTTPValidationError", _VALIDATION_SCHEMA)
+                components.setdefault("ValidationError", _VALIDATION_ITEM_SCHEMA)
+            invalid = responses.get("422", {}).get("content", {}).get("application/json")
+            if invalid and "anyOf" not in invalid["schema"]:
+                invalid["schema"] = {"anyOf": [invalid["schema"], _ERROR_REF]}
+    return schema
+
+
+async def _http_error(request: Request, exc: Exception) -> Response:
+    assert isinstance(exc, StarletteHTTPException)
+    if exc.status_code != 400:
+        return await http_exception_handler(request, exc)
+    # The routes raise no 400 themselves: this is FastAPI or Starlette failing to parse the
+    # body (JSON that is not UTF-8, multipart without a boundary...).
+    detail = (
+        f"the request body could not be parsed ({exc.detail}): send JSON in UTF-8, or"
+        " multipart/form-data with a boundary for an upload, as the operation documents"
+    )
+    return AsciiJSONResponse({"detail": detail, "field": "body"}, status_code=400)
+
+
 def install(app: FastAPI) -> None:
     """Register the handlers: any :class:`KernelmapError` becomes ``{"detail": ...}`` with a
-    4xx status; request validation errors list ``loc``/``msg`` per field without the input."""
+    4xx status; request validation errors list ``loc``/``msg`` per field without the input; a
+    body that cannot be parsed is 400 with ``field: "body"``.
+    The OpenAPI schema documents those errors on every operation (see :func:`document_errors`).
+    """
     app.add_exception_handler(KernelmapError, _kernelmap_error)
     app.add_exception_handler(RequestValidationError, _validation_error)
+    app.add_exception_handler(StarletteHTTPException, _http_error)
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        # FastAPI builds the schema once, on first use: every router is included by then.
+        if app.openapi_schema is None:
+            app.openapi_schema = document_errors(build())
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]

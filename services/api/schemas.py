@@ -30,6 +30,13 @@ def storable(text: str) -> str:
 Text = Annotated[str, AfterValidator(storable)]
 
 
+def not_blank(text: str) -> str:
+    """Text with something other than whitespace in it."""
+    if not text.strip():
+        raise ValueError("must not be blank")
+    return text
+
+
 class Page(BaseModel, Generic[T]):
     """One page of a list: ``items``, the ``total`` count, and the page's ``limit``/``offset``."""
 
@@ -61,6 +68,11 @@ class TaskDetail(TaskOut):
 # -- runs --------------------------------------------------------------------------------------
 
 
+#: A hardware class: the queue ``eval.<class>`` its workers consume.
+HARDWARE_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
+EmitterName = Literal["templates", "gaussian", "iso_line", "cma"]
+
+
 class RunCreate(BaseModel):
     """Start a search on one of your tasks."""
 
@@ -68,8 +80,28 @@ class RunCreate(BaseModel):
 
     task_id: Id
     budget: int = Field(ge=1, le=100_000, description="Evaluations the run may spend")
-    hardware: Literal["cpu", "cuda"] | None = Field(
-        default=None, description="Where candidates are evaluated (default: the server's device)"
+    hardware: str | None = Field(
+        default=None,
+        pattern=HARDWARE_PATTERN,
+        description="Hardware class whose workers evaluate the candidates (`cpu`, `cuda`, or a"
+        " fleet's own class such as `h100`; default: the server's device)",
+    )
+    emitters: list[EmitterName] | None = Field(
+        default=None,
+        max_length=4,
+        description="How candidates are proposed: `templates` adds the template library's"
+        " kernels for what the task computes; `gaussian`, `iso_line` or `cma` (at most one)"
+        " chooses how schedules (SEARCH_SPACE) are varied. Seeds (the reference and"
+        " `seed_candidates`) are always evaluated. Default: templates + gaussian",
+    )
+    descriptors: list[Annotated[str, Field(pattern=r"^[a-z_]{1,40}(:[0-9]{1,4})?$")]] | None = (
+        Field(
+            default=None,
+            min_length=1,
+            max_length=3,
+            description="The map's dimensions, `name` or `name:bins` (1 to 3); default: the"
+            " hardware's default descriptors",
+        )
     )
     seed_candidates: list[Annotated[Text, Field(max_length=MAX_SEED_CHARS)]] = Field(
         default_factory=list,
@@ -80,6 +112,13 @@ class RunCreate(BaseModel):
 
 class RunCreated(BaseModel):
     """A newly created run."""
+
+    id: int
+    status: str
+
+
+class RunStatusOut(BaseModel):
+    """A run's status after a pause, resume or cancel."""
 
     id: int
     status: str
@@ -204,7 +243,12 @@ class KeyCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     role: Literal["admin", "user", "worker"]
-    name: Annotated[Text, Field(min_length=1, max_length=100, description="Who it is for")]
+    name: Annotated[
+        str,
+        Field(max_length=100, description="Who it is for"),
+        AfterValidator(storable),
+        AfterValidator(not_blank),
+    ]
 
 
 class KeyOut(BaseModel):
