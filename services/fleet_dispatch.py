@@ -14,22 +14,19 @@ why, so the run does not wait forever and the elite stays visibly unverified.
 
 from __future__ import annotations
 
-import datetime as dt
 import logging
 import time
 from collections.abc import Callable
 from typing import Any
 
-import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
-from archive.models import Worker, utcnow
+from archive.models import utcnow
+from archive.service_stats import live_remote_workers
 from evolution.ports import Job, JobResult
 
 log = logging.getLogger(__name__)
 
-#: A remote worker heard from within this many seconds is alive (it long-polls every ~20 s).
-REMOTE_LIVE_S = 120.0
 #: How often the counts of live workers are read again.
 REFRESH_S = 5.0
 
@@ -37,17 +34,6 @@ NO_TRUSTED_WORKER = (
     "not re-measured: no trusted (cluster) worker of this hardware class was alive; the result"
     " is the remote worker's own claim"
 )
-
-
-def live_remote_workers(session: Session, hardware_class: str, now: dt.datetime) -> int:
-    """Remote workers of ``hardware_class`` heard from recently and not revoked."""
-    since = now - dt.timedelta(seconds=REMOTE_LIVE_S)
-    stmt = sa.select(sa.func.count()).where(
-        Worker.hardware_class == hardware_class,
-        Worker.revoked_at.is_(None),
-        Worker.last_seen_at >= since,
-    )
-    return int(session.scalar(stmt) or 0)
 
 
 class FleetDispatcher:

@@ -36,12 +36,19 @@ import logging
 import math
 from collections.abc import Iterable, Mapping
 
-import sqlalchemy as sa
 from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session
 
-from archive.models import REMOTE_JOB_STATUSES, RUN_STATUSES, Evaluation, RemoteJob, Run, Worker
+from archive.models import REMOTE_JOB_STATUSES, RUN_STATUSES
+from archive.service_stats import (
+    REMOTE_LIVE_S,
+    enrolled_workers,
+    evaluations_by_verdict,
+    evaluations_since,
+    remote_jobs_by_status,
+    runs_by_status,
+)
 from evaluator_worker.verdict import Verdict
 from services import fleet
 from services.api.deps import AdminUser, ConfigDep, SessionDep
@@ -57,12 +64,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 RATE_WINDOW_S = 60.0
 """Window of ``kernelmap_evaluations_per_second``, in seconds."""
 
-RATE_SCAN_ROWS = 100_000
-"""Newest evaluations looked at for the rate: a bounded scan of the primary key instead of the
-whole table (``created_at`` has no index). It caps the rate reported at 1,666 per second, far
-above what a fleet of GPUs evaluates."""
-
-REMOTE_WORKER_LIVE_S = 120.0
+REMOTE_WORKER_LIVE_S = REMOTE_LIVE_S
 """A remote worker last heard from longer ago than this is not counted in ``kernelmap_workers``
 (it still has a heartbeat age until it is revoked)."""
 
@@ -117,70 +119,6 @@ def exposition(families: Iterable[Family]) -> str:
             series = f"{family.name}{{{text}}}" if text else family.name
             lines.append(f"{series} {_value(value)}")
     return "\n".join(lines) + "\n"
-
-
-# -- what the database says (aggregates only) ------------------------------------------------------
-
-
-def evaluations_by_verdict(session: Session) -> dict[str, int]:
-    """How many evaluations are stored with each verdict."""
-    stmt = sa.select(Evaluation.verdict, sa.func.count()).group_by(Evaluation.verdict)
-    return {verdict: n for verdict, n in session.execute(stmt)}
-
-
-def evaluations_since(session: Session, since: dt.datetime) -> int:
-    """How many evaluations were stored at or after ``since`` (among the newest
-    :data:`RATE_SCAN_ROWS`)."""
-    newest = (
-        sa.select(Evaluation.created_at)
-        .order_by(Evaluation.id.desc())
-        .limit(RATE_SCAN_ROWS)
-        .subquery()
-    )
-    stmt = sa.select(sa.func.count()).select_from(newest).where(newest.c.created_at >= since)
-    return session.scalar(stmt) or 0
-
-
-def runs_by_status(session: Session) -> dict[str, int]:
-    """How many runs are in each status."""
-    stmt = sa.select(Run.status, sa.func.count()).group_by(Run.status)
-    return {status: n for status, n in session.execute(stmt)}
-
-
-def remote_jobs_by_status(session: Session) -> dict[str, int]:
-    """How many remote jobs are in each status."""
-    stmt = sa.select(RemoteJob.status, sa.func.count()).group_by(RemoteJob.status)
-    return {status: n for status, n in session.execute(stmt)}
-
-
-def enrolled_workers(session: Session) -> list[tuple[str, str, dt.datetime]]:
-    """``(name, hardware_class, last heard from)`` of each remote worker not revoked.
-
-    A worker never heard from since it enrolled counts from its enrolment.
-    """
-    stmt = (
-        sa.select(
-            Worker.id,
-            Worker.name,
-            Worker.hardware_class,
-            sa.func.coalesce(Worker.last_seen_at, Worker.created_at),
-        )
-        .where(Worker.revoked_at.is_(None))
-        .order_by(Worker.id)
-    )
-    rows = session.execute(stmt).all()
-    # coalesce() loses the column type: SQLite hands back a naive string-parsed datetime.
-    seen = [_aware(r[3]) for r in rows]
-    return [(f"{r[1]}#{r[0]}", r[2], s) for r, s in zip(rows, seen, strict=True)]
-
-
-def _aware(value: dt.datetime | str) -> dt.datetime:
-    if isinstance(value, str):
-        value = dt.datetime.fromisoformat(value)
-    return value.replace(tzinfo=dt.UTC) if value.tzinfo is None else value.astimezone(dt.UTC)
-
-
-# -- the scrape ------------------------------------------------------------------------------------
 
 
 def _fleet_families(
