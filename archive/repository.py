@@ -6,11 +6,12 @@ ids) but never commit. Lookups by a user-given id raise a :class:`~archive.error
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from archive.errors import CandidateNotFound, NotFoundError, RunNotFound, TaskNotFound
 from archive.models import (
@@ -232,6 +233,36 @@ def _latest_evaluation_ids(run_id: int) -> sa.Subquery:
     )
 
 
+def _candidate_ids_of_run(run_id: Any, verdict: Any | None) -> sa.Select[tuple[int]]:
+    """The ids of the run's candidates (each once), only those whose newest evaluation has
+    ``verdict`` if given (values or bound parameters); unordered."""
+    if verdict is None:
+        return sa.select(Proposal.candidate_id).where(Proposal.run_id == run_id).distinct()
+    latest = _latest_evaluation_ids(run_id)
+    return (
+        sa.select(latest.c.candidate_id)
+        .join(Evaluation, Evaluation.id == latest.c.evaluation_id)
+        .where(Evaluation.verdict == verdict)
+    )
+
+
+def _page_with_latest(page: sa.Subquery) -> sa.Select[tuple[Candidate, Evaluation]]:
+    """The candidates whose ids ``page`` holds, each with its newest evaluation (or None)."""
+    latest = (
+        sa.select(Evaluation.candidate_id, sa.func.max(Evaluation.id).label("evaluation_id"))
+        .where(Evaluation.candidate_id.in_(sa.select(page.c.candidate_id)))
+        .group_by(Evaluation.candidate_id)
+        .subquery()
+    )
+    return (
+        sa.select(Candidate, Evaluation)
+        .join(page, page.c.candidate_id == Candidate.id)
+        .outerjoin(latest, latest.c.candidate_id == Candidate.id)
+        .outerjoin(Evaluation, Evaluation.id == latest.c.evaluation_id)
+        .order_by(Candidate.id)
+    )
+
+
 def candidates_of_run(
     session: Session,
     run_id: int,
@@ -242,21 +273,38 @@ def candidates_of_run(
     """The candidates a run proposed (duplicates of earlier runs included), by id.
 
     Each comes with its newest evaluation (None while unevaluated). ``verdict`` keeps only
-    candidates whose newest evaluation has that verdict.
+    candidates whose newest evaluation has that verdict. What a list does not show is
+    deferred (the candidate's source, the evaluation's timing, features, hardware, messages
+    and whole result): it is loaded on first access, while the session is open.
     """
-    latest = _latest_evaluation_ids(run_id)
-    stmt = (
-        sa.select(Candidate, Evaluation)
-        .outerjoin(latest, latest.c.candidate_id == Candidate.id)
-        .outerjoin(Evaluation, Evaluation.id == latest.c.evaluation_id)
-        .where(Candidate.id.in_(_proposed_by(run_id)))
-        .order_by(Candidate.id)
-        .limit(limit)
-        .offset(offset)
+    params = {"run_id": run_id, "verdict": verdict, "limit": limit, "offset": offset}
+    stmt = _candidate_page_statement(verdict is not None)
+    return [(c, e) for c, e in session.execute(stmt, params)]
+
+
+@functools.cache
+def _candidate_page_statement(by_verdict: bool) -> sa.Select[tuple[Candidate, Evaluation]]:
+    # Built once, with bound parameters: building it anew took as long as running it.
+    # The page's ids first, then the rows of those alone: sorting and joining every candidate
+    # of a large run with its evaluation, to keep 50, is what made a page slow. Decoding the
+    # deferred JSON (raw timing samples...) was most of the rest.
+    verdict = sa.bindparam("verdict", type_=sa.String) if by_verdict else None
+    ids = _candidate_ids_of_run(sa.bindparam("run_id", type_=sa.Integer), verdict)
+    page = (
+        ids.order_by(ids.selected_columns[0])
+        .limit(sa.bindparam("limit", type_=sa.Integer))
+        .offset(sa.bindparam("offset", type_=sa.Integer))
     )
-    if verdict is not None:
-        stmt = stmt.where(Evaluation.verdict == verdict)
-    return [(c, e) for c, e in session.execute(stmt)]
+    return _page_with_latest(page.subquery()).options(
+        defer(Candidate.source),
+        defer(Candidate.genome),
+        defer(Evaluation.messages),
+        defer(Evaluation.timing),
+        defer(Evaluation.features),
+        defer(Evaluation.hardware),
+        defer(Evaluation.params),
+        defer(Evaluation.result),
+    )
 
 
 def evaluations_of_run(session: Session, run_id: int) -> list[tuple[Candidate, Evaluation]]:
@@ -296,6 +344,33 @@ def current_elites(session: Session, run_id: int) -> list[Elite]:
         .order_by(Elite.cell)
     )
     return list(session.scalars(stmt))
+
+
+def current_elite_cells(session: Session, run_id: int) -> list[sa.Row[Any]]:
+    """The run's current elites with what a table of them shows of their candidates, best
+    first, in one query: rows with ``cell, candidate_id, objective, measures`` (the elite's)
+    and ``params, label, emitter`` (its candidate's)."""
+    stmt = (
+        sa.select(
+            Elite.cell,
+            Elite.candidate_id,
+            Elite.objective,
+            Elite.measures,
+            Candidate.params,
+            Candidate.label,
+            Candidate.emitter,
+        )
+        .join(Candidate, Candidate.id == Elite.candidate_id)
+        .where(Elite.run_id == run_id, Elite.replaced_at.is_(None))
+        .order_by(Elite.objective.desc(), Elite.cell)
+    )
+    return list(session.execute(stmt))
+
+
+def count_current_elites(session: Session, run_id: int) -> int:
+    """How many cells of the run's archive are occupied."""
+    stmt = sa.select(sa.func.count()).where(Elite.run_id == run_id, Elite.replaced_at.is_(None))
+    return int(session.scalar(stmt) or 0)
 
 
 def elite_history(session: Session, run_id: int, cell: int | None = None) -> list[Elite]:
@@ -370,15 +445,15 @@ def count_owned_runs(session: Session, owner_id: int | None = None) -> int:
 
 def count_candidates_of_run(session: Session, run_id: int, verdict: str | None = None) -> int:
     """How many candidates :func:`candidates_of_run` pages through (same ``verdict`` filter)."""
-    stmt = sa.select(sa.func.count()).select_from(Candidate)
-    if verdict is not None:
-        latest = _latest_evaluation_ids(run_id)
-        stmt = stmt.join(latest, latest.c.candidate_id == Candidate.id).join(
-            Evaluation, Evaluation.id == latest.c.evaluation_id
-        )
-        stmt = stmt.where(Evaluation.verdict == verdict)
-    stmt = stmt.where(Candidate.id.in_(_proposed_by(run_id)))
-    return int(session.scalar(stmt) or 0)
+    stmt = _candidate_count_statement(verdict is not None)
+    return int(session.scalar(stmt, {"run_id": run_id, "verdict": verdict}) or 0)
+
+
+@functools.cache
+def _candidate_count_statement(by_verdict: bool) -> sa.Select[tuple[int]]:
+    verdict = sa.bindparam("verdict", type_=sa.String) if by_verdict else None
+    ids = _candidate_ids_of_run(sa.bindparam("run_id", type_=sa.Integer), verdict).subquery()
+    return sa.select(sa.func.count()).select_from(ids)
 
 
 def candidate_owned_by(session: Session, candidate_id: int, owner_id: int) -> bool:
@@ -463,3 +538,32 @@ def revoke_api_key(session: Session, key_id: int) -> ApiKey:
         key.revoked_at = utcnow()
         session.flush()
     return key
+
+
+# -- batch lookups of the search loop's store (archive.run_store) ------------------------------
+
+
+def candidate_ids_by_key(session: Session, task_id: int, keys: list[str]) -> dict[str, int]:
+    """Duplicate-detection key -> id of the candidates of ``task_id`` with one of ``keys``.
+
+    Keys the task has no candidate for are left out.
+    """
+    if not keys:
+        return {}
+    stmt = sa.select(Candidate.key_sha256, Candidate.id).where(
+        Candidate.task_id == task_id, Candidate.key_sha256.in_(sorted(set(keys)))
+    )
+    return {key: cid for key, cid in session.execute(stmt)}
+
+
+def latest_results(session: Session, candidate_ids: list[int]) -> dict[int, dict[str, Any]]:
+    """Candidate id -> the result dict of its newest evaluation (unevaluated ones left out)."""
+    if not candidate_ids:
+        return {}
+    newest = (
+        sa.select(sa.func.max(Evaluation.id))
+        .where(Evaluation.candidate_id.in_(sorted(set(candidate_ids))))
+        .group_by(Evaluation.candidate_id)
+    )
+    stmt = sa.select(Evaluation.candidate_id, Evaluation.result).where(Evaluation.id.in_(newest))
+    return {cid: result for cid, result in session.execute(stmt)}

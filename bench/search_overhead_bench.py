@@ -75,7 +75,9 @@ def space_for(evals: int) -> dict[str, list[int]]:
     return space
 
 
-def run_once(store: Any, evals: int, capacity: int, stats_every: int) -> dict[str, float]:
+def run_once(
+    store: Any, evals: int, capacity: int, stats_every: int, stats_interval_s: float = 0.5
+) -> dict[str, float]:
     """One benchmark run; returns timings in seconds and counts."""
     archive = MapArchive(parse_dims("occupancy,kernel_count"))
     seeds = SeedEmitter([CandidateSpec(f"MS = {ms}\n", label=f"seed{ms}") for ms in (0.5, 0.7)])
@@ -91,7 +93,15 @@ def run_once(store: Any, evals: int, capacity: int, stats_every: int) -> dict[st
 
     timed = TimedStore(store)
     dispatcher = FakeDispatcher(evaluate, capacity)
-    loop = SearchLoop(archive, [seeds, family], dispatcher, timed, evals, stats_every=stats_every)
+    loop = SearchLoop(
+        archive,
+        [seeds, family],
+        dispatcher,
+        timed,
+        evals,
+        stats_every=stats_every,
+        stats_interval_s=stats_interval_s,
+    )
     t0 = time.perf_counter()
     summary = loop.run()
     wall = time.perf_counter() - t0
@@ -151,12 +161,18 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--evals", type=int, default=2000, help="evaluations per run (default 2000)")
     p.add_argument("--capacity", type=int, default=8, help="jobs in flight (default 8)")
-    p.add_argument("--stats-every", type=int, default=1, help="record_stats period (default 1)")
+    p.add_argument("--stats-every", type=int, default=1, help="progress point period (default 1)")
+    p.add_argument(
+        "--stats-interval-s",
+        type=float,
+        default=0.5,
+        help="at most one progress point per this many seconds (default 0.5, the loop's)",
+    )
     p.add_argument("--nominal-eval-s", type=float, default=1.0, help="nominal evaluation time")
     p.add_argument("--sqlite", action="store_true", help="also run with the SQLite RunStore")
     args = p.parse_args(argv)
 
-    r = run_once(MemoryStore(), args.evals, args.capacity, args.stats_every)
+    r = run_once(MemoryStore(), args.evals, args.capacity, args.stats_every, args.stats_interval_s)
     report("memory store", r, args.nominal_eval_s)
     if args.sqlite:
         with tempfile.TemporaryDirectory() as tmp:
@@ -165,7 +181,7 @@ def main(argv: list[str] | None = None) -> int:
             except ImportError as e:
                 print(f"[sqlite store] skipped: archive is not importable ({e})")
                 return 0
-            r = run_once(store, args.evals, args.capacity, args.stats_every)
+            r = run_once(store, args.evals, args.capacity, args.stats_every, args.stats_interval_s)
             report("sqlite RunStore", r, args.nominal_eval_s)
     return 0
 

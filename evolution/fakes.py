@@ -13,13 +13,13 @@ Nothing here touches a GPU, a queue or a database.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
 
 from evolution.candidate import CandidateSpec
-from evolution.ports import Job, JobResult, Proposal, RunStats
+from evolution.ports import EliteChange, Job, JobResult, Proposal, RunStats
 
 EAGER_MS = 1.0
 COMPILE_MS = 0.8
@@ -114,6 +114,8 @@ class MemoryStore:
         Every recorded :class:`RunStats`.
     ingest_calls:
         How many times :meth:`ingest` was called (duplicates included).
+    batches:
+        ``(results, elite changes, progress points)`` per :meth:`ingest_many` call.
     """
 
     def __init__(self) -> None:
@@ -124,6 +126,7 @@ class MemoryStore:
         self.elite_events: list[tuple[int, int, float, list[float], int | None]] = []
         self.stats: list[RunStats] = []
         self.ingest_calls = 0
+        self.batches: list[tuple[int, int, int]] = []
         self._ingested: set[str] = set()
         self._first_result: dict[int, dict[str, Any]] = {}
 
@@ -138,6 +141,10 @@ class MemoryStore:
         self.specs[cid] = spec
         return Proposal(cid, False, None)
 
+    def propose_many(self, specs: Sequence[CandidateSpec]) -> list[Proposal]:
+        """:meth:`propose` each spec, in order."""
+        return [self.propose(spec) for spec in specs]
+
     def reject(self, candidate_id: int, result: dict[str, Any]) -> None:
         """Store a static-gate rejection as the candidate's evaluation."""
         self.results.append((None, candidate_id, result))
@@ -146,6 +153,26 @@ class MemoryStore:
     def dispatched(self, job: Job) -> None:
         """Record the job."""
         self.jobs.append(job)
+
+    def dispatched_many(self, jobs: Sequence[Job]) -> None:
+        """Record the jobs, in order."""
+        for job in jobs:
+            self.dispatched(job)
+
+    def ingest_many(
+        self,
+        results: Sequence[JobResult],
+        elites: Sequence[EliteChange] = (),
+        stats: Sequence[RunStats] = (),
+    ) -> list[bool]:
+        """:meth:`ingest` each result, then record the elite changes and progress points."""
+        self.batches.append((len(results), len(elites), len(stats)))
+        fresh = [self.ingest(r) for r in results]
+        for e in elites:
+            self.elite_changed(e.cell, e.candidate_id, e.objective, list(e.measures), e.previous_id)
+        for point in stats:
+            self.record_stats(point)
+        return fresh
 
     def ingest(self, job_result: JobResult) -> bool:
         """Store the result once per job id."""
@@ -171,6 +198,12 @@ class MemoryStore:
     def record_stats(self, stats: RunStats) -> None:
         """Append a progress point."""
         self.stats.append(stats)
+
+    def open_jobs(self) -> dict[int, str]:
+        """Candidate id -> its newest recorded job, for candidates without a result."""
+        return {
+            j.candidate_id: j.job_id for j in self.jobs if j.candidate_id not in self._first_result
+        }
 
     def pending(self) -> list[tuple[int, CandidateSpec]]:
         """Proposed candidates without any stored result."""

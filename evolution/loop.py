@@ -18,7 +18,19 @@ Rules
 - Ties (faster than the elite but within noise) get one re-measure, which counts against the
   budget; a tie found when no budget is left stays unresolved and the elite is kept.
 - Results are ingested idempotently: a result whose job id was already ingested is skipped
-  (``Store.ingest`` returns False), unless it is a job of this session still in flight.
+  (``Store.ingest_many`` says it is not new), unless it is a job of this session still in
+  flight.
+- Persistence is batched, one unit of work per batch (see :class:`~evolution.ports.Store`):
+  the proposals of one round of dispatch go to ``Store.propose_many``, and their jobs to
+  ``Store.dispatched_many`` before any of them is submitted; each polled batch of results of
+  this session's jobs is learned, then stored with the elite changes and progress points it
+  produced in one ``Store.ingest_many``. A killed controller loses at most the batch it was
+  learning, whose jobs ``Store.pending`` hands back. A result of a job this session did not
+  dispatch is stored before it is learned (only the store knows whether it is new). Elite
+  changes learned for free from duplicates are stored at the end of their round.
+- Progress points: ``Store`` gets one every ``stats_every`` evaluations, at most one per
+  ``stats_interval_s`` seconds (a due point is taken after the next result or poll), and one
+  at the end.
 - Stop: the ``stop`` event makes :meth:`SearchLoop.run` return promptly (after ingesting the
   batch of results already polled); jobs in flight are abandoned and ``Store.pending`` hands
   them back on :meth:`SearchLoop.resume`.
@@ -38,7 +50,18 @@ from typing import Any
 from evolution.candidate import CandidateSpec, Outcome, outcome_from_result
 from evolution.emitters.base import Emitter
 from evolution.grid import TIE, WORSE, Decision, MapArchive
-from evolution.ports import OTHER_RUN, Dispatcher, Job, JobResult, RunStats, Store
+from evolution.ports import (
+    OTHER_RUN,
+    UNVERIFIED,
+    VERIFICATION,
+    Dispatcher,
+    EliteChange,
+    Job,
+    JobResult,
+    Proposal,
+    RunStats,
+    Store,
+)
 
 STOP_BUDGET = "budget"
 STOP_STOPPED = "stopped"
@@ -125,6 +148,7 @@ class _Flight:
     job: Job
     spec: CandidateSpec
     remeasure: bool
+    verify: bool = False
 
 
 @dataclasses.dataclass
@@ -133,6 +157,13 @@ class _Queued:
     spec: CandidateSpec
     emitter: Emitter | None
     remeasure: bool
+    verify: bool = False
+    job_id: str | None = None  # a job dispatched before a restart: sent again under its id
+
+
+def needs_verification(result: dict[str, Any]) -> bool:
+    """A remote worker's result that no trusted worker has re-measured (nor could)."""
+    return bool(result.get(UNVERIFIED)) and not result.get(VERIFICATION)
 
 
 class SearchLoop:
@@ -156,11 +187,16 @@ class SearchLoop:
     on_progress:
         Called with a :class:`Progress` after each batch of results and at the end.
     stats_every:
-        ``Store.record_stats`` every this many evaluations, and at the end.
+        A progress point every this many evaluations (and one at the end).
+    stats_interval_s:
+        At most one progress point per this many seconds (0: no limit); at hundreds of results
+        per second a point per evaluation would be most of what the store writes.
     poll_timeout_s:
         Longest wait in ``Dispatcher.poll``: bounds how late a stop event is noticed.
     idle_timeout_s:
         Stop as ``stalled`` after this long with nothing in flight and no emitter proposing.
+    clock:
+        Seconds, monotonic (``time.monotonic``; tests pass a fake one).
     """
 
     def __init__(
@@ -174,8 +210,10 @@ class SearchLoop:
         on_progress: Callable[[Progress], None] | None = None,
         stats_every: int = 1,
         *,
+        stats_interval_s: float = 0.5,
         poll_timeout_s: float = 0.2,
         idle_timeout_s: float = 60.0,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         if budget < 0:
             raise ValueError(f"budget must be >= 0, got {budget}")
@@ -187,8 +225,10 @@ class SearchLoop:
         self.prefilter = prefilter
         self.on_progress = on_progress
         self.stats_every = max(1, int(stats_every))
+        self.stats_interval_s = max(0.0, float(stats_interval_s))
         self.poll_timeout_s = float(poll_timeout_s)
         self.idle_timeout_s = float(idle_timeout_s)
+        self._clock = clock
         self.evaluations = 0
         self.duplicates = 0
         self._in_flight: dict[str, _Flight] = {}
@@ -196,12 +236,18 @@ class SearchLoop:
         self._waiters: dict[int, _Waiters] = {}
         self._ties: dict[int, tuple[Outcome, _Waiters, CandidateSpec]] = {}
         self._remeasured: set[int] = set()
+        self._verifying: dict[int, tuple[_Waiters, CandidateSpec]] = {}
         self._queue: collections.deque[_Queued] = collections.deque()
         self._verdicts: collections.Counter[str] = collections.Counter()
         self._label: str | None = None
         self._rr = 0
         self._since_stats = 0
+        self._last_stats: float | None = None
         self._dirty = False
+        # Learned but not stored yet: written with the batch of results (or round) they
+        # come from.
+        self._unsaved_elites: list[EliteChange] = []
+        self._unsaved_stats: list[RunStats] = []
 
     # --- public -------------------------------------------------------------------------------
 
@@ -229,18 +275,26 @@ class SearchLoop:
         int
             Evaluations restored.
         """
-        rows = self.store.evaluated()
+        everything = self.store.evaluated()
+        for _, _, result in everything:
+            verdict = str(result.get("verdict", "RUNTIME_ERROR"))
+            self._verdicts[verdict] += 1
+            if verdict != STATIC_REJECT and not result.get(OTHER_RUN):
+                self.evaluations += 1
+        # Remote claims never re-measured stay out of the map, as they did live; see below.
+        rows = [r for r in everything if not needs_verification(r[2])]
+        claims = {
+            cid: (spec, result)
+            for cid, spec, result in everything
+            if cid not in {c for c, _, _ in rows} and needs_verification(result)
+        }
         outcomes = [outcome_from_result(cid, result) for cid, _, result in rows]
         decisions = self.archive.rebuild(outcomes)
         seen = collections.Counter(cid for cid, _, _ in rows)
         self._remeasured |= {cid for cid, n in seen.items() if n > 1}
         last: dict[int, tuple[Outcome, Decision]] = {}
-        for (cid, spec, result), (outcome, decision) in zip(rows, decisions, strict=True):
+        for (cid, spec, _result), (outcome, decision) in zip(rows, decisions, strict=True):
             emitter = self._owner(spec)
-            verdict = str(result.get("verdict", "RUNTIME_ERROR"))
-            self._verdicts[verdict] += 1
-            if verdict != STATIC_REJECT and not result.get(OTHER_RUN):
-                self.evaluations += 1
             if outcome.objective is not None:
                 self._label = outcome.objective_label
             if emitter is not None:
@@ -249,11 +303,14 @@ class SearchLoop:
         # A tie whose re-measure never came back is not re-measured again: a store that keeps
         # only each candidate's newest result would otherwise re-measure it on every resume.
         self._remeasured |= {cid for cid, (_, d) in last.items() if d.status == TIE}
+        for cid, (spec, result) in claims.items():
+            self._learn(cid, result, [(self._owner(spec), spec)], spec)
+        open_jobs = self.store.open_jobs()
         for cid, spec in self.store.pending():
             emitter = self._owner(spec)
             if emitter is not None:
                 emitter.adopt(spec)
-            self._queue.append(_Queued(cid, spec, emitter, False))
+            self._queue.append(_Queued(cid, spec, emitter, False, job_id=open_jobs.get(cid)))
         return self.evaluations
 
     def run(self, stop: threading.Event | None = None) -> Summary:
@@ -265,7 +322,7 @@ class SearchLoop:
             The archive's state and why the loop ended.
         """
         stop = stop if stop is not None else threading.Event()
-        last_activity = time.monotonic()
+        last_activity = self._clock()
         reason: str | None = None
         while reason is None:
             if stop.is_set():
@@ -275,7 +332,7 @@ class SearchLoop:
             if stop.is_set():
                 reason = STOP_STOPPED
                 break
-            now = time.monotonic()
+            now = self._clock()
             if produced:
                 last_activity = now
             if not self._in_flight:
@@ -288,12 +345,12 @@ class SearchLoop:
                 if reason is not None:
                     break
             wait = self.poll_timeout_s if (self._in_flight or not produced) else 0.0
-            for job_result in self.dispatcher.poll(wait):
-                self._on_result(job_result)
+            self._ingest(self.dispatcher.poll(wait))
             if self._dirty:
                 self._progress()
         if self._since_stats or not self.evaluations:
             self._record_stats()
+        self._save([])
         self._progress()
         return self._summary(reason)
 
@@ -304,26 +361,48 @@ class SearchLoop:
         return min(self.dispatcher.capacity - len(self._in_flight), room)
 
     def _fill(self, stop: threading.Event) -> bool:
-        """Use free capacity; returns whether anything was dispatched or proposed."""
+        """Use free capacity; returns whether anything was dispatched or proposed.
+
+        Works in rounds: queued candidates first, then as many new proposals as there is room
+        for, recorded with one ``propose_many``; the round's jobs are recorded with one
+        ``dispatched_many`` before they are submitted.
+        """
         produced = False
         proposals = 0
         limit = 64 + 8 * max(self.dispatcher.capacity, 1)  # back to polling now and then
-        while self._free() > 0 and proposals < limit and not stop.is_set():
-            if self._queue:
+        while not stop.is_set():
+            free = self._free()
+            if free <= 0 or proposals >= limit:
+                break
+            jobs: list[Job] = []
+            while self._queue and len(jobs) < free:
                 q = self._queue.popleft()
                 if q.remeasure and q.candidate_id not in self._ties:
                     continue
-                if not q.remeasure:
+                if not (q.remeasure or q.verify):
                     self._waiters.setdefault(q.candidate_id, []).append((q.emitter, q.spec))
-                self._dispatch(q.candidate_id, q.spec, q.remeasure)
-                produced = True
-                continue
-            asked = self._ask_one()
-            if asked is None:
+                jobs.append(
+                    self._job(q.candidate_id, q.spec, q.remeasure, verify=q.verify, job_id=q.job_id)
+                )
+            asked: list[tuple[CandidateSpec, Emitter]] = []
+            while len(jobs) + len(asked) < free and proposals < limit:
+                one = self._ask_one()
+                if one is None:
+                    break
+                asked.append(one)
+                proposals += 1
+            if asked:
+                stored = self.store.propose_many([spec for spec, _ in asked])
+                for (spec, emitter), proposal in zip(asked, stored, strict=True):
+                    job = self._propose(spec, emitter, proposal)
+                    if job is not None:
+                        jobs.append(job)
+            if self._unsaved_elites:
+                self._save([])  # elites won by duplicates learned for free: stored at once
+            if not jobs and not asked:
                 break
             produced = True
-            proposals += 1
-            self._propose(*asked)
+            self._send(jobs)
         return produced
 
     def _ask_one(self) -> tuple[CandidateSpec, Emitter] | None:
@@ -338,17 +417,17 @@ class SearchLoop:
                 return specs[0], emitter
         return None
 
-    def _propose(self, spec: CandidateSpec, emitter: Emitter) -> None:
-        proposal = self.store.propose(spec)
+    def _propose(self, spec: CandidateSpec, emitter: Emitter, proposal: Proposal) -> Job | None:
+        """What to do with a recorded proposal: the job to dispatch for it, if any."""
         cid = proposal.candidate_id
         if proposal.duplicate:
             self.duplicates += 1
             if proposal.result is not None:
                 self._learn(cid, proposal.result, [(emitter, spec)], spec)
-                return
+                return None
             if cid in self._waiters:
                 self._waiters[cid].append((emitter, spec))
-                return
+                return None
             # Proposed before (by a run that stopped before evaluating it) and never
             # evaluated: evaluate it now, or nobody ever will.
         if self.prefilter is not None:
@@ -357,38 +436,88 @@ class SearchLoop:
                 self.store.reject(cid, rejection)
                 self._verdicts[str(rejection.get("verdict", STATIC_REJECT))] += 1
                 self._learn(cid, rejection, [(emitter, spec)], spec)
-                return
+                return None
         self._waiters[cid] = [(emitter, spec)]
-        self._dispatch(cid, spec, remeasure=False)
+        return self._job(cid, spec, remeasure=False)
 
-    def _dispatch(self, cid: int, spec: CandidateSpec, remeasure: bool) -> None:
-        job = Job(uuid.uuid4().hex, cid, spec.source, dict(spec.params))
-        self.store.dispatched(job)
-        self.dispatcher.submit(job)
-        self._in_flight[job.job_id] = _Flight(job, spec, remeasure)
+    def _job(
+        self,
+        cid: int,
+        spec: CandidateSpec,
+        remeasure: bool,
+        *,
+        verify: bool = False,
+        job_id: str | None = None,
+    ) -> Job:
+        """A job for ``cid``, in flight from now on (it takes up capacity).
+
+        ``verify``: the trusted re-measure of a remote claim; ``job_id``: the id of a job sent
+        before a restart (its late result and the new one are then one job, ingested once).
+        """
+        job = Job(
+            job_id or uuid.uuid4().hex, cid, spec.source, dict(spec.params), trusted_only=verify
+        )
+        self._in_flight[job.job_id] = _Flight(job, spec, remeasure, verify)
+        return job
+
+    def _send(self, jobs: list[Job]) -> None:
+        """Record the jobs, then submit them: a job reaches a worker only once it is stored."""
+        if not jobs:
+            return
+        self.store.dispatched_many(jobs)
+        for job in jobs:
+            self.dispatcher.submit(job)
 
     # --- results ------------------------------------------------------------------------------
 
-    def _on_result(self, job_result: JobResult) -> None:
-        if job_result.job_id in self._done_jobs:
-            return  # redelivered: already ingested and learned by this session
-        fresh = self.store.ingest(job_result)
-        if not fresh and job_result.job_id not in self._in_flight:
+    def _ingest(self, batch: list[JobResult]) -> None:
+        """Learn a polled batch, then store it with what it changed, as one unit of work."""
+        ours: list[JobResult] = []
+        strays: list[JobResult] = []
+        seen: set[str] = set()
+        for job_result in batch:
+            job_id = job_result.job_id
+            if job_id in self._done_jobs or job_id in seen:
+                continue  # redelivered: already ingested and learned by this session
+            seen.add(job_id)
+            (ours if job_id in self._in_flight else strays).append(job_result)
+        if strays:
+            # Dispatched by an earlier session and delivered late: learned only if the store
+            # did not hold it yet, and not counted (it was not dispatched against this
+            # session's budget).
+            fresh = self.store.ingest_many(strays)
+            for job_result, new in zip(strays, fresh, strict=True):
+                if new:
+                    self._done_jobs.add(job_result.job_id)
+                    self._learn(job_result.candidate_id, job_result.result, [], None)
+        for job_result in ours:
+            self._on_result(job_result)
+        if self._since_stats and self._stats_due():
+            self._record_stats()  # a due point is not held back until the next result
+        self._save(ours)
+
+    def _save(self, results: list[JobResult]) -> None:
+        """Store ``results`` with the elite changes and progress points not stored yet."""
+        if not (results or self._unsaved_elites or self._unsaved_stats):
             return
-        # A job of ours that the store already holds (ingested by another path) is still
-        # learned once here; otherwise it would stay in flight forever.
+        # A job of ours that the store already holds (ingested by another path) was still
+        # learned once above; otherwise it would stay in flight forever.
+        self.store.ingest_many(results, self._unsaved_elites, self._unsaved_stats)
+        self._unsaved_elites = []
+        self._unsaved_stats = []
+
+    def _on_result(self, job_result: JobResult) -> None:
+        """Learn the result of a job of this session."""
         self._done_jobs.add(job_result.job_id)
         self._dirty = True
-        flight = self._in_flight.pop(job_result.job_id, None)
+        flight = self._in_flight.pop(job_result.job_id)
         cid = job_result.candidate_id
-        if flight is None:
-            # Dispatched by an earlier session and delivered late: learn from it, but it was
-            # not dispatched against this session's budget, so it does not count.
-            self._learn(cid, job_result.result, [], None)
-            return
         self.evaluations += 1
         self._verdicts[str(job_result.result.get("verdict", "RUNTIME_ERROR"))] += 1
-        if flight.remeasure and cid in self._ties:
+        if flight.verify:
+            waiters, spec = self._verifying.pop(cid, ([], flight.spec))
+            self._learn(cid, job_result.result, waiters, spec)
+        elif flight.remeasure and cid in self._ties:
             first, waiters, spec = self._ties.pop(cid)
             second = outcome_from_result(cid, job_result.result)
             merged, decision = self.archive.resolve_tie(first, second)
@@ -398,7 +527,7 @@ class SearchLoop:
         else:
             self._learn(cid, job_result.result, self._waiters.pop(cid, []), flight.spec)
         self._since_stats += 1
-        if self._since_stats >= self.stats_every:
+        if self._stats_due():
             self._record_stats()
 
     def _learn(
@@ -408,6 +537,16 @@ class SearchLoop:
         if outcome.objective is not None:
             self._label = outcome.objective_label
         decision = self.archive.consider(outcome)
+        if decision.changes_archive and needs_verification(result) and spec is not None:
+            # A remote worker's timing is its own claim: the map takes it only once a trusted
+            # worker has measured the candidate again (that measurement is what enters).
+            if cid not in self._verifying:
+                self._verifying[cid] = (waiters, spec)
+                self._queue.appendleft(_Queued(cid, spec, None, False, verify=True))
+            else:
+                self._verifying[cid][0].extend(waiters)
+            self._dirty = True
+            return
         if decision.changes_archive:
             self._commit(outcome, decision)
         elif decision.status == TIE:
@@ -422,12 +561,14 @@ class SearchLoop:
 
     def _commit(self, outcome: Outcome, decision: Decision) -> None:
         if self.archive.commit(outcome, decision):
-            self.store.elite_changed(
-                decision.cell,
-                outcome.candidate_id,
-                float(outcome.objective),
-                list(decision.measures),
-                decision.previous_id,
+            self._unsaved_elites.append(
+                EliteChange(
+                    cell=int(decision.cell),
+                    candidate_id=outcome.candidate_id,
+                    objective=float(outcome.objective),
+                    measures=tuple(float(x) for x in decision.measures),
+                    previous_id=decision.previous_id,
+                )
             )
 
     @staticmethod
@@ -448,9 +589,16 @@ class SearchLoop:
         cid, obj = best
         return Best(cid, obj, math.exp(min(obj, 700.0)))
 
+    def _stats_due(self) -> bool:
+        if self._since_stats < self.stats_every:
+            return False
+        last = self._last_stats
+        return last is None or self._clock() - last >= self.stats_interval_s
+
     def _record_stats(self) -> None:
+        """Take a progress point (stored with the next batch)."""
         s = self.archive.stats()
-        self.store.record_stats(
+        self._unsaved_stats.append(
             RunStats(
                 evaluations=self.evaluations,
                 elites=s.num_elites,
@@ -462,6 +610,7 @@ class SearchLoop:
             )
         )
         self._since_stats = 0
+        self._last_stats = self._clock()
 
     def _progress(self) -> None:
         self._dirty = False

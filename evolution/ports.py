@@ -8,9 +8,16 @@ database (``archive/``) for :class:`Store`. Tests use in-memory fakes.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from evolution.candidate import CandidateSpec
+
+UNVERIFIED = "unverified"
+"""Key the server sets to True on a result that a remote (untrusted) worker reported."""
+
+VERIFICATION = "verification"
+"""Key set on a remote worker's result that could not be re-measured by a trusted worker (why)."""
 
 OTHER_RUN = "evaluated_for_another_run"
 """Key :meth:`Store.evaluated` sets to True on a result that another run's job produced (this
@@ -25,6 +32,8 @@ class Job:
     candidate_id: int
     source: str
     params: dict[str, Any]
+    #: Only a trusted worker may run it: the re-measure of a remote worker's claim.
+    trusted_only: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +56,20 @@ class Proposal:
     candidate_id: int
     duplicate: bool
     result: dict[str, Any] | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class EliteChange:
+    """``candidate_id`` became the elite of ``cell`` (replacing ``previous_id``, None if empty).
+
+    ``objective`` is the log-speedup it won with, ``measures`` its descriptor values.
+    """
+
+    cell: int
+    candidate_id: int
+    objective: float
+    measures: tuple[float, ...]
+    previous_id: int | None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -84,7 +107,40 @@ class Dispatcher(Protocol):
 
 
 class Store(Protocol):
-    """Persists everything the loop does, for one run."""
+    """Persists everything the loop does, for one run.
+
+    The loop uses the batch methods (:meth:`propose_many`, :meth:`dispatched_many`,
+    :meth:`ingest_many`): each is one unit of work (one transaction in a database), so the
+    controller pays one round of persistence per batch of candidates or results, not per item.
+    The single-item methods are the same operations for one item.
+    """
+
+    def propose_many(self, specs: Sequence[CandidateSpec]) -> list[Proposal]:
+        """Record proposals in order, as one unit; one :class:`Proposal` per spec.
+
+        A spec whose key an earlier spec of the same batch has is a duplicate of that one
+        (with no result yet).
+        """
+        ...
+
+    def dispatched_many(self, jobs: Sequence[Job]) -> None:
+        """Record, as one unit, that ``jobs`` are being sent to workers (before they are)."""
+        ...
+
+    def ingest_many(
+        self,
+        results: Sequence[JobResult],
+        elites: Sequence[EliteChange] = (),
+        stats: Sequence[RunStats] = (),
+    ) -> list[bool]:
+        """Store results, and the elite changes and progress points they led to, as one unit.
+
+        Idempotent on the job id, within the batch too: returns, per result, whether it was
+        new (False when its job was already ingested, or appears earlier in ``results``).
+        ``elites`` are applied in order (the last change of a cell is its current elite);
+        ``stats`` are appended in order. Nothing is stored if any part fails.
+        """
+        ...
 
     def propose(self, spec: CandidateSpec) -> Proposal:
         """Record a proposal; returns the candidate id (an existing one for a duplicate)."""
@@ -115,6 +171,11 @@ class Store(Protocol):
 
     def record_stats(self, stats: RunStats) -> None:
         """Append a point to the run's progress curves."""
+        ...
+
+    def open_jobs(self) -> dict[int, str]:
+        """Candidate id -> job id of the jobs sent before a restart and never answered (called
+        before :meth:`pending`: they are sent again under the same ids)."""
         ...
 
     def pending(self) -> list[tuple[int, CandidateSpec]]:

@@ -4,7 +4,8 @@ Each job goes where there is room: to the Celery queue ``eval.<class>`` (trusted
 the cluster) or to remote workers of the class that pull it over HTTPS with a lease
 (:class:`services.lease_dispatch.LeaseDispatcher`). The choice follows who is alive (Celery
 heartbeats in Redis, remote workers' last request), keeping the jobs in flight per worker even
-between the two; with nobody alive, jobs wait on the Celery queue.
+between the two. With nobody alive a job waits in the controller until someone is (at most
+:data:`PARK_MAX_S`, then on the Celery queue).
 
 A job marked ``trusted_only`` (the re-measure of a remote worker's claimed improvement) goes only
 to the Celery fleet. When no trusted worker of the class is alive, it cannot be re-measured: its
@@ -29,6 +30,9 @@ log = logging.getLogger(__name__)
 
 #: How often the counts of live workers are read again.
 REFRESH_S = 5.0
+#: How long a job waits in the controller for any worker to be alive before it is queued on
+#: the Celery queue anyway.
+PARK_MAX_S = 30.0
 
 NO_TRUSTED_WORKER = (
     "not re-measured: no trusted (cluster) worker of this hardware class was alive; the result"
@@ -72,6 +76,8 @@ class FleetDispatcher:
         self._counted_at = -REFRESH_S
         self._route: dict[str, str] = {}
         self._held: dict[str, Job] = {}  # trusted-only jobs nobody can run
+        self._parked: dict[str, tuple[Job, float]] = {}  # jobs waiting for any worker
+        self._warned = False
         self._unverified: dict[int, dict[str, Any]] = {}  # candidate -> remote result
 
     @property
@@ -96,11 +102,15 @@ class FleetDispatcher:
     def submit(self, job: Job) -> None:
         """Send ``job`` to the Celery queue or offer it to remote workers."""
         celery_n, remote_n = self.counts()
-        if getattr(job, "trusted_only", False):
+        if job.trusted_only:
             if celery_n == 0:
                 self._held[job.job_id] = job
                 return
             route = "celery"
+        elif celery_n == 0 and remote_n == 0:
+            # Nobody is alive yet: which route gets it is decided when someone turns up.
+            self._parked.setdefault(job.job_id, (job, time.monotonic()))
+            return
         elif remote_n == 0:
             route = "celery"
         elif celery_n == 0:
@@ -117,6 +127,7 @@ class FleetDispatcher:
         """Results from both routes, waiting up to ``timeout_s`` for the first."""
         deadline = time.monotonic() + max(timeout_s, 0.0)
         while True:
+            self._release_parked()
             out = self._release_held()
             out += self.lease.poll(0.0)
             left = deadline - time.monotonic()
@@ -135,6 +146,32 @@ class FleetDispatcher:
             self.lease.close()
         finally:
             self.celery.close()
+
+    def _release_parked(self) -> None:
+        """Route the jobs that waited for a worker, now that one is alive; after
+        :data:`PARK_MAX_S` with nobody, send them to the Celery queue (a worker started without
+        a heartbeat, such as a bare ``celery worker``, still finds them there)."""
+        if not self._parked:
+            return
+        alive = any(self.counts())
+        now = time.monotonic()
+        for job_id, (job, since) in list(self._parked.items()):
+            if alive:
+                del self._parked[job_id]
+                self.submit(job)
+            elif now - since >= PARK_MAX_S:
+                del self._parked[job_id]
+                self._route[job_id] = "celery"
+                self.celery.submit(job)
+                if not self._warned:
+                    self._warned = True
+                    log.warning(
+                        "no worker of class %s is alive (neither Celery nor remote) after %g s:"
+                        " jobs are queued on eval.%s for whoever comes",
+                        self.hardware_class,
+                        PARK_MAX_S,
+                        self.hardware_class,
+                    )
 
     def _release_held(self) -> list[JobResult]:
         """Trusted-only jobs with no trusted worker: their remote claim, said to be unverified."""

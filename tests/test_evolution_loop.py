@@ -84,13 +84,15 @@ def params_family(label="fam", seed_=0, space=SPACE, **kw):
 
 
 class CheckingDispatcher(FakeDispatcher):
-    """Asserts the budget and capacity invariants at every submit."""
+    """Asserts the budget and capacity invariants at every submit (a job is in flight from
+    when it is recorded, so ``in_flight`` counts this one)."""
 
     loop: SearchLoop
 
     def submit(self, job):
         assert self.outstanding < self.capacity
-        assert self.loop.evaluations + self.loop.in_flight < self.loop.budget
+        assert self.loop.in_flight <= self.capacity
+        assert self.loop.evaluations + self.loop.in_flight <= self.loop.budget
         super().submit(job)
 
 
@@ -134,6 +136,25 @@ def test_a_duplicate_with_a_stored_result_is_learned_for_free():
     assert [j.candidate_id for j in dispatcher.submitted] == [cid + 1]
     assert summary.evaluations == 1
     assert summary.best.candidate_id == cid and summary.best.speedup == pytest.approx(4.0)
+
+
+def test_an_elite_won_by_a_free_duplicate_is_stored_with_its_round():
+    store = MemoryStore()
+    old = seed(0.2, tag="earlier run")
+    cid = store.propose(old).candidate_id
+    store.ingest(JobResult("old-job", cid, fake_result({}, 0.2, device="cpu")))
+    seen_at_submit: list[list[int]] = []
+
+    class Watching(FakeDispatcher):
+        def submit(self, job):
+            seen_at_submit.append([e[1] for e in store.elite_events])
+            super().submit(job)
+
+    archive = MapArchive(parse_dims(CPU_DIMS))
+    dispatcher = Watching(Evaluator("cpu"), 4)
+    loop = SearchLoop(archive, [SeedEmitter([old, seed(0.5)])], dispatcher, store, 5)
+    loop.run()
+    assert seen_at_submit == [[cid]]  # stored before the round's job went out
 
 
 class Recorder(SeedEmitter):
@@ -353,12 +374,157 @@ def test_param_emitter_finds_the_optimum_and_fills_cells(variation):
 
 
 def test_stats_are_recorded_every_n_evaluations_and_at_the_end():
-    loop, archive, dispatcher, store = make_loop([params_family()], budget=23, stats_every=5)
+    loop, archive, dispatcher, store = make_loop(
+        [params_family()], budget=23, stats_every=5, stats_interval_s=0.0
+    )
     summary = loop.run()
     assert [s.evaluations for s in store.stats] == [5, 10, 15, 20, 23]
     last = store.stats[-1]
     assert (last.elites, last.best_candidate_id) == (summary.elites, summary.best.candidate_id)
     assert last.verdicts == {"OK": 23}
+
+
+class FakeClock:
+    """Time that moves only when ``tick`` is called."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+class ScriptedDispatcher(FakeDispatcher):
+    """Each poll advances ``clock`` by 1/8 s and delivers the next count of ``script`` of the
+    finished jobs (all of them once the script is over)."""
+
+    def __init__(self, clock: FakeClock, script: list[int], capacity: int) -> None:
+        super().__init__(Evaluator(), capacity)
+        self.clock = clock
+        self.script = list(script)
+
+    def poll(self, timeout_s):
+        self.clock.now += 0.125
+        n = self.script.pop(0) if self.script else len(self._pending)
+        batch, self._pending = self._pending[:n], self._pending[n:]
+        out = [JobResult(j.job_id, j.candidate_id, self.evaluate(j)) for j in batch]
+        self.delivered.extend(out)
+        return out
+
+
+def test_progress_points_are_at_most_one_per_interval_and_one_at_the_end():
+    clock = FakeClock()
+    archive = MapArchive(parse_dims(CPU_DIMS))
+    emitter = ParamEmitter(SRC, SPACE, archive.dims, "fam", seed=0)
+    dispatcher = ScriptedDispatcher(clock, [], capacity=2)  # 2 results per 1/8 s
+    store = MemoryStore()
+    loop = SearchLoop(archive, [emitter], dispatcher, store, 20, stats_interval_s=0.3, clock=clock)
+    loop.run()
+    # Polls at 1/8, 2/8, ...: points at the first result, then the first result >= 0.3 s later.
+    assert [s.evaluations for s in store.stats] == [1, 7, 13, 19, 20]
+
+
+def test_a_due_progress_point_is_not_held_back_until_the_next_result():
+    clock = FakeClock()
+    archive = MapArchive(parse_dims(CPU_DIMS))
+    emitter = ParamEmitter(SRC, SPACE, archive.dims, "fam", seed=0)
+    # Two results, three empty polls, the last result.
+    dispatcher = ScriptedDispatcher(clock, [2, 0, 0, 0, 1], capacity=3)
+    store = MemoryStore()
+    loop = SearchLoop(archive, [emitter], dispatcher, store, 3, stats_interval_s=0.3, clock=clock)
+    loop.run()
+    assert [s.evaluations for s in store.stats] == [1, 2, 3]
+
+
+class BatchLog(MemoryStore):
+    """Logs each batch call (and checks a job is recorded before a worker gets it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.log: list[tuple[str, list]] = []
+
+    def propose_many(self, specs):
+        self.log.append(("propose", list(specs)))
+        return super().propose_many(specs)
+
+    def dispatched_many(self, jobs):
+        self.log.append(("dispatched", list(jobs)))
+        super().dispatched_many(jobs)
+
+    def ingest_many(self, results, elites=(), stats=()):
+        self.log.append(("ingest", [list(results), list(elites), list(stats)]))
+        return super().ingest_many(results, elites, stats)
+
+
+class RecordedFirst(FakeDispatcher):
+    store: MemoryStore
+
+    def submit(self, job):
+        assert job in self.store.jobs  # recorded before any worker can run it
+        super().submit(job)
+
+
+def test_the_store_is_written_once_per_round_and_once_per_batch_of_results():
+    archive = MapArchive(parse_dims("occupancy,kernel_count"))
+    emitter = ParamEmitter(SRC, SPACE, archive.dims, "fam", seed=2)
+    dispatcher = RecordedFirst(Evaluator("cuda"), 8)  # every poll returns all 8 in flight
+    store = BatchLog()
+    dispatcher.store = store
+    loop = SearchLoop(archive, [emitter], dispatcher, store, 40, stats_interval_s=0.0)
+    summary = loop.run()
+    assert summary.evaluations == 40 and summary.elites > 1
+    kinds = [kind for kind, _ in store.log]
+    assert kinds == ["propose", "dispatched", "ingest"] * 5  # 5 rounds of 8
+    assert all(len(items) == 8 for kind, items in store.log if kind != "ingest")
+    for _, (results, elites, stats) in (e for e in store.log if e[0] == "ingest"):
+        # Each batch carries the elite changes and progress points its results produced.
+        assert len(results) == 8 and len(stats) == 8
+        assert {e.candidate_id for e in elites} <= {r.candidate_id for r in results}
+    assert len(store.elite_events) >= summary.elites
+    assert [s.evaluations for s in store.stats] == list(range(1, 41))
+
+
+class CrashingStore(MemoryStore):
+    """Fails (like a killed controller) on the ``crash_at``-th ``ingest_many``: nothing of
+    that batch is stored."""
+
+    def __init__(self, crash_at: int) -> None:
+        super().__init__()
+        self.crash_at = crash_at
+        self.calls = 0
+
+    def ingest_many(self, results, elites=(), stats=()):
+        self.calls += 1
+        if self.calls == self.crash_at:
+            raise RuntimeError("killed")
+        return super().ingest_many(results, elites, stats)
+
+
+def test_a_killed_controller_loses_only_the_batch_it_was_learning():
+    store = CrashingStore(crash_at=3)
+    gpu = dict(dims="occupancy,kernel_count", device="cuda", store=store, capacity=4, seed_=None)
+    loop1, archive1, d1, _ = make_loop([params_family(seed_=1)], budget=30, **gpu)
+    with pytest.raises(RuntimeError, match="killed"):
+        loop1.run()
+    # Two batches of 4 were stored with their elite changes; the third is lost, in flight.
+    assert len(store.results) == 8 and len(d1.submitted) == 12
+    lost = {j.candidate_id for j in d1.submitted[8:]}
+    assert {cid for cid, _ in store.pending()} == lost
+    stored_elites = {e[1] for e in store.elite_events}
+    assert stored_elites <= {cid for _, cid, _ in store.results}
+
+    loop2, archive2, d2, _ = make_loop([params_family(seed_=1)], budget=30, **gpu)
+    assert loop2.resume() == 8
+    summary = loop2.run()
+    assert {j.candidate_id for j in d2.submitted[:4]} == lost  # dispatched again, first
+    assert summary.evaluations == 30 == len(store.results)
+    cids = [cid for _, cid, _ in store.results]
+    assert len(cids) == len(set(cids))  # each candidate evaluated once
+    # The stored elite history ends at the live archive.
+    current: dict[int, int] = {}
+    for cell, cid, *_ in store.elite_events:
+        current[cell] = cid
+    assert sorted(current.items()) == sorted((c, cid) for c, cid, *_ in archive2.elites())
 
 
 class Waiting(Emitter):
@@ -411,3 +577,92 @@ def test_resume_after_a_tie_neither_redispatches_nor_remeasures_again(store_cls)
     assert archive2.elites() == archive1.elites()
     loop2.run()
     assert {j.candidate_id for j in d2.submitted}.isdisjoint({1, 2, 3})
+
+
+# --- remote (unverified) results --------------------------------------------------------------
+
+
+def _remote_fleet(claim_ms: float, trusted_ms: float, trusted: bool = True) -> FakeDispatcher:
+    """Remote workers claim ``claim_ms`` for every job; a trusted worker measures
+    ``trusted_ms``. Without a trusted worker the claim comes back marked, as the controller's
+    fleet dispatcher does."""
+
+    def evaluate(job):
+        if job.trusted_only:
+            if trusted:
+                return fake_result(job.params, trusted_ms)
+            return dict(fake_result(job.params, claim_ms), unverified=True, verification="none")
+        return dict(fake_result(job.params, claim_ms), unverified=True)
+
+    return FakeDispatcher(evaluate, capacity=4)
+
+
+def _remote_loop(dispatcher: FakeDispatcher, store: MemoryStore | None = None, budget: int = 6):
+    archive = MapArchive(parse_dims("occupancy,kernel_count"))
+    emitter = ParamEmitter(SRC, SPACE, archive.dims, "fam", seed=1)
+    return SearchLoop(archive, [emitter], dispatcher, store or MemoryStore(), budget), archive
+
+
+def test_a_remote_claim_enters_the_map_only_as_a_trusted_worker_measured_it():
+    dispatcher = _remote_fleet(claim_ms=0.001, trusted_ms=2.0)  # a cheater's claim
+    loop, archive = _remote_loop(dispatcher)
+    loop.run()
+    checks = [j for j in dispatcher.submitted if j.trusted_only]
+    assert checks, "improvements claimed by remote workers are re-measured"
+    elites = archive.elites()
+    assert elites and all(
+        math.isclose(e[2], math.log(0.8 / 2.0), rel_tol=1e-9) for e in elites
+    )
+    claimed = {j.candidate_id for j in dispatcher.submitted if not j.trusted_only}
+    assert {j.candidate_id for j in checks} <= claimed
+
+
+def test_without_a_trusted_worker_the_claim_enters_marked():
+    loop, archive = _remote_loop(_remote_fleet(claim_ms=0.5, trusted_ms=2.0, trusted=False))
+    loop.run()
+    assert archive.elites()
+    assert all(math.isclose(e[2], math.log(0.8 / 0.5)) for e in archive.elites())
+
+
+def test_a_claim_that_does_not_improve_the_map_is_not_re_measured():
+    params = {"BLOCK": 256, "num_warps": 4}
+    fast = CandidateSpec(SRC, params, "seed", (), "trusted")
+    slow = CandidateSpec(SRC + "OTHER = 1\n", params, "seed", (), "remote")
+    dispatcher = FakeDispatcher(
+        lambda job: fake_result(job.params, 1.0)
+        if job.source == SRC
+        else dict(fake_result(job.params, 50.0), unverified=True),
+        capacity=1,
+    )
+    archive = MapArchive(parse_dims("occupancy,kernel_count"))
+    loop = SearchLoop(archive, [SeedEmitter([fast, slow])], dispatcher, MemoryStore(), 2)
+    loop.run()
+    assert len(dispatcher.submitted) == 2  # same cell, 50x slower: nothing to check
+    assert not [j for j in dispatcher.submitted if j.trusted_only]
+    assert [e[2] for e in archive.elites()] == [pytest.approx(math.log(0.8 / 1.0))]
+
+
+def test_resume_re_measures_claims_never_verified():
+    store = MemoryStore()
+    dispatcher = _remote_fleet(claim_ms=0.3, trusted_ms=0.6)
+    loop, _ = _remote_loop(dispatcher, store, budget=4)
+    # Stop as soon as the first re-measure is asked for: the claims are stored, unverified.
+    real_submit = dispatcher.submit
+    stop = threading.Event()
+
+    def submit(job):
+        if job.trusted_only:
+            stop.set()
+            return
+        real_submit(job)
+
+    dispatcher.submit = submit
+    loop.run(stop)
+    assert any(r.get("unverified") for _, _, r in store.results)
+    resumed_dispatcher = _remote_fleet(claim_ms=0.3, trusted_ms=0.6)
+    loop, archive = _remote_loop(resumed_dispatcher, store, budget=8)
+    loop.resume()
+    assert not archive.elites(), "an unverified claim is not put back in the map"
+    loop.run()
+    assert [j for j in resumed_dispatcher.submitted if j.trusted_only]
+    assert all(math.isclose(e[2], math.log(0.8 / 0.6)) for e in archive.elites())
