@@ -12,6 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from archive import db
 from archive.testing import temporary_database
 
+#: The fleet tests' fixtures (``env``, ``start_worker``), shared by several test modules.
+pytest_plugins = ["fleet_fixtures"]
+
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 

@@ -33,7 +33,7 @@ from types import SimpleNamespace
 import pytest
 import redis
 import sqlalchemy as sa
-from test_celery_fleet import Worker
+from fleet_fixtures import Worker
 
 from archive import db, repository
 from archive.run_store import RunStore
