@@ -348,8 +348,17 @@ def current_elites(session: Session, run_id: int) -> list[Elite]:
 
 def current_elite_cells(session: Session, run_id: int) -> list[sa.Row[Any]]:
     """The run's current elites with what a table of them shows of their candidates, best
-    first, in one query: rows with ``cell, candidate_id, objective, measures`` (the elite's)
-    and ``params, label, emitter`` (its candidate's)."""
+    first, in one query: rows with ``cell, candidate_id, objective, measures`` (the elite's),
+    ``params, label, emitter`` (its candidate's) and ``verified`` (a worker other than a remote
+    one evaluated it: see :mod:`archive.leases`)."""
+    trusted = (
+        sa.exists()
+        .where(
+            Evaluation.candidate_id == Elite.candidate_id,
+            sa.or_(Evaluation.worker.is_(None), ~Evaluation.worker.startswith("remote:")),
+        )
+        .label("verified")
+    )
     stmt = (
         sa.select(
             Elite.cell,
@@ -359,6 +368,7 @@ def current_elite_cells(session: Session, run_id: int) -> list[sa.Row[Any]]:
             Candidate.params,
             Candidate.label,
             Candidate.emitter,
+            trusted,
         )
         .join(Candidate, Candidate.id == Elite.candidate_id)
         .where(Elite.run_id == run_id, Elite.replaced_at.is_(None))

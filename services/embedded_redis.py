@@ -561,9 +561,7 @@ class EmbeddedRedis:
         die_with_parent = self.die_with_parent
         if die_with_parent is None:
             die_with_parent = threading.current_thread() is threading.main_thread()
-        preexec = (
-            death_signal(os.getpid()) if die_with_parent and sys.platform == "linux" else None
-        )
+        preexec = death_signal(os.getpid()) if die_with_parent and sys.platform == "linux" else None
         with self.log_path.open("ab") as log_file:
             # Errors before the log file is open (a bad configuration line) go to stderr.
             self._proc = subprocess.Popen(

@@ -45,7 +45,7 @@ def run_summary(session, run_id: int) -> dict[str, Any]:
         "objective_label": run.objective_label,
         "budget": run.budget,
         "evaluations": evaluations,
-        "elites": len(repository.current_elites(session, run_id)),
+        "elites": repository.count_current_elites(session, run_id),
         "coverage": stat.coverage if stat else 0.0,
         "qd_score": stat.qd_score if stat else 0.0,
         "verdicts": verdicts,
@@ -77,21 +77,19 @@ def runs_table(session, limit: int = 50) -> list[dict[str, Any]]:
 
 def archive_table(session, run_id: int) -> list[dict[str, Any]]:
     """The run's current elites, best first."""
-    rows = []
-    for e in sorted(repository.current_elites(session, run_id), key=lambda e: -e.objective):
-        cand = repository.get_candidate(session, e.candidate_id)
-        rows.append(
-            {
-                "cell": e.cell,
-                "candidate_id": e.candidate_id,
-                "ratio": _ratio(e.objective),
-                "measures": list(e.measures),
-                "params": cand.params,
-                "label": cand.label,
-                "emitter": cand.emitter,
-            }
-        )
-    return rows
+    return [
+        {
+            "cell": r.cell,
+            "candidate_id": r.candidate_id,
+            "ratio": _ratio(r.objective),
+            "measures": list(r.measures),
+            "params": r.params,
+            "label": r.label,
+            "emitter": r.emitter,
+            "verified": bool(r.verified),
+        }
+        for r in repository.current_elite_cells(session, run_id)
+    ]
 
 
 def format_table(rows: list[dict[str, Any]], columns: list[str]) -> str:

@@ -42,8 +42,11 @@ def main() -> int:
     source = Path(a.candidate).read_text()
     gate = static_gate.check_source(source, a.candidate)
     if not gate.ok:
-        print(json.dumps({"params": None, "ok": False, "message": "static gate: "
-                          + "; ".join(gate.reasons)}))
+        print(
+            json.dumps(
+                {"params": None, "ok": False, "message": "static gate: " + "; ".join(gate.reasons)}
+            )
+        )
         return 1
     space = gate.search_space or {}
     names = list(space)

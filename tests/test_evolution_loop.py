@@ -610,9 +610,7 @@ def test_a_remote_claim_enters_the_map_only_as_a_trusted_worker_measured_it():
     checks = [j for j in dispatcher.submitted if j.trusted_only]
     assert checks, "improvements claimed by remote workers are re-measured"
     elites = archive.elites()
-    assert elites and all(
-        math.isclose(e[2], math.log(0.8 / 2.0), rel_tol=1e-9) for e in elites
-    )
+    assert elites and all(math.isclose(e[2], math.log(0.8 / 2.0), rel_tol=1e-9) for e in elites)
     claimed = {j.candidate_id for j in dispatcher.submitted if not j.trusted_only}
     assert {j.candidate_id for j in checks} <= claimed
 
@@ -629,9 +627,11 @@ def test_a_claim_that_does_not_improve_the_map_is_not_re_measured():
     fast = CandidateSpec(SRC, params, "seed", (), "trusted")
     slow = CandidateSpec(SRC + "OTHER = 1\n", params, "seed", (), "remote")
     dispatcher = FakeDispatcher(
-        lambda job: fake_result(job.params, 1.0)
-        if job.source == SRC
-        else dict(fake_result(job.params, 50.0), unverified=True),
+        lambda job: (
+            fake_result(job.params, 1.0)
+            if job.source == SRC
+            else dict(fake_result(job.params, 50.0), unverified=True)
+        ),
         capacity=1,
     )
     archive = MapArchive(parse_dims("occupancy,kernel_count"))

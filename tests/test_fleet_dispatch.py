@@ -16,7 +16,7 @@ from archive import db, leases, repository, run_control
 from archive.models import Evaluation, utcnow
 from evolution.fakes import FakeDispatcher, fake_result
 from evolution.ports import Job
-from services import fleet_dispatch, keys
+from services import fleet_dispatch, keys, views
 from services.api import create_app
 from services.api.launch import create_queued_run
 from services.config import Settings
@@ -191,6 +191,7 @@ def test_a_remote_worker_serves_a_controllers_run(tmp_path: Path) -> None:
         assert all(str(e.worker).startswith("remote:") for e in evaluations)
         elites = repository.current_elites(s, run_id)
         assert elites
+        assert [c["verified"] for c in views.archive_table(s, run_id)] == [False] * len(elites)
         for elite in elites:
             latest = repository.latest_evaluation(s, elite.candidate_id)
             assert latest.result.get("verification") == NO_TRUSTED_WORKER

@@ -497,6 +497,14 @@ def test_a_remote_worker_evaluates_a_leased_job_end_to_end(server, tmp_path, mon
 
     real_extend = leases.extend
     monkeypatch.setattr(leases, "extend", extend)
+
+    def slow_evaluate(*args, **kwargs):
+        # An evaluation longer than the lease whatever this machine's speed.
+        time.sleep(remote.LEASE_S + 1.0)
+        return real_evaluate(*args, **kwargs)
+
+    real_evaluate = remote_worker.evaluate_job
+    monkeypatch.setattr(remote_worker, "evaluate_job", slow_evaluate)
     run_id, store = _run(server)
     dispatcher = _dispatcher(server, run_id)
     job = _job(store)
@@ -513,7 +521,6 @@ def test_a_remote_worker_evaluates_a_leased_job_end_to_end(server, tmp_path, mon
     assert result["verdict"] == "OK", result["messages"]
     assert result["params"] == {"BLOCK": 8, "num_warps": 2}
     assert result["unverified"] is True and result["worker"] == "remote:laptop"
-    assert result["stages_s"]["total_s"] > remote.LEASE_S + 0.5
     assert len(extended) >= 2 and set(extended) == {job.job_id}
     row = _row(server, job.job_id)
     assert row.attempts == 0 and row.status == "done"  # never reaped: the heartbeats held it

@@ -1,19 +1,24 @@
 """What routes declare they need: a session, the caller, the caller's own task or run.
 
 ``CurrentUser`` is an admin or a user (a worker key gets 403 on every route that declares
-it); ``AdminUser`` an admin. ``OwnedTask``/``OwnedRun`` resolve the path's id to a row the
-caller may see: another user's id is 404, exactly like an unknown one, so ids leak nothing.
+it); ``AdminUser`` an admin; ``BriefUser`` the same as ``CurrentUser`` for routes that run long
+and must hold no connection meanwhile. ``OwnedTask``/``OwnedRun`` resolve the path's id to a
+row the caller may see: another user's id is 404, exactly like an unknown one, so ids leak
+nothing. ``SessionDep`` waits for one of a few :class:`SessionSlots` (see why there).
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-from collections.abc import Callable, Iterator
+import weakref
+from collections.abc import AsyncIterator, Callable
 from typing import Annotated
 
 from fastapi import Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from sqlalchemy.orm import Session, sessionmaker
+from sqlalchemy.orm import Session, defer, sessionmaker
+from sqlalchemy.pool import QueuePool
 
 from archive.models import Run, Task, User
 from services import keys
@@ -27,6 +32,51 @@ MAX_TASK_BYTES = 1024 * 1024
 VALIDATE_TIMEOUT_S = 120.0
 
 
+#: Requests holding a database session at once (fewer if the engine's pool is smaller). The
+#: routes are Python, which runs one thread at a time: more concurrent requests only add GIL
+#: handoffs. Measured with bench/api_load_bench.py (100 requests/s, 2 CPUs, PostgreSQL on the
+#: same machine): 4 kept up with p50 14-23 ms; 8 gave p50 113 ms; 15 (the default pool's
+#: size) saturated at 89 requests/s.
+SESSION_SLOTS = 4
+
+
+class SessionSlots:
+    """At most ``n`` requests hold a database session at once; the others wait their turn on
+    the event loop, holding no worker thread.
+
+    Without it a burst deadlocks: every worker thread blocks in the connection pool, waiting
+    for a connection held by a request that needs a worker thread for its next step (the
+    route, the response) before it can give its connection back, until the pool's timeout
+    (30 s) fails them all with a 500 (seen at 100 requests/s). Fewer requests at once are
+    also faster (see :data:`SESSION_SLOTS`). One semaphore per event loop (a server has one;
+    test clients may make several).
+    """
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self._by_loop: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Semaphore]
+        self._by_loop = weakref.WeakKeyDictionary()
+
+    def semaphore(self) -> asyncio.Semaphore:
+        """The running event loop's semaphore."""
+        loop = asyncio.get_running_loop()
+        sem = self._by_loop.get(loop)
+        if sem is None:
+            sem = self._by_loop[loop] = asyncio.Semaphore(self.n)
+        return sem
+
+    @classmethod
+    def for_sessions(cls, session_factory: sessionmaker[Session]) -> SessionSlots:
+        """:data:`SESSION_SLOTS`, or as many as the engine's pool has connections if fewer."""
+        pool = getattr(session_factory.kw.get("bind"), "pool", None)
+        n = SESSION_SLOTS
+        if isinstance(pool, QueuePool):
+            overflow = pool._max_overflow  # no public accessor; negative means unlimited
+            if overflow >= 0:
+                n = min(n, pool.size() + overflow)
+        return cls(max(1, n))
+
+
 @dataclasses.dataclass(frozen=True)
 class ApiConfig:
     """What the app was built with (kept on ``app.state.api``)."""
@@ -36,6 +86,11 @@ class ApiConfig:
     start_run: Callable[[int], None] | None = None
     max_task_bytes: int = MAX_TASK_BYTES
     validate_timeout_s: float = VALIDATE_TIMEOUT_S
+    session_slots: SessionSlots = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self) -> None:
+        slots = SessionSlots.for_sessions(self.session_factory)
+        object.__setattr__(self, "session_slots", slots)
 
     @property
     def default_hardware(self) -> str:
@@ -43,7 +98,9 @@ class ApiConfig:
         return "cpu" if self.settings.device == "cpu" else "cuda"
 
 
-def get_config(request: Request) -> ApiConfig:
+# Dependencies that only compute are ``async``: they run on the event loop. A ``def`` one costs
+# a hop to a worker thread and back, and a list request went through seven such hops.
+async def get_config(request: Request) -> ApiConfig:
     """The app's :class:`ApiConfig`."""
     return request.app.state.api
 
@@ -51,10 +108,19 @@ def get_config(request: Request) -> ApiConfig:
 ConfigDep = Annotated[ApiConfig, Depends(get_config)]
 
 
-def get_session(config: ConfigDep) -> Iterator[Session]:
-    """A session for the request; routes that write commit it themselves."""
-    with config.session_factory() as session:
-        yield session
+async def get_session(config: ConfigDep) -> AsyncIterator[Session]:
+    """A session for the request, once one of the :class:`SessionSlots` is free; routes that
+    write commit it themselves.
+
+    ``async`` so that waiting for a slot and giving the connection back take no worker
+    thread; the session itself is used by the ``def`` routes and dependencies, one at a time.
+    """
+    async with config.session_slots.semaphore():
+        session = config.session_factory()
+        try:
+            yield session
+        finally:
+            session.close()  # back to the pool: a rollback, no waiting
 
 
 SessionDep = Annotated[Session, Depends(get_session)]
@@ -68,11 +134,7 @@ def _unauthorized(detail: str) -> HTTPException:
     )
 
 
-def authenticated(
-    session: SessionDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
-) -> User:
-    """The caller, from ``Authorization: Bearer KEY``; 401 when missing, unknown or revoked."""
+def _caller(session: Session, credentials: HTTPAuthorizationCredentials | None) -> User:
     if credentials is None:
         raise _unauthorized("missing API key: send `Authorization: Bearer KEY`")
     user = keys.authenticate(session, credentials.credentials)
@@ -81,17 +143,45 @@ def authenticated(
     return user
 
 
-def human_user(user: Annotated[User, Depends(authenticated)]) -> User:
-    """The caller if an admin or a user; a worker key gets 403."""
+def authenticated(
+    session: SessionDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    """The caller, from ``Authorization: Bearer KEY``; 401 when missing, unknown or revoked."""
+    return _caller(session, credentials)
+
+
+def _human(user: User) -> User:
     if user.role not in ("admin", "user"):
-        raise Forbidden("worker keys can only claim jobs and post results; use a user key")
+        raise Forbidden(
+            "a worker key only enrols workers (POST /api/v1/workers/register); use a user key"
+        )
     return user
+
+
+async def human_user(user: Annotated[User, Depends(authenticated)]) -> User:
+    """The caller if an admin or a user; a worker key gets 403."""
+    return _human(user)
 
 
 CurrentUser = Annotated[User, Depends(human_user)]
 
 
-def admin_user(user: CurrentUser) -> User:
+def human_user_briefly(
+    config: ConfigDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_bearer)],
+) -> User:
+    """:data:`CurrentUser` for a route that runs long (an upload being validated): the key is
+    checked in a session of its own, closed at once, so the route holds no connection and no
+    :class:`SessionSlots` slot meanwhile. The user comes back detached, its fields loaded."""
+    with config.session_factory() as session:
+        return _human(_caller(session, credentials))
+
+
+BriefUser = Annotated[User, Depends(human_user_briefly)]
+
+
+async def admin_user(user: CurrentUser) -> User:
     """The caller if an admin; 403 otherwise."""
     if user.role != "admin":
         raise Forbidden("only an admin key can do this")
@@ -121,7 +211,8 @@ def find_task(session: Session, user: User, task_id: int) -> Task:
 
 def find_run(session: Session, user: User, run_id: int) -> Run:
     """Run ``run_id`` if the caller may see it; else :class:`NotFound`."""
-    run = session.get(Run, run_id)
+    # archive_state (CVT centroids...) is the controller's: loaded only if something reads it.
+    run = session.get(Run, run_id, options=[defer(Run.archive_state)])
     if run is None or not may_see(user, run.owner_id):
         raise NotFound(f"no run with id {run_id}: GET /api/v1/runs lists yours")
     return run
@@ -152,7 +243,7 @@ class Paging:
     offset: int
 
 
-def paging(
+async def paging(
     limit: Annotated[int, Query(ge=1, le=500)] = 50,
     offset: Annotated[int, Query(ge=0, le=10**9)] = 0,
 ) -> Paging:

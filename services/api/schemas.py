@@ -174,6 +174,10 @@ class Cell(BaseModel):
     params: dict[str, Any]
     label: str
     emitter: str
+    verified: bool = Field(
+        description="A trusted (cluster) worker measured this elite; false while its timing is"
+        " only a remote worker's claim"
+    )
 
 
 class ArchiveOut(BaseModel):

@@ -11,7 +11,10 @@ from services.api.deps import ConfigDep
 router = APIRouter(tags=["health"])
 
 
-@router.get("/healthz")
+@router.get(
+    "/healthz",
+    responses={503: {"description": "The database does not answer"}},
+)
 def healthz(config: ConfigDep) -> JSONResponse:
     """200 ``{"status": "ok"}`` when the database answers, else 503 with what failed."""
     try:

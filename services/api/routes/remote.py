@@ -38,7 +38,7 @@ from evaluator_worker.verdict import Verdict
 from services import keys
 from services.api.deps import AdminUser, ConfigDep, PageDep, PathId, SessionDep, authenticated
 from services.api.errors import Conflict, ErrorBody, Forbidden, PayloadTooLarge, Unprocessable
-from services.api.schemas import Page, storable
+from services.api.schemas import Page, Text, storable
 
 log = logging.getLogger(__name__)
 
@@ -330,7 +330,7 @@ def current_worker(
 
 
 CurrentWorker = Annotated[WorkerRef, Depends(current_worker)]
-JobId = Annotated[str, Path(min_length=1, max_length=64)]
+JobId = Annotated[Text, Path(min_length=1, max_length=64)]
 
 
 # -- the reaper --------------------------------------------------------------------------------

@@ -8,7 +8,15 @@ from typing import Annotated
 from fastapi import APIRouter, File, Form, UploadFile
 
 from archive import repository
-from services.api.deps import ConfigDep, CurrentUser, OwnedTask, PageDep, SessionDep, owner_filter
+from services.api.deps import (
+    BriefUser,
+    ConfigDep,
+    CurrentUser,
+    OwnedTask,
+    PageDep,
+    SessionDep,
+    owner_filter,
+)
 from services.api.errors import PayloadTooLarge, Unprocessable
 from services.api.schemas import Page, TaskDetail, TaskOut, storable
 from services.api.validation import validate_task_source
@@ -17,17 +25,22 @@ router = APIRouter(prefix="/tasks", tags=["tasks"])
 
 
 def _task_name(name: str | None, filename: str | None) -> str:
-    chosen = (name or "").strip() or PurePath(filename or "").stem or "task"
+    if (name or "").strip():
+        try:
+            return storable(name.strip())[:200]
+        except ValueError as e:
+            raise Unprocessable(f"name {e}", field="name") from None
     try:
-        return storable(chosen)[:200]
+        return storable(PurePath(filename or "").stem)[:200] or "task"
     except ValueError as e:
-        raise Unprocessable(f"name {e}", field="name") from None
+        # With no `name` field the file's name names the task.
+        msg = f"the file's name {e}: rename the file or send a `name` field"
+        raise Unprocessable(msg, field="file") from None
 
 
 @router.post("", status_code=201, response_model=TaskOut)
 def create_task(
-    session: SessionDep,
-    user: CurrentUser,
+    user: BriefUser,
     config: ConfigDep,
     file: Annotated[UploadFile, File(description="The task file (KernelBench format)")],
     name: Annotated[str | None, Form(max_length=200)] = None,
@@ -52,11 +65,13 @@ def create_task(
         timeout_s=config.validate_timeout_s,
         memory_mb=config.settings.memory_limit_mb,
     )
-    task = repository.add_task(
-        session, task_name, source, meta, {"ok": True, "device": "cpu"}, owner_id=user.id
-    )
-    session.commit()
-    return TaskOut.model_validate(task, from_attributes=True)
+    # Its own short session: validating took up to validate_timeout_s, holding none.
+    with config.session_factory() as session:
+        task = repository.add_task(
+            session, task_name, source, meta, {"ok": True, "device": "cpu"}, owner_id=user.id
+        )
+        session.commit()
+        return TaskOut.model_validate(task, from_attributes=True)
 
 
 @router.get("", response_model=Page[TaskOut])
