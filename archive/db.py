@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import json
 import math
+import sqlite3
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -62,9 +64,26 @@ def _sqlite_pragmas(dbapi_conn: Any, _record: Any) -> None:
         # busy_timeout first: switching to WAL itself may wait for another process's lock.
         cur.execute(f"PRAGMA busy_timeout={SQLITE_BUSY_TIMEOUT_MS}")
         cur.execute("PRAGMA foreign_keys=ON")
-        cur.execute("PRAGMA journal_mode=WAL")
+        _wal(cur)
     finally:
         cur.close()
+
+
+def _wal(cur: Any) -> None:
+    """Switch the file to WAL (once: the mode persists). Switching needs a lock that SQLite
+    does not wait for through ``busy_timeout`` when several processes open a fresh file at
+    once ("database is locked" at once): retry for as long as the busy timeout."""
+    if str(cur.execute("PRAGMA journal_mode").fetchone()[0]).lower() == "wal":
+        return
+    deadline = time.monotonic() + SQLITE_BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as e:
+            if "locked" not in str(e) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.02)
 
 
 def make_engine(url: str) -> Engine:

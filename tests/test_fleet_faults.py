@@ -550,11 +550,14 @@ def test_a_job_redelivered_after_its_worker_was_killed_is_counted_and_bounded(
         assert _deliveries(client, env, job.job_id) == worker_tasks.MAX_DELIVERIES
         second = start_worker(env, queue)
         got = _poll_until(dispatcher, lambda got: bool(got), 40)  # after the visibility timeout
-        assert [r.job_id for r in got] == [job.job_id]
-        assert got[0].result["verdict"] == "RUNTIME_ERROR"
-        assert "quarantined" in got[0].result["messages"][0]
-        assert got[0].result["worker"].startswith(f"kernelmap-{queue}-{second.proc.pid}@")
-        assert _deliveries(client, env, job.job_id) == worker_tasks.MAX_DELIVERIES + 1
+        # kombu may restore an unacknowledged message twice when two connections sweep at
+        # once (at least once delivery): every delivery past the bound is quarantined.
+        assert {r.job_id for r in got} == {job.job_id}
+        for r in got:
+            assert r.result["verdict"] == "RUNTIME_ERROR"
+            assert "quarantined" in r.result["messages"][0]
+            assert r.result["worker"].startswith(f"kernelmap-{queue}-{second.proc.pid}@")
+        assert _deliveries(client, env, job.job_id) == worker_tasks.MAX_DELIVERIES + len(got)
         # Its result deadline passed several times while Redis held it unacknowledged: it
         # was left to the visibility timeout, never sent twice.
         assert dispatcher.resubmitted == 0
@@ -640,7 +643,8 @@ def test_a_result_acked_but_not_stored_is_evaluated_again_on_resume(shared_env, 
             query = sa.text("SELECT status, count(*) FROM jobs GROUP BY status")
             jobs = dict(s.execute(query).all())
             evaluations = s.execute(sa.text("SELECT count(*) FROM evaluations")).scalar_one()
-        assert jobs == {"lost": 1, "done": 1} and evaluations == 1
+        # Sent again under its own id: the one job is done, evaluated once.
+        assert jobs == {"done": 1} and evaluations == 1
     finally:
         client.close()
         engine.dispose()
