@@ -21,8 +21,44 @@ from pathlib import Path
 import pytest
 import redis
 
+from services.celery_app import create_app
+from services.celery_dispatch import CeleryDispatcher
+from services.config import Settings
+
 ROOT = Path(__file__).resolve().parent.parent
+DATA = ROOT / "tests" / "data"
+TASK = DATA / "softmax_task.py"
+SEED = DATA / "chunked_softmax.py"
 REDIS_URL = "redis://127.0.0.1:6379/0"
+
+
+def fleet_settings(env: dict[str, str]) -> Settings:
+    """The settings a test's processes read from ``env`` (its broker, prefix, data dir)."""
+    visibility = env.get("KERNELMAP_VISIBILITY_TIMEOUT_S")
+    return Settings(
+        redis_url=env["KERNELMAP_REDIS_URL"],
+        redis_key_prefix=env["KERNELMAP_REDIS_KEY_PREFIX"],
+        data_dir=Path(env["KERNELMAP_DATA_DIR"]),
+        device="cpu",
+        visibility_timeout_s=float(visibility) if visibility else None,
+    )
+
+
+def new_queue() -> str:
+    """A hardware class (queue ``eval.<class>``) no other test uses."""
+    return f"test{uuid.uuid4().hex[:8]}"
+
+
+def celery_dispatcher(env: dict[str, str], queue: str, run_id: str, capacity: int = 1, **kw):
+    """A :class:`CeleryDispatcher` on the test's broker for the softmax task."""
+    return CeleryDispatcher(
+        create_app(fleet_settings(env)),
+        hardware_class=queue,
+        run_id=run_id,
+        capacity=capacity,
+        task_source=TASK.read_text(),
+        **kw,
+    )
 
 
 @pytest.fixture

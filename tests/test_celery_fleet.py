@@ -20,45 +20,19 @@ from pathlib import Path
 import pytest
 import redis
 import sqlalchemy as sa
+from fleet_fixtures import REDIS_URL, ROOT, SEED, TASK, celery_dispatcher, new_queue
 
 from evolution.ports import Job
 from services import celery_dispatch
-from services.celery_app import create_app
-from services.celery_dispatch import CeleryDispatcher
-from services.config import Settings
 
 pytestmark = pytest.mark.redis
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "tests" / "data"
-TASK = DATA / "softmax_task.py"
-SEED = DATA / "chunked_softmax.py"
-REDIS_URL = "redis://127.0.0.1:6379/0"
-
-
-def _settings(env: dict[str, str]) -> Settings:
-    return Settings(
-        redis_url=env["KERNELMAP_REDIS_URL"],
-        redis_key_prefix=env["KERNELMAP_REDIS_KEY_PREFIX"],
-        data_dir=Path(env["KERNELMAP_DATA_DIR"]),
-        device="cpu",
-    )
-
-
-def _queue() -> str:
-    return f"test{uuid.uuid4().hex[:8]}"
-
 
 def test_a_job_is_evaluated_by_a_worker_and_its_result_comes_back(env, start_worker):
-    queue = _queue()
+    queue = new_queue()
     start_worker(env, queue)
-    dispatcher = CeleryDispatcher(
-        create_app(_settings(env)),
-        hardware_class=queue,
-        run_id="t1",
-        capacity=1,
-        task_source=TASK.read_text(),
-        eval_config={"timeout_s": 60.0, "device": "cpu"},
+    dispatcher = celery_dispatcher(
+        env, queue, "t1", eval_config={"timeout_s": 60.0, "device": "cpu"}
     )
     try:
         job = Job(uuid.uuid4().hex, 7, SEED.read_text(), {"BLOCK": 8, "num_warps": 2})
@@ -79,15 +53,8 @@ def test_a_job_is_evaluated_by_a_worker_and_its_result_comes_back(env, start_wor
 def test_no_worker_on_the_queue_is_said_once(env, monkeypatch):
     monkeypatch.setattr(celery_dispatch, "NO_WORKER_AFTER_S", 0.3)
     notes: list[str] = []
-    queue = _queue()
-    dispatcher = CeleryDispatcher(
-        create_app(_settings(env)),
-        hardware_class=queue,
-        run_id="t2",
-        capacity=1,
-        task_source=TASK.read_text(),
-        notify=notes.append,
-    )
+    queue = new_queue()
+    dispatcher = celery_dispatcher(env, queue, "t2", notify=notes.append)
     try:
         dispatcher.submit(Job(uuid.uuid4().hex, 1, SEED.read_text(), {}))
         for _ in range(4):
@@ -177,15 +144,9 @@ def test_a_job_whose_worker_is_killed_is_evaluated_again_and_recorded_once(env, 
 
 
 def test_a_job_whose_pool_process_dies_is_retried_at_once(env, start_worker):
-    queue = _queue()
+    queue = new_queue()
     worker = start_worker(env, queue)
-    dispatcher = CeleryDispatcher(
-        create_app(_settings(env)),
-        hardware_class=queue,
-        run_id="t5",
-        capacity=1,
-        task_source=TASK.read_text(),
-    )
+    dispatcher = celery_dispatcher(env, queue, "t5")
     try:
         job = Job(uuid.uuid4().hex, 3, SEED.read_text(), {})
         dispatcher.submit(job)

@@ -33,7 +33,7 @@ from types import SimpleNamespace
 import pytest
 import redis
 import sqlalchemy as sa
-from fleet_fixtures import Worker
+from fleet_fixtures import ROOT, SEED, TASK, Worker, celery_dispatcher, fleet_settings, new_queue
 
 from archive import db, repository
 from archive.run_store import RunStore
@@ -47,14 +47,9 @@ from evolution.ports import Job
 from services import worker_tasks
 from services.celery_app import REPORT, create_app
 from services.celery_dispatch import CeleryDispatcher
-from services.config import Settings
 
 pytestmark = pytest.mark.redis
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = ROOT / "tests" / "data"
-TASK = DATA / "softmax_task.py"
-SEED = DATA / "chunked_softmax.py"
 SHARED_REDIS = "redis://127.0.0.1:6379/0"
 REDIS_SERVER = shutil.which("redis-server")
 needs_redis_server = pytest.mark.skipif(REDIS_SERVER is None, reason="no redis-server binary")
@@ -168,20 +163,6 @@ def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
     yield start
     for w in workers:
         w.kill()
-
-
-def _settings(env: dict[str, str]) -> Settings:
-    return Settings(
-        redis_url=env["KERNELMAP_REDIS_URL"],
-        redis_key_prefix=env["KERNELMAP_REDIS_KEY_PREFIX"],
-        data_dir=Path(env["KERNELMAP_DATA_DIR"]),
-        device="cpu",
-        visibility_timeout_s=float(env.get("KERNELMAP_VISIBILITY_TIMEOUT_S", 600)),
-    )
-
-
-def _queue() -> str:
-    return f"test{uuid.uuid4().hex[:8]}"
 
 
 def _job(candidate_id: int = 1, params: dict | None = None) -> Job:
@@ -311,16 +292,9 @@ def test_a_run_survives_a_redis_restart_that_loses_everything(
 @needs_redis_server
 def test_jobs_submitted_while_the_broker_is_down_are_sent_when_it_is_back(tmp_path, private_redis):
     env = _env(tmp_path, private_redis.url)
-    queue = _queue()
+    queue = new_queue()
     notes: list[str] = []
-    dispatcher = CeleryDispatcher(
-        create_app(_settings(env)),
-        hardware_class=queue,
-        run_id="down",
-        capacity=2,
-        task_source=TASK.read_text(),
-        notify=notes.append,
-    )
+    dispatcher = celery_dispatcher(env, queue, "down", capacity=2, notify=notes.append)
     client = redis.Redis(port=private_redis.port)
     try:
         first, second = _job(1), _job(2)
@@ -348,16 +322,9 @@ def test_a_redis_restart_between_two_polls_is_noticed_and_its_lost_jobs_sent_aga
     tmp_path, private_redis
 ):
     env = _env(tmp_path, private_redis.url)
-    queue = _queue()
+    queue = new_queue()
     notes: list[str] = []
-    dispatcher = CeleryDispatcher(
-        create_app(_settings(env)),
-        hardware_class=queue,
-        run_id="quick",
-        capacity=1,
-        task_source=TASK.read_text(),
-        notify=notes.append,
-    )
+    dispatcher = celery_dispatcher(env, queue, "quick", notify=notes.append)
     client = redis.Redis(port=private_redis.port)
     try:
         job = _job()
@@ -376,16 +343,9 @@ def test_a_redis_restart_between_two_polls_is_noticed_and_its_lost_jobs_sent_aga
 @needs_redis_server
 def test_jobs_a_restarted_redis_still_holds_are_not_sent_twice(tmp_path, persistent_redis):
     env = _env(tmp_path, persistent_redis.url)
-    queue = _queue()
+    queue = new_queue()
     notes: list[str] = []
-    dispatcher = CeleryDispatcher(
-        create_app(_settings(env)),
-        hardware_class=queue,
-        run_id="kept",
-        capacity=2,
-        task_source=TASK.read_text(),
-        notify=notes.append,
-    )
+    dispatcher = celery_dispatcher(env, queue, "kept", capacity=2, notify=notes.append)
     client = redis.Redis(port=persistent_redis.port)
     try:
         job = _job()
@@ -407,7 +367,7 @@ def test_jobs_a_restarted_redis_still_holds_are_not_sent_twice(tmp_path, persist
 def test_a_result_sent_while_redis_restarts_waits_for_it(tmp_path, private_redis):
     """A worker that finishes while the broker is away sends its result once it is back."""
     env = _env(tmp_path, private_redis.url)
-    app = create_app(_settings(env))
+    app = create_app(fleet_settings(env))
     task = SimpleNamespace(app=app, request=SimpleNamespace(hostname="kernelmap-test@host"))
     message = {"job_id": uuid.uuid4().hex, "candidate_id": 5}
     private_redis.kill()
@@ -431,15 +391,8 @@ def test_a_result_sent_while_redis_restarts_waits_for_it(tmp_path, private_redis
 
 
 def test_a_job_whose_result_never_comes_is_sent_once_more_then_reported_failed(shared_env):
-    queue = _queue()
-    dispatcher = CeleryDispatcher(
-        create_app(_settings(shared_env)),
-        hardware_class=queue,
-        run_id="lost",
-        capacity=1,
-        task_source=TASK.read_text(),
-        result_deadline_s=0.5,
-    )
+    queue = new_queue()
+    dispatcher = celery_dispatcher(shared_env, queue, "lost", result_deadline_s=0.5)
     client = redis.Redis.from_url(SHARED_REDIS)
     key = f"{shared_env['KERNELMAP_REDIS_KEY_PREFIX']}eval.{queue}"
     try:
@@ -481,15 +434,9 @@ def _set_deliveries(client: redis.Redis, env: dict[str, str], job_id: str, n: in
 def test_a_job_that_killed_its_worker_too_often_is_quarantined_not_evaluated(
     shared_env, start_worker
 ):
-    queue = _queue()
+    queue = new_queue()
     worker = start_worker(shared_env, queue)
-    dispatcher = CeleryDispatcher(
-        create_app(_settings(shared_env)),
-        hardware_class=queue,
-        run_id="poison",
-        capacity=2,
-        task_source=TASK.read_text(),
-    )
+    dispatcher = celery_dispatcher(shared_env, queue, "poison", capacity=2)
     client = redis.Redis.from_url(SHARED_REDIS)
     try:
         healthy = _job(1)
@@ -527,16 +474,9 @@ def test_a_job_redelivered_after_its_worker_was_killed_is_counted_and_bounded(
     shared_env, start_worker
 ):
     env = {**shared_env, "KERNELMAP_VISIBILITY_TIMEOUT_S": "3"}
-    queue = _queue()
+    queue = new_queue()
     first = start_worker(env, queue)
-    dispatcher = CeleryDispatcher(
-        create_app(_settings(env)),
-        hardware_class=queue,
-        run_id="killed",
-        capacity=1,
-        task_source=TASK.read_text(),
-        result_deadline_s=1.0,
-    )
+    dispatcher = celery_dispatcher(env, queue, "killed", result_deadline_s=1.0)
     client = redis.Redis.from_url(SHARED_REDIS)
     try:
         job = _job()
@@ -597,8 +537,8 @@ def test_a_result_acked_but_not_stored_is_evaluated_again_on_resume(shared_env, 
             s, task_id, budget=1, seed=0, device="cpu", objective_label="cpu-time"
         ).id
         s.commit()
-    app = create_app(_settings(shared_env))
-    queue = _queue()
+    app = create_app(fleet_settings(shared_env))
+    queue = new_queue()
     client = redis.Redis.from_url(SHARED_REDIS)
     reply_key = f"{shared_env['KERNELMAP_REDIS_KEY_PREFIX']}controller.{run_id}"
     spec = CandidateSpec(SEED.read_text(), {"BLOCK": 8, "num_warps": 2}, "seed", (), "seed")
