@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from evaluator_worker import features, inputs, protocol, timing
+from evaluator_worker import features, inputs, memory, protocol, timing
 from evaluator_worker.modules import describe, error_line, import_file
 
 CUDA_FATAL_MARKERS = (
@@ -53,6 +53,8 @@ class Child:
         self.flusher: timing.Flusher | None = None
         self.candidate_path: str | None = None
         self.candidate: Any = None
+        self.sync_overhead_ms: float | None = None
+        self.graphs: dict[str, list[tuple[Any, Any]]] = {}
 
     # -- requests -------------------------------------------------------------------------
     def setup(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -68,6 +70,10 @@ class Child:
             # One intra-op thread: the candidate and baseline processes then time the same way,
             # and OpenMP spin-waits cannot turn a busy neighbour core into a 100x slowdown.
             torch.set_num_threads(1)
+        if req["role"] == "prebuild":  # the evaluator's trusted kernels, no task or candidate
+            from evaluator_worker import triton_prebuild
+
+            return {"ok": True, **triton_prebuild.run(self.device), "sandbox": self.sandbox}
         t0 = time.perf_counter()
         self.task = import_file(req["task_path"], "kernelmap_task")
         init, ref = inputs.build_reference(
@@ -172,6 +178,13 @@ class Child:
             del t
 
     def call(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Run one correctness call; replies with the guarded input buffers.
+
+        The outputs stay here until the judge asks for them (:meth:`outputs`), so the judge
+        can check and free the inputs before the outputs arrive.
+        """
+        self.kept = None
+        memory.release_cached(self.device)
         variant = req["variant"]
         spec = inputs.InputSpec.from_dict(req["spec"])
         xs = inputs.generate(self.task, spec, self.device)
@@ -186,8 +199,22 @@ class Child:
         del xs
         self._poison(req.get("poison_bytes", []))
         outs = [self._forward(variant, args) for _ in range(int(req.get("repeat", 1)))]
-        self.kept = (outs, bufs)
-        return {"outputs": outs, "buffers": bufs if req.get("return_inputs", True) else []}
+        del args
+        self.kept = outs
+        return {"buffers": bufs}
+
+    def outputs(self, req: dict[str, Any]) -> dict[str, Any]:
+        """The outputs of the last :meth:`call`, one list per repeat."""
+        if not isinstance(self.kept, list):
+            raise CandidateFailure("RUNTIME_ERROR", "no call to return the outputs of")
+        return {"outputs": self.kept}
+
+    def memory(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Peak memory of this process since it was forked (see :func:`memory_stats`)."""
+        stats = memory.stats(getattr(self, "device", None))
+        stats["ipc_fallbacks"] = list(protocol.IPC_FALLBACKS[:3])
+        stats["ipc_fallback_count"] = len(protocol.IPC_FALLBACKS)
+        return {"memory": stats}
 
     def _pool(self, specs: list[dict[str, Any]]) -> list[list[Any]]:
         """The timing pool for ``specs``, refilled in place when the specs change.
@@ -197,6 +224,10 @@ class Child:
         """
         if specs == self.pool_specs:
             return self.pool
+        if self.pool_specs is None:
+            # The first pool: what correctness left cached goes back before timing starts.
+            self.kept = None
+            memory.release_cached(self.device)
         fresh = [
             inputs.generate(self.task, inputs.InputSpec.from_dict(s), self.device) for s in specs
         ]
@@ -229,7 +260,10 @@ class Child:
         if self.cuda:
             if self.flusher is None:
                 self.flusher = timing.Flusher(self.device)
+            if self.sync_overhead_ms is None:
+                self.sync_overhead_ms = timing.sync_overhead(self.flusher, self.device)
             r = timing.time_cuda(fwd, pool, n, self.flusher, start, paired=req.get("paired", True))
+            r["sync_overhead_ms"] = self.sync_overhead_ms
         else:
             r = timing.time_cpu(fwd, pool, n, start)
         self.last[variant] = (r.pop("out"), r["last_index"])
@@ -244,6 +278,46 @@ class Child:
         if self.cuda:
             torch.cuda.synchronize()
         return {"done": True}
+
+    def graph_capture(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Capture one call per pool input set in a CUDA graph of its own.
+
+        One call per graph: a candidate that skips work on repeated calls gains nothing,
+        and the judge checks the output of the last replay against the reference.
+        """
+        variant, pool = req["variant"], self._pool(req["pool"])
+        side = torch.cuda.Stream(self.device)
+        side.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(side):
+            for x in pool:  # warm-up off the capture (lazy workspaces, autotuners)
+                self._forward_fast(variant, x)
+        torch.cuda.current_stream(self.device).wait_stream(side)
+        torch.cuda.synchronize()
+        graphs = []
+        for x in pool:
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g):
+                out = self._forward_fast(variant, x)
+            graphs.append((g, out))
+        torch.cuda.synchronize()
+        self.graphs[variant] = graphs
+        return {"graphs": len(graphs)}
+
+    def graph_replay(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Replay the captured graphs ``n`` times round-robin; the judge times the request."""
+        variant = req["variant"]
+        graphs = self.graphs[variant]
+        n = int(req["n"])
+        for i in range(n):
+            graphs[i % len(graphs)][0].replay()
+        torch.cuda.synchronize()
+        last = (n - 1) % len(graphs)
+        self.last["graph:" + variant] = (graphs[last][1], last)
+        return {"done": True}
+
+    def last_index(self, req: dict[str, Any]) -> dict[str, Any]:
+        """Which pool input set the last timed call of ``variant`` used."""
+        return {"index": self.last[req["variant"]][1]}
 
     def _forward_fast(self, variant: str, x: list[Any]) -> Any:
         with torch.no_grad():
@@ -297,6 +371,7 @@ def classify(exc: BaseException, stage: str) -> tuple[str, str]:
 
 def serve(sock: socket.socket, sandbox: dict[str, Any]) -> int:
     """Answer the judge's requests until it says ``exit`` or closes the channel."""
+    memory.mark_start()
     child = Child(sandbox)
     handlers = {
         "setup": child.setup,
@@ -306,6 +381,11 @@ def serve(sock: socket.socket, sandbox: dict[str, Any]) -> int:
         "profile": child.profile,
         "features": child.features,
         "batch": child.batch,
+        "outputs": child.outputs,
+        "last_index": child.last_index,
+        "graph_capture": child.graph_capture,
+        "graph_replay": child.graph_replay,
+        "memory": child.memory,
     }
     while True:
         try:

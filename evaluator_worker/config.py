@@ -28,7 +28,8 @@ class EvalConfig:
     rounds:
         The samples are taken in this many interleaved rounds across the variants.
     pool_bytes:
-        Upper bound on the memory the pool of fresh timing inputs may take.
+        Upper bound on the memory the pool of fresh timing inputs may take in each of the
+        candidate and baseline processes (at least two input sets are always used).
     compile_baseline:
         ``"auto"`` times torch.compile of the reference on CUDA only (inductor's CPU
         compile takes tens of seconds); ``"always"`` / ``"never"`` force it.
@@ -56,7 +57,7 @@ class EvalConfig:
     warmup_s: float = 0.025
     samples: int = 100
     rounds: int = 5
-    pool_bytes: int = 8 << 30
+    pool_bytes: int = 2 << 30
     compile_baseline: Literal["auto", "always", "never"] = "auto"
     stress_calls: int = 12
     memory_limit_mb: int = 16384

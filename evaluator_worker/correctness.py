@@ -6,6 +6,14 @@ one trial per held-out ``SHAPES`` generator. The first trial runs the same input
 (determinism). Before each call the candidate's free memory is filled with NaN. After each
 call the judge checks the guards around every input (``OOB_WRITE``), that the inputs are
 unchanged (``INPUT_MUTATED``) and the outputs (``INCORRECT``, ``NONDETERMINISTIC``).
+
+Memory, per trial, in units of the task's input bytes ``I`` and output bytes ``O``: the judge
+holds the inputs (``I``) and makes the float64 reference first (``2I + 2O`` while the float64
+model runs, then the float64 inputs are freed), then the task-dtype reference only long
+enough to measure its error (``O``). The candidate's input buffers come back and are checked
+and freed before its outputs are fetched, and the comparisons run in chunks
+(:mod:`evaluator_worker.compare`). The peak is the task's own float64 forward,
+``3I + 2O``, plus the outputs of the first trial's two calls.
 """
 
 from __future__ import annotations
@@ -16,7 +24,7 @@ from typing import Any
 
 import torch
 
-from evaluator_worker import compare, inputs
+from evaluator_worker import compare, inputs, memory
 from evaluator_worker.process import CandidateProcess, Failure
 from evaluator_worker.task import Task, to_double
 from evaluator_worker.verdict import Verdict
@@ -33,28 +41,37 @@ class Reference:
         self.note: str | None = None
 
     @torch.no_grad()
-    def outputs(self, xs: list[Any]) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
-        """``(task-dtype outputs, float64 outputs)`` for one input set."""
-        ref = compare.flatten(self.model(*xs))
+    def expected(self, xs: list[Any]) -> list[compare.Expected]:
+        """What the outputs for one input set must be (float64 values, shapes, dtypes, error).
+
+        The float64 forward runs first and its float64 inputs are freed before the task-dtype
+        forward, whose output is kept only long enough to measure its error.
+        """
+        x64 = to_double(xs)
         try:
-            ref64 = compare.flatten(self.model64(*to_double(xs)))
+            ref64 = compare.flatten(self.model64(*x64))
         except Exception as e:  # an op without float64 support: fall back, and say so
             self.note = (
                 f"float64 reference unavailable ({type(e).__name__}); compared in task dtype"
             )
-            ref64 = [r.double() if r.is_floating_point() else r for r in ref]
-        return ref, ref64
+            ref64 = None
+        del x64
+        ref = compare.flatten(self.model(*xs))
+        if ref64 is None:
+            return [compare.Expected(r, tuple(r.shape), r.dtype) for r in ref]
+        if len(ref64) != len(ref):
+            return [compare.Expected(r, tuple(r.shape), r.dtype) for r in ref]
+        out = [compare.expect(y64, yr) for y64, yr in zip(ref64, ref, strict=True)]
+        del ref, ref64
+        return out
 
 
-def _usable(ref64: list[torch.Tensor], tol: compare.Tolerance) -> bool:
+def _usable(expected: list[compare.Expected], tol: compare.Tolerance) -> bool:
     """Whether a redrawn input set gives a reference worth comparing against."""
-    for y in ref64:
+    for e in expected:
+        y = e.value
         if y.is_floating_point() and y.numel():
-            finite = torch.isfinite(y)
-            if (
-                float(finite.float().mean()) < 0.5
-                or compare.constant_would_pass(y, tol) is not None
-            ):
+            if compare.finite_fraction(y) < 0.5 or compare.constant_would_pass(y, tol) is not None:
                 return False
     return True
 
@@ -69,31 +86,66 @@ def plan(task: Task, trials: int, rng: random.Random) -> list[inputs.InputSpec]:
     return specs
 
 
-def _same(a: torch.Tensor, b: torch.Tensor) -> bool:
-    if a.shape != b.shape:
-        return False
-    eq = a == b
-    if a.is_floating_point():
-        eq = eq | (torch.isnan(a) & torch.isnan(b))
-    return bool(eq.all())
-
-
 def _label(spec: inputs.InputSpec) -> str:
     return f"held-out SHAPES[{spec.shape}]" if spec.shape is not None else f"{spec.dist} inputs"
 
 
 def check_outputs(
     outs: list[torch.Tensor],
-    ref: list[torch.Tensor],
-    ref64: list[torch.Tensor],
+    expected: list[compare.Expected],
     tol: compare.Tolerance,
     what: str,
 ) -> float:
     """Raise ``INCORRECT`` unless ``outs`` pass; returns the worst relative L2 error."""
-    c = compare.compare_outputs(outs, ref64, ref, tol)
+    c = compare.compare_expected_outputs(outs, expected, tol)
     if not c.ok:
         raise Failure(Verdict.INCORRECT, f"{what}: {c.message}")
     return c.rel_l2
+
+
+def own(t: Any, device: torch.device) -> Any:
+    """The judge's own copy of a tensor the candidate process sent.
+
+    A tensor mapped over CUDA IPC is the candidate's memory, which it could still change:
+    cloned. A tensor that came as bytes is already the judge's: moved, never copied twice.
+    """
+    if not isinstance(t, torch.Tensor):
+        return t
+    if t.is_cuda:
+        return t.clone()
+    return t.to(device)
+
+
+def fetch_outputs(
+    proc: CandidateProcess, device: torch.device, timeout_s: float, what: str
+) -> list[list[Any]]:
+    """The outputs of the candidate's last ``call`` request, one list per repeat."""
+    reply = proc.request({"op": "outputs"}, timeout_s, what)
+    return [[own(o, device) for o in rep] for rep in reply["outputs"]]
+
+
+def _check_inputs(bufs: list[Any], xs: list[Any], device: torch.device, what: str) -> None:
+    tensors = [x for x in xs if isinstance(x, torch.Tensor)]
+    if len(bufs) != len(tensors):
+        raise Failure(
+            Verdict.RUNTIME_ERROR,
+            f"{what}: the candidate process returned {len(bufs)} input buffers,"
+            f" expected {len(tensors)}",
+        )
+    for i, (buf, x) in enumerate(zip(bufs, tensors, strict=True)):
+        buf = buf.to(device)
+        if not inputs.guards_intact(buf):
+            raise Failure(
+                Verdict.OOB_WRITE,
+                f"{what}: the candidate wrote outside input {i}"
+                " (a guard region next to it changed)",
+            )
+        if not compare.same(inputs.unguard(buf, x.shape), x):
+            raise Failure(
+                Verdict.INPUT_MUTATED,
+                f"{what}: input {i} was modified by the call; inputs must stay unchanged",
+            )
+        del buf
 
 
 def run_trials(
@@ -109,15 +161,16 @@ def run_trials(
     worst = 0.0
     for k, spec in enumerate(specs):
         xs = inputs.generate(task.module, spec, device)
-        ref, ref64 = reference.outputs(xs)
-        if spec.dist != "task" and not _usable(ref64, tol):
+        expected = reference.expected(xs)
+        if spec.dist != "task" and not _usable(expected, tol):
             messages.append(
                 f"trial {k}: the reference is degenerate on {spec.dist} inputs;"
                 " used the task's own generator instead"
             )
             spec = inputs.InputSpec(rng.getrandbits(62), "task", spec.shape)
+            del xs, expected
             xs = inputs.generate(task.module, spec, device)
-            ref, ref64 = reference.outputs(xs)
+            expected = reference.expected(xs)
         what = f"trial {k} ({_label(spec)})"
         reply = proc.request(
             {
@@ -125,40 +178,21 @@ def run_trials(
                 "variant": "candidate",
                 "spec": spec.to_dict(),
                 "repeat": 2 if k == 0 else 1,
-                "poison_bytes": [inputs.nbytes(r) for r in ref],
+                "poison_bytes": [e.nbytes for e in expected],
             },
             timeout_s,
             what,
         )
-        outs = [[o.to(device).clone() for o in rep] for rep in reply["outputs"]]
-        tensors = [x for x in xs if isinstance(x, torch.Tensor)]
-        bufs = reply["buffers"]
-        if len(bufs) != len(tensors):
-            raise Failure(
-                Verdict.RUNTIME_ERROR,
-                f"{what}: the candidate process returned {len(bufs)} input buffers,"
-                f" expected {len(tensors)}",
-            )
-        for i, (buf, x) in enumerate(zip(bufs, tensors, strict=True)):
-            buf = buf.to(device)
-            if not inputs.guards_intact(buf):
-                raise Failure(
-                    Verdict.OOB_WRITE,
-                    f"{what}: the candidate wrote outside input {i}"
-                    " (a guard region next to it changed)",
-                )
-            if not _same(inputs.unguard(buf, x.shape), x):
-                raise Failure(
-                    Verdict.INPUT_MUTATED,
-                    f"{what}: input {i} was modified by the call; inputs must stay unchanged",
-                )
-        worst = max(worst, check_outputs(outs[0], ref, ref64, tol, what))
+        _check_inputs(reply.pop("buffers"), xs, device, what)
+        del xs, reply
+        memory.release_cached(device)
+        outs = fetch_outputs(proc, device, timeout_s, what)
+        worst = max(worst, check_outputs(outs[0], expected, tol, what))
         if len(outs) > 1:
             first, second = outs
-            if any(not _same(a, b) for a, b in zip(first, second, strict=True)):
-                c = compare.compare_outputs(
-                    second, [a.double() if a.is_floating_point() else a for a in first], first, tol
-                )
+            if any(not compare.same(a, b) for a, b in zip(first, second, strict=True)):
+                firsts = [compare.Expected(a, tuple(a.shape), a.dtype) for a in first]
+                c = compare.compare_expected_outputs(second, firsts, tol)
                 if not c.ok:
                     raise Failure(
                         Verdict.NONDETERMINISTIC,
@@ -168,7 +202,9 @@ def run_trials(
                 messages.append(
                     "the same input gave bitwise-different outputs twice (within tolerance)"
                 )
-            check_outputs(second, ref, ref64, tol, what + ", second call")
+            check_outputs(second, expected, tol, what + ", second call")
+        del outs, expected
+    memory.release_cached(device)
     if reference.note:
         messages.append(reference.note)
     return {"trials": len(specs), "worst_rel_l2": worst}

@@ -22,13 +22,20 @@ from typing import Any
 
 import torch
 
-from evaluator_worker import correctness, crosschecks, floor, inputs, static_gate
+from evaluator_worker import (
+    correctness,
+    crosschecks,
+    floor,
+    inputs,
+    measure,
+    memory,
+    static_gate,
+)
 from evaluator_worker.config import EvalConfig
-from evaluator_worker.errors import CandidateFileError, KernelmapError
+from evaluator_worker.errors import CandidateFileError, KernelmapError, TaskError
 from evaluator_worker.process import CandidateProcess, Failure
 from evaluator_worker.result import EvalResult, Stats, Timing
-from evaluator_worker.task import Task, load_task
-from evaluator_worker.timing import stats
+from evaluator_worker.task import Task, check_task_values, load_task
 from evaluator_worker.verdict import Verdict
 from evaluator_worker.zygote import Zygote
 
@@ -36,7 +43,6 @@ INTERPRETED = (
     "Triton ran in Triton's interpreter on the CPU (TRITON_INTERPRET=1): its time is"
     " not performance, so speedups are null"
 )
-REMEASURE_MS = 50.0
 
 
 def resolve_device(device: str) -> torch.device:
@@ -108,6 +114,11 @@ class Evaluator:
         self.device = resolve_device(self.config.device)
         self._zygote: Zygote | None = None
         self._tasks: dict[tuple[str, float], Task] = {}
+        self._refused: dict[tuple[str, float], TaskError] = {}
+        self._shared: Path | None = None
+        self._shared_state: str | None = None
+        self.prebuild_note: str | None = None
+        self.prebuild_s = 0.0
         self._tmp = tempfile.TemporaryDirectory(prefix="kernelmap-eval-")
         self.zygote_start_s = 0.0
 
@@ -122,12 +133,53 @@ class Evaluator:
         return self._zygote
 
     def task(self, path: str | Path) -> Task:
-        """Load and validate a task (cached by path and modification time)."""
+        """Load and validate a task (cached by path and modification time).
+
+        On CUDA the task's memory need is checked against the device's free memory before
+        anything runs on it; a task that cannot fit, or fails validation, is refused with a
+        :class:`TaskError` that is cached too, so it is refused once and not once per
+        candidate's out-of-memory crash.
+        """
         p = Path(path)
         key = (str(p.resolve()), p.stat().st_mtime if p.exists() else 0.0)
+        if key in self._refused:
+            raise self._refused[key]
         if key not in self._tasks:
-            self._tasks[key] = load_task(p, self.device)
+            try:
+                task = load_task(p, self.device, check_values=False)
+                self.check_fits(task)
+                check_task_values(task, self.device)
+            except TaskError as e:
+                self._refused[key] = e
+                raise
+            finally:
+                memory.release_cached(self.device)
+            self._tasks[key] = task
         return self._tasks[key]
+
+    def need(self, task: Task) -> memory.Need | None:
+        """The device memory an evaluation of ``task`` needs (None where the size is unknown)."""
+        if task.input_bytes is None:
+            return None
+        per_round = math.ceil(self.config.samples / self.config.rounds)
+        return memory.Need(
+            task.input_bytes,
+            task.output_bytes if task.output_bytes is not None else task.input_bytes,
+            memory.pool_sets(task.input_bytes, self.config.pool_bytes, per_round),
+        )
+
+    def check_fits(self, task: Task) -> None:
+        """Refuse a task whose evaluation cannot fit in the device's free memory."""
+        need, free = self.need(task), memory.free_bytes(self.device)
+        if need is None or free is None or need.peak_bytes <= free:
+            return
+        name = torch.cuda.get_device_name(self.device)
+        raise TaskError(
+            f"the task does not fit on this GPU: an evaluation needs about {need.describe()},"
+            f" but {name} has {free / 2**30:.1f} GiB free. Use smaller inputs in get_inputs(),"
+            " or a GPU with more memory (a hardware class whose workers have it)",
+            task.path,
+        )
 
     def close(self) -> None:
         """Stop the zygote and remove the private directories."""
@@ -142,19 +194,49 @@ class Evaluator:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _spawn(self, interpret: bool) -> CandidateProcess:
+    def _spawn(self, interpret: bool, **opts: Any) -> CandidateProcess:
         work = tempfile.mkdtemp(dir=self._tmp.name)
-        return CandidateProcess(
-            self.zygote(),
-            {
-                "workdir": work,
-                "device": self.device.type,
-                "interpret": interpret,
-                "memory_limit_mb": self.config.memory_limit_mb,
-                "isolate_network": True,
-                "inductor_cache": str(Path(self._tmp.name) / "inductor"),
-            },
-        )
+        sandbox = {
+            "workdir": work,
+            "device": self.device.type,
+            "interpret": interpret,
+            "memory_limit_mb": self.config.memory_limit_mb,
+            "isolate_network": True,
+            "inductor_cache": str(Path(self._tmp.name) / "inductor"),
+            **opts,
+        }
+        if not interpret and "triton_cache_dir" not in opts:
+            shared = self.triton_shared_cache()
+            if shared is not None:
+                sandbox["triton_shared_cache"] = str(shared)
+        return CandidateProcess(self.zygote(), sandbox)
+
+    def triton_shared_cache(self) -> Path | None:
+        """The worker's read-only layer of Triton modules, built on first use (CUDA only).
+
+        A trusted process forked from the zygote compiles :mod:`triton_prebuild`'s kernels
+        into it, which builds Triton's driver utilities (and launchers) once; it is then made
+        read-only. Where that fails, candidates build their own, slower, and results say so.
+        """
+        if self.device.type != "cuda" or self._shared_state is not None:
+            return self._shared
+        shared = Path(self._tmp.name) / "triton-shared"
+        t0 = time.monotonic()
+        self._shared_state = "failed"
+        proc = self._spawn(False, triton_cache_dir=str(shared))
+        try:
+            msg = {"op": "setup", "role": "prebuild", "device": str(self.device)}
+            proc.request(msg, self.config.timeout_s, "building Triton's shared modules")
+            from evaluator_worker import triton_cache  # imports triton: on CUDA hosts only
+
+            triton_cache.seal(shared)
+            self._shared, self._shared_state = shared, "ok"
+        except Failure as f:
+            self.prebuild_note = f"Triton's shared modules could not be prebuilt: {f.message}"
+        finally:
+            proc.close()
+            self.prebuild_s = time.monotonic() - t0
+        return self._shared
 
     # -- the evaluation --------------------------------------------------------------------
     def evaluate(
@@ -171,6 +253,8 @@ class Evaluator:
         """
         t_start = time.monotonic()
         task = self.task(task_path)
+        if self.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.device)
         cpath = Path(candidate_path)
         if not cpath.is_file():
             raise CandidateFileError(f"candidate file not found: {cpath}")
@@ -209,6 +293,11 @@ class Evaluator:
             result.messages.append(f.message)
         finally:
             run.close()
+            if self.device.type == "cuda":
+                result.features.setdefault("memory", {})["judge"] = {
+                    "cuda_peak_allocated_bytes": int(torch.cuda.max_memory_allocated(self.device))
+                }
+            memory.release_cached(self.device)
             result.stages_s["total_s"] = time.monotonic() - t_start
         return result
 
@@ -231,15 +320,39 @@ class _Run:
         self.rng = random.SystemRandom()
         self.init_seed, self.param_seed = self.rng.getrandbits(62), self.rng.getrandbits(62)
         self.procs: list[CandidateProcess] = []
-        self.base: CandidateProcess | None = None
+        self.baselines: measure.Baselines | None = None
+        self.reference: correctness.Reference | None = None
 
     def close(self) -> None:
         for p in self.procs:
+            if p.alive:
+                self.collect_memory(p, p.role)
             p.close()
+
+    def collect_memory(self, proc: CandidateProcess, role: str) -> None:
+        """Record a live process's peak memory under ``features["memory"][role]``."""
+        if not proc.alive:
+            return
+        try:
+            reply = proc.request({"op": "memory"}, 10.0, "reading memory figures")
+        except Failure:
+            return
+        mem = dict(reply.get("memory") or {})
+        fallbacks = mem.pop("ipc_fallbacks", None)
+        if mem.pop("ipc_fallback_count", 0) and fallbacks:
+            self.result.messages.append(
+                f"sandbox: the {role} process sent outputs as bytes because CUDA IPC failed"
+                f" ({fallbacks[0]})"
+            )
+        mems = self.result.features.setdefault("memory", {})
+        old = mems.get(role)
+        if old is None or (mem.get("rss_peak_bytes") or 0) > (old.get("rss_peak_bytes") or 0):
+            mems[role] = mem
 
     def _setup(self, role: str, interpret: bool, **extra: Any) -> tuple[CandidateProcess, dict]:
         t0 = time.monotonic()
         proc = self.ev._spawn(interpret)
+        proc.role = role
         self.procs.append(proc)
         msg = {
             "op": "setup",
@@ -267,6 +380,13 @@ class _Run:
         t0 = time.monotonic()
         self.ev.zygote()
         stages["zygote_start_s"] = time.monotonic() - t0
+        if not self.interpret and self.device.type == "cuda":
+            first = self.ev._shared_state is None
+            self.ev.triton_shared_cache()
+            if first:
+                stages["triton_prebuild_s"] = self.ev.prebuild_s
+            if self.ev.prebuild_note:
+                res.messages.append(self.ev.prebuild_note)
         cand, info = self._setup(
             "candidate", self.interpret, candidate_path=str(self.cpath.resolve()), params=res.params
         )
@@ -278,6 +398,7 @@ class _Run:
             res.messages.append("sandbox: " + sandbox["network_note"])
         t1 = time.monotonic()
         reference = correctness.Reference(self.task, self.init_seed, self.param_seed, self.device)
+        self.reference = reference
         specs = correctness.plan(self.task, cfg.trials, self.rng)
         cand.stage("correctness", cfg.timeout_s)
         checked = correctness.run_trials(
@@ -308,10 +429,13 @@ class _Run:
             stages["measure_s"] = time.monotonic() - t2
             return
         cand.stage("timing", cfg.timeout_s)
-        timing, pool = self._measure(
-            cand, cfg.interpreter_samples if self.interpret else cfg.samples
+        timing, pool = measure.measure(
+            self, cand, cfg.interpreter_samples if self.interpret else cfg.samples
         )
         stages["measure_s"] = time.monotonic() - t2
+        # The baseline process's memory goes back before the judge's float64 re-check.
+        if self.baselines is not None:
+            self.baselines.close()
         self._recheck_last(cand, reference, pool)
         res.timing = timing
         if self.interpret:
@@ -327,49 +451,7 @@ class _Run:
         if self.device.type == "cuda":
             self._gpu_checks(cand, reference, pool, timing, scored)
         if res.verdict == Verdict.QUARANTINE:
-            self._remeasure(cand, pool, timing)
-
-    def _remeasure(self, cand: CandidateProcess, pool: list[dict[str, Any]], t: Timing) -> None:
-        """Re-measure a > 10x claim with the judge's own clock around batches of calls.
-
-        The candidate process reports no timing here: the judge times whole requests of
-        back-to-back calls (one sync at the end) for the candidate and for eager, so timers
-        inside the candidate process play no part. The claim stands if this speedup is at
-        least half the event-timed one.
-        """
-        res = self.result
-        if t.eager is None:
-            return
-        ratios = []
-        for _ in range(3):
-            per_call = {}
-            for proc, variant, med in (
-                (cand, "candidate", t.candidate.median_ms),
-                (self.base, "eager", t.eager.median_ms),
-            ):
-                n = int(min(2000, max(10, math.ceil(REMEASURE_MS / max(med, 1e-4)))))
-                t0 = time.monotonic()
-                proc.request(
-                    {"op": "batch", "variant": variant, "pool": pool, "n": n},
-                    self.cfg.timeout_s,
-                    f"re-measuring {variant}",
-                )
-                per_call[variant] = (time.monotonic() - t0) / n
-            ratios.append(per_call["eager"] / per_call["candidate"])
-        independent = sorted(ratios)[1]
-        res.features["independent_speedup_vs_eager"] = independent
-        claimed = res.speedup_vs_eager or 0.0
-        if independent >= 0.5 * claimed:
-            res.verdict = Verdict.OK
-            res.messages.append(
-                f"the {claimed:.1f}x speedup was confirmed by an independent re-measure"
-                f" (judge-side wall clock over batches of calls: {independent:.1f}x)"
-            )
-        else:
-            res.messages.append(
-                f"an independent re-measure (judge-side wall clock over batches of calls) gives"
-                f" only {independent:.1f}x: the event timings are not trusted"
-            )
+            measure.remeasure(self, cand, pool, timing)
 
     def _pool_size(self, per_round: int) -> int:
         """Input sets per round: distinct inputs for every call of a round where memory allows.
@@ -380,110 +462,48 @@ class _Run:
         """
         with torch.device("meta"):
             per_set = max(1, inputs.nbytes(list(self.task.module.get_inputs())))
-        return int(min(per_round, max(2, self.cfg.pool_bytes // per_set)))
+        return memory.pool_sets(per_set, self.cfg.pool_bytes, per_round)
 
     def _new_pool(self, n: int) -> list[dict[str, Any]]:
         """Fresh secret specs; the child refills its pool tensors in place with them."""
         return [inputs.InputSpec(self.rng.getrandbits(62)).to_dict() for _ in range(n)]
 
-    def _measure(
-        self, cand: CandidateProcess, n_samples: int
-    ) -> tuple[Timing, list[dict[str, Any]]]:
-        cfg, res = self.cfg, self.result
-        want_compile = cfg.compile_baseline == "always" or (
-            cfg.compile_baseline == "auto" and self.device.type == "cuda"
-        )
-        base, _ = self._setup("baseline", False, compile=want_compile)
-        self.base = base
-        base.stage("timing", cfg.timeout_s * (2 if want_compile else 1))
-        procs = {"candidate": cand, "eager": base}
-        if want_compile:
-            procs["compile"] = base
-        else:
-            res.messages.append(
-                "torch.compile baseline not timed on the CPU (inductor's CPU compile"
-                " takes tens of seconds); set compile_baseline='always' to time it"
-            )
-        samples: dict[str, dict[str, list[float]]] = {
-            v: {"samples_ms": [], "synced_ms": [], "wall_ms": []} for v in procs
-        }
-        per_round = math.ceil(n_samples / cfg.rounds)
-        order = list(procs)
-        n_pool = self._pool_size(per_round)
-        for r in range(cfg.rounds):
-            pool = self._new_pool(n_pool)
-            for variant in order[r % len(order) :] + order[: r % len(order)]:
-                proc = procs[variant]
-                what = (
-                    "timing the candidate"
-                    if variant == "candidate"
-                    else f"timing the {variant} baseline"
-                )
-                try:
-                    reply = proc.request(
-                        {
-                            "op": "time",
-                            "variant": variant,
-                            "pool": pool,
-                            "n": per_round,
-                            "start": r * per_round,
-                            "warmup_calls": cfg.warmup_calls,
-                            "warmup_s": cfg.warmup_s,
-                        },
-                        cfg.timeout_s,
-                        what,
-                    )
-                except Failure as f:
-                    if variant != "compile":
-                        raise
-                    res.messages.append(f"torch.compile baseline failed, left out: {f.message}")
-                    procs.pop("compile")
-                    order.remove("compile")
-                    samples.pop("compile")
-                    continue
-                for key in ("samples_ms", "synced_ms", "wall_ms"):
-                    samples[variant][key].extend(float(x) for x in reply.get(key, []))
-        cstats = {v: stats(s["samples_ms"]) for v, s in samples.items()}
-        for v, s in samples.items():
-            bad = sum(
-                1
-                for e, w in zip(s["samples_ms"], s["wall_ms"], strict=False)
-                if e > w * 1.05 + 0.05
-            )
-            if bad:
-                raise Failure(
-                    Verdict.IMPOSSIBLE,
-                    f"{v}: {bad} event timings exceed the wall clock around"
-                    " the same call; the timers are not trustworthy",
-                )
-        synced = samples["candidate"]["synced_ms"]
-        timing = Timing(
-            device=self.device.type,
-            method="cuda-events+l2-flush" if self.device.type == "cuda" else "cpu-perf-counter",
-            candidate=cstats["candidate"],
-            eager=cstats.get("eager"),
-            compile=cstats.get("compile"),
-            candidate_synced=stats(synced) if synced else None,
-        )
-        return timing, pool
-
     def _recheck_last(
-        self, cand: CandidateProcess, reference: correctness.Reference, pool: list[dict[str, Any]]
+        self,
+        cand: CandidateProcess,
+        reference: correctness.Reference,
+        pool: list[dict[str, Any]],
+        variant: str = "candidate",
     ) -> None:
+        """Check the output of the last timed call (of ``variant``) against the reference.
+
+        The expected output is made first and the inputs freed before the output arrives.
+        """
         reply = cand.request(
-            {"op": "last_output", "variant": "candidate"},
+            {"op": "last_index", "variant": variant},
             self.cfg.timeout_s,
-            "fetching the last timed output",
+            "asking which input set was timed last",
         )
         idx = int(reply["index"])
         if not 0 <= idx < len(pool):
             raise Failure(Verdict.RUNTIME_ERROR, "the candidate process reported a bad pool index")
         xs = inputs.generate(self.task.module, inputs.InputSpec.from_dict(pool[idx]), self.device)
-        ref, ref64 = reference.outputs(xs)
-        outs = [o.to(self.device).clone() for o in reply["outputs"]]
-        correctness.check_outputs(
-            outs, ref, ref64, self.task.tolerance, "re-check of the last timed call"
+        expected = reference.expected(xs)
+        del xs
+        memory.release_cached(self.device)
+        reply = cand.request(
+            {"op": "last_output", "variant": variant},
+            self.cfg.timeout_s,
+            "fetching the last timed output",
         )
+        outs = [correctness.own(o, self.device) for o in reply["outputs"]]
+        del reply
+        what = "re-check of the last timed call"
+        if variant.startswith("graph:"):
+            what = "re-check of the output of the CUDA-graph replays"
+        correctness.check_outputs(outs, expected, self.task.tolerance, what)
+        del outs, expected
+        memory.release_cached(self.device)
 
     def _gpu_checks(
         self,
@@ -515,7 +535,10 @@ class _Run:
         with torch.no_grad():
             out = reference.model(*xs)
         nbytes = inputs.nbytes(xs) + inputs.nbytes(out)
+        del out
         flops = floor.count_flops(reference.model, xs)
+        del xs
+        memory.release_cached(self.device)
         t.floor_ms, t.floor_basis = floor.floor_ms(
             nbytes, flops, self.task.dtype, self.task.allow_tf32, peaks
         )

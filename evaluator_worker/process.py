@@ -36,6 +36,7 @@ class CandidateProcess:
         self.pid, self.sock, self.capture = zygote.spawn(sandbox)
         self.spawn_s = time.monotonic() - t0
         self.alive = True
+        self.role = "candidate"
         self.ipc = True
         self.stage_name = ""
         self.stage_left: float | None = None

@@ -35,6 +35,9 @@ DTYPES: dict[str, torch.dtype] = {
     "complex64": torch.complex64,
 }
 DTYPE_NAMES = {v: k for k, v in DTYPES.items()}
+# Why tensors went as bytes although CUDA IPC was asked for (CuPy-owned memory, a host
+# without IPC): the candidate process reports these to the judge.
+IPC_FALLBACKS: list[str] = []
 
 
 class ProtocolError(Exception):
@@ -57,14 +60,18 @@ def dtype_name(dtype: torch.dtype) -> str:
         raise ProtocolError(f"unsupported dtype {dtype}") from None
 
 
-def encode(obj: Any, blobs: list[bytes], cuda_ipc: bool = True) -> Any:
+def encode(obj: Any, blobs: list[Any], cuda_ipc: bool = True) -> Any:
     """Turn ``obj`` into JSON-able data, appending tensor bytes to ``blobs``."""
     if isinstance(obj, torch.Tensor):
         t = obj.detach()
         if t.is_cuda and cuda_ipc:
-            return {"__cuda__": _cuda_handle(t)}
+            try:
+                return {"__cuda__": _cuda_handle(t)}
+            except Exception as e:  # memory torch cannot share (CuPy's, say): send bytes
+                IPC_FALLBACKS.append(f"{type(e).__name__}: {e}"[:200])
         t = t.cpu().contiguous()
-        blobs.append(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        # A view of the tensor's own memory: sent as it is, never copied into a bytes object.
+        blobs.append(memoryview(t.reshape(-1).view(torch.uint8).numpy()) if t.numel() else b"")
         return {"__tensor__": len(blobs) - 1, "dtype": dtype_name(t.dtype), "shape": list(t.shape)}
     if isinstance(obj, tuple):
         return {"__tuple__": [encode(x, blobs, cuda_ipc) for x in obj]}
@@ -111,7 +118,9 @@ def _decode_tensor(obj: dict, blobs: list[bytes]) -> torch.Tensor:
         raise ProtocolError(f"tensor bytes {len(data)} do not match shape {shape} of {name}")
     if n == 0:
         return torch.empty(shape, dtype=dtype)
-    return torch.frombuffer(bytearray(data), dtype=dtype).reshape(shape)
+    if not isinstance(data, bytearray):
+        data = bytearray(data)
+    return torch.frombuffer(data, dtype=dtype).reshape(shape)
 
 
 def _cuda_handle(t: torch.Tensor) -> dict[str, Any]:
@@ -169,7 +178,7 @@ def _open_cuda_handle(h: dict[str, Any]) -> torch.Tensor:
 
 def send(sock: socket.socket, msg: dict[str, Any], cuda_ipc: bool = True) -> None:
     """Send one message: a JSON header and the tensor blobs it refers to."""
-    blobs: list[bytes] = []
+    blobs: list[Any] = []
     body = encode(msg, blobs, cuda_ipc)
     header = json.dumps({"body": body, "blobs": [len(b) for b in blobs]}).encode()
     sock.sendall(_LEN.pack(len(header)) + header)
@@ -177,7 +186,7 @@ def send(sock: socket.socket, msg: dict[str, Any], cuda_ipc: bool = True) -> Non
         sock.sendall(b)
 
 
-def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes:
+def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytearray:
     buf = bytearray(n)
     view = memoryview(buf)
     got = 0
@@ -196,7 +205,7 @@ def _recv_exact(sock: socket.socket, n: int, deadline: float | None) -> bytes:
         if k == 0:
             raise ProtocolError("the other process closed the channel")
         got += k
-    return bytes(buf)
+    return buf  # tensors are built on this buffer itself: no second copy of the bytes
 
 
 def recv(sock: socket.socket, deadline: float | None = None, max_bytes: int = 1 << 36) -> Any:

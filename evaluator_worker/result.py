@@ -44,6 +44,7 @@ class Timing:
     candidate_synced: Stats | None = None
     floor_ms: float | None = None
     floor_basis: str | None = None
+    sync_overhead_ms: float | None = None
 
     def to_dict(self, raw: bool = True) -> dict[str, Any]:
         """JSON form."""
@@ -53,6 +54,7 @@ class Timing:
             out[name] = s.to_dict(raw) if s is not None else None
         out["floor_ms"] = self.floor_ms
         out["floor_basis"] = self.floor_basis
+        out["sync_overhead_ms"] = self.sync_overhead_ms
         return out
 
 

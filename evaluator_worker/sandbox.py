@@ -42,7 +42,9 @@ def enter(opts: dict[str, Any], capture_fd: int) -> dict[str, Any]:
     """Apply the sandbox in the current (child) process; returns what was applied.
 
     ``opts``: ``workdir`` (private directory), ``device`` (``cpu``/``cuda``),
-    ``memory_limit_mb``, ``isolate_network`` (bool), ``interpret`` (Triton interpreter).
+    ``memory_limit_mb``, ``isolate_network`` (bool), ``interpret`` (Triton interpreter),
+    ``triton_shared_cache`` (the worker's read-only layer of Triton modules) and, for the
+    evaluator's prebuild process only, ``triton_cache_dir`` (where that layer is built).
     """
     os.setsid()
     os.dup2(capture_fd, 1)
@@ -58,10 +60,17 @@ def enter(opts: dict[str, Any], capture_fd: int) -> dict[str, Any]:
         "TORCH_EXTENSIONS_DIR": work / "torch_extensions",
         "TORCHINDUCTOR_CACHE_DIR": Path(opts.get("inductor_cache") or work / "inductor"),
     }
+    if opts.get("triton_cache_dir"):  # the evaluator's own prebuild process only
+        env["TRITON_CACHE_DIR"] = Path(opts["triton_cache_dir"])
     for key, path in env.items():
         path.mkdir(parents=True, exist_ok=True)
         os.environ[key] = str(path)
     os.environ["TRITON_INTERPRET"] = "1" if opts.get("interpret") else "0"
+    if opts.get("triton_shared_cache"):
+        # Driver utilities and launchers built once per worker, read-only (triton_cache.py).
+        os.environ["TRITON_CACHE_MANAGER"] = "evaluator_worker.triton_cache:LayeredCacheManager"
+        os.environ["KERNELMAP_TRITON_SHARED_CACHE"] = str(opts["triton_shared_cache"])
+        applied["triton_shared_cache"] = True
     os.environ.pop("KERNELMAP_API_KEY", None)
     os.chdir(work)
     if opts.get("isolate_network", True):

@@ -86,6 +86,33 @@ def time_cuda(
     }
 
 
+def sync_overhead(flush: Flusher, device: torch.device, n: int = 31) -> float:
+    """What the paired synced sample adds on this host, in ms (median over ``n``).
+
+    The synced sample's end event is recorded only after the CPU wakes from a device-wide
+    sync; around a trivial kernel that wake-up (and the event launch) is all there is, so
+    ``synced - event`` of a trivial kernel is the overhead to subtract from candidates'.
+    """
+    marker = torch.zeros(1, device=device)
+    diffs = []
+    for _ in range(n):
+        per = []
+        for synced in (False, True):
+            _synchronize()
+            flush()
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            marker.add_(1)
+            if synced:
+                _synchronize()
+            end.record()
+            _synchronize()
+            per.append(_elapsed_time(start, end))
+        diffs.append(per[1] - per[0])
+    diffs.sort()
+    return max(0.0, diffs[len(diffs) // 2])
+
+
 def time_cpu(
     call: Callable[[list[Any]], Any], pool: list[list[Any]], n: int, start_index: int
 ) -> dict[str, Any]:

@@ -67,6 +67,7 @@ STOP_BUDGET = "budget"
 STOP_STOPPED = "stopped"
 STOP_EXHAUSTED = "exhausted"
 STOP_STALLED = "stalled"
+STOP_REFUSED = "task_refused"
 
 STATIC_REJECT = "STATIC_REJECT"
 
@@ -129,8 +130,9 @@ class Summary:
     """How a run (or this session of it) ended.
 
     ``stopped_reason`` is ``budget``, ``stopped`` (the stop event), ``exhausted`` (every emitter
-    exhausted, nothing in flight) or ``stalled`` (nothing in flight and no emitter proposed
-    anything for ``idle_timeout_s``).
+    exhausted, nothing in flight), ``stalled`` (nothing in flight and no emitter proposed
+    anything for ``idle_timeout_s``) or ``task_refused`` (a worker refused the task itself,
+    for instance because it cannot fit in the GPU's memory; ``refused`` says why).
     """
 
     evaluations: int
@@ -141,6 +143,7 @@ class Summary:
     objective_label: str | None
     stopped_reason: str
     verdicts: dict[str, int]
+    refused: str | None = None
 
 
 @dataclasses.dataclass
@@ -239,6 +242,7 @@ class SearchLoop:
         self._verifying: dict[int, tuple[_Waiters, CandidateSpec]] = {}
         self._queue: collections.deque[_Queued] = collections.deque()
         self._verdicts: collections.Counter[str] = collections.Counter()
+        self._refused: str | None = None
         self._label: str | None = None
         self._rr = 0
         self._since_stats = 0
@@ -327,6 +331,9 @@ class SearchLoop:
         while reason is None:
             if stop.is_set():
                 reason = STOP_STOPPED
+                break
+            if self._refused is not None:
+                reason = STOP_REFUSED
                 break
             produced = self._fill(stop)
             if stop.is_set():
@@ -514,6 +521,8 @@ class SearchLoop:
         cid = job_result.candidate_id
         self.evaluations += 1
         self._verdicts[str(job_result.result.get("verdict", "RUNTIME_ERROR"))] += 1
+        if job_result.result.get("task_refused"):
+            self._refused = str(job_result.result["task_refused"])
         if flight.verify:
             waiters, spec = self._verifying.pop(cid, ([], flight.spec))
             self._learn(cid, job_result.result, waiters, spec)
@@ -641,4 +650,5 @@ class SearchLoop:
             objective_label=self._label,
             stopped_reason=reason,
             verdicts=dict(self._verdicts),
+            refused=self._refused,
         )

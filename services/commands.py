@@ -20,6 +20,7 @@ STOP_REASONS = {
     "stopped": "stopped by the user",
     "exhausted": "every emitter has proposed its whole search space",
     "stalled": "no emitter proposed anything new for a while",
+    "task_refused": "a worker refused the task; see the error below",
 }
 
 

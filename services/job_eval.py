@@ -44,13 +44,18 @@ def evaluate_job(
     Returns the result dict with ``worker`` set; an invalid task or unreadable candidate is
     ``LOAD_ERROR``, an evaluator bug ``RUNTIME_ERROR`` with its traceback in ``internal_error``.
     """
-    from evaluator_worker.errors import KernelmapError
+    from evaluator_worker.errors import KernelmapError, TaskError
 
     path = Path(workdir) / f"candidate_{job.candidate_id}_{job.job_id[:8]}.py"
     path.write_text(job.source)
     t0 = time.monotonic()
     try:
         result = evaluator.evaluate(task_path, path, job.params).to_dict()
+    except TaskError as e:
+        # The task itself cannot be evaluated here (invalid on the device, too large for
+        # its memory): the run stops with this reason instead of failing every candidate.
+        result = failure("LOAD_ERROR", str(e))
+        result["task_refused"] = str(e)
     except KernelmapError as e:
         result = failure("LOAD_ERROR", str(e))
     except Exception as e:  # an evaluator bug: reported with context, never silently dropped

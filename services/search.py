@@ -236,7 +236,9 @@ def _create(settings: Settings, sessions, opts: RunOptions):
     if opts.budget < 1:
         raise RunError(f"--budget must be at least 1, got {opts.budget}")
     device = resolve_device(opts.device or settings.device)
-    task = load_task(opts.task, device)
+    # Never on the GPU here: the workers own it (and check the values there when the inputs
+    # are too large to check on this machine's CPU).
+    task = load_task(opts.task, "cpu", check_values="auto")
     seeds = [load_seed(Path(p)) for p in opts.seeds]
     ref = reference_seed(task.source)
     if ref is not None:
@@ -468,6 +470,8 @@ def _search(
         loop.resume()
         summary = loop.run(stop)
         status = "interrupted" if stop.is_set() else "finished"
+        if summary.refused is not None:
+            status, error = "failed", summary.refused
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         raise
