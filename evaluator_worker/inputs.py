@@ -19,6 +19,7 @@ import torch
 
 DISTRIBUTIONS = ("task", "normal", "uniform_shifted", "heavy_tailed")
 GUARD_BYTES = 4096
+DRAW_CHUNK = 1 << 20  # elements per step of a multi-tensor draw
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,30 +53,42 @@ def generate(task: ModuleType, spec: InputSpec, device: torch.device) -> list[An
             xs = list(fn())
     xs = [x.to(device) if isinstance(x, torch.Tensor) else x for x in xs]
     if spec.dist != "task":
-        xs = [_redraw(x, spec, i, device) for i, x in enumerate(xs)]
+        for i, x in enumerate(xs):
+            if isinstance(x, torch.Tensor) and x.is_floating_point():
+                shape, dtype = x.shape, x.dtype
+                xs[i] = x = None  # the task's draw is freed before the new one is made
+                xs[i] = _redraw(shape, dtype, spec, i, device)
     return xs
 
 
-def _redraw(x: Any, spec: InputSpec, i: int, device: torch.device) -> Any:
-    """Replace a floating tensor's values with a draw from ``spec.dist`` (same shape/dtype)."""
-    if not isinstance(x, torch.Tensor) or not x.is_floating_point():
-        return x
+def _redraw(
+    shape: torch.Size, dtype: torch.dtype, spec: InputSpec, i: int, device: torch.device
+) -> torch.Tensor:
+    """A floating tensor of ``shape``/``dtype`` drawn from ``spec.dist``.
+
+    Made in place, chunk by chunk where a draw needs more than one random tensor: inputs
+    reach gigabytes, and every temporary of full size is one more copy of them.
+    """
     py = random.Random(spec.seed * 1000003 + i)
     g = torch.Generator(device=device)
     g.manual_seed((spec.seed * 7919 + i) % (1 << 62))
     kw = {"generator": g, "device": device, "dtype": torch.float32}
     if spec.dist == "normal":
-        v = torch.randn(x.shape, **kw)
+        v = torch.randn(shape, **kw)
     elif spec.dist == "uniform_shifted":
         lo = py.uniform(-3.0, 1.0)
-        v = torch.rand(x.shape, **kw) * py.uniform(0.5, 5.0) + lo
+        v = torch.rand(shape, **kw).mul_(py.uniform(0.5, 5.0)).add_(lo)
     elif spec.dist == "heavy_tailed":
-        v = torch.randn(x.shape, **kw) * torch.exp(0.75 * torch.randn(x.shape, **kw))
-        outliers = torch.rand(x.shape, **kw) < 0.01
-        v = torch.where(outliers, v * 50.0, v)
+        v = torch.randn(shape, **kw)
+        flat = v.view(-1)
+        for start in range(0, flat.numel(), DRAW_CHUNK):
+            part = flat[start : start + DRAW_CHUNK]
+            part.mul_(torch.randn(part.shape, **kw).mul_(0.75).exp_())
+            outliers = torch.rand(part.shape, **kw) < 0.01
+            part.masked_scatter_(outliers, part.masked_select(outliers).mul_(50.0))
     else:
         raise ValueError(f"unknown input distribution {spec.dist!r}")
-    return v.to(x.dtype)
+    return v.to(dtype)
 
 
 def _fill_value(dtype: torch.dtype) -> Any:

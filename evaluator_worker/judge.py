@@ -173,7 +173,7 @@ class Evaluator:
         need, free = self.need(task), memory.free_bytes(self.device)
         if need is None or free is None or need.peak_bytes <= free:
             return
-        name = torch.cuda.get_device_name(self.device)
+        name = hardware(self.device).get("name", self.device.type)
         raise TaskError(
             f"the task does not fit on this GPU: an evaluation needs about {need.describe()},"
             f" but {name} has {free / 2**30:.1f} GiB free. Use smaller inputs in get_inputs(),"

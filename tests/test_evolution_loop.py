@@ -666,3 +666,20 @@ def test_resume_re_measures_claims_never_verified():
     loop.run()
     assert [j for j in resumed_dispatcher.submitted if j.trusted_only]
     assert all(math.isclose(e[2], math.log(0.8 / 0.6)) for e in archive.elites())
+
+
+def test_a_task_a_worker_refuses_stops_the_run_once_with_the_reason():
+    refusal = "invalid task: t.py: the task does not fit on this GPU: needs about 90 GiB"
+
+    def refuse(job):
+        out = fake_result(job.params, 1.0, verdict="LOAD_ERROR")
+        out["task_refused"] = refusal
+        return out
+
+    archive = MapArchive(parse_dims(CPU_DIMS))
+    dispatcher = FakeDispatcher(refuse, capacity=1)
+    loop = SearchLoop(archive, [params_family()(archive)], dispatcher, MemoryStore(), 50)
+    summary = loop.run()
+    assert summary.stopped_reason == "task_refused"
+    assert summary.refused == refusal
+    assert summary.evaluations == 1  # not one out-of-memory crash per candidate
