@@ -6,7 +6,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean gpu-check
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -26,6 +26,15 @@ test: $(STAMP)
 lint: $(STAMP)
 	$(PY) -m ruff check .
 	$(PY) -m ruff format --check .
+
+# On a GPU host, whose system Python has torch, triton, cupy, numpy and httpx (no venv: this target
+# does not bootstrap one). Install the wheels of bench/wheels.txt first (its comments say how to
+# download them):
+#   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+# Writes at most 8 JSON files to $(OUT) (default gpu-check-out) and prints one table; at most 8 min.
+GPU_PY ?= python3
+gpu-check:
+	$(GPU_PY) bench/gpu_check.py $(or $(OUT),gpu-check-out)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -246,6 +246,7 @@ class Child:
 
     def time(self, req: dict[str, Any]) -> dict[str, Any]:
         variant = req["variant"]
+        self.last.pop(variant, None)  # one output of a variant alive at a time, not two
         pool = self._pool(req["pool"])
         fwd = lambda x: self._forward_fast(variant, x)  # noqa: E731
         warm = 0

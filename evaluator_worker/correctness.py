@@ -203,6 +203,7 @@ def run_trials(
                     "the same input gave bitwise-different outputs twice (within tolerance)"
                 )
             check_outputs(second, expected, tol, what + ", second call")
+            del first, second
         del outs, expected
     memory.release_cached(device)
     if reference.note:

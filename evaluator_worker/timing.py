@@ -54,6 +54,7 @@ def time_cuda(
     idx = start_index
     for i in range(n):
         x = pool[idx % len(pool)]
+        out = None  # the previous output is freed before the call, not held beside the next
         _synchronize()
         flush()
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -67,6 +68,7 @@ def time_cuda(
         idx += 1
         if paired and i % 2 == 1:
             x = pool[idx % len(pool)]
+            out = None
             _synchronize()
             flush()
             start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -122,6 +124,7 @@ def time_cpu(
     idx = start_index
     for _ in range(n):
         x = pool[idx % len(pool)]
+        out = None  # the previous output is freed before the call, not held beside the next
         t0 = _perf_counter()
         out = call(x)
         samples.append((_perf_counter() - t0) * 1e3)

@@ -5,7 +5,9 @@
 and exits 1 (``line`` is null when the problem has no line). The API runs this as a
 subprocess with a timeout, so a submitted task's code never runs in the API process.
 
-Anything the task itself prints goes to stderr: stdout carries only the JSON line.
+Anything the task itself prints goes to stderr: stdout carries only the JSON line. A task
+whose input set exceeds ``evaluator_worker.task.VALUE_CHECK_BYTES`` has its structure checked
+on the ``meta`` device only (``values_checked: false``); workers check its values.
 """
 
 from __future__ import annotations
@@ -26,6 +28,9 @@ def task_meta(task: Any) -> dict[str, Any]:
         "rtol": task.tolerance.rtol,
         "allow_tf32": task.allow_tf32,
         "n_shapes": task.n_shapes,
+        "input_bytes": task.input_bytes,
+        "output_bytes": task.output_bytes,
+        "values_checked": task.values_checked,
     }
 
 
@@ -36,7 +41,8 @@ def validate(path: str, device: str = "cpu") -> dict[str, Any]:
     from evaluator_worker.task import load_task
 
     try:
-        task = load_task(path, device)
+        # Large inputs are checked on the meta device here; the GPU worker checks the values.
+        task = load_task(path, device, check_values="auto")
     except TaskError as e:
         return {"ok": False, "error": e.reason, "line": e.line}
     return {"ok": True, "meta": task_meta(task)}

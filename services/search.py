@@ -27,6 +27,7 @@ from evaluator_worker.config import EvalConfig
 from evaluator_worker.errors import KernelmapError
 from evaluator_worker.judge import resolve_device
 from evaluator_worker.task import load_task
+from evaluator_worker.validate_task import task_meta
 from evolution.candidate import CandidateSpec
 from evolution.descriptors import default_dims, parse_dims
 from evolution.emitters import ParamEmitter, SeedEmitter
@@ -274,14 +275,8 @@ def _create(settings: Settings, sessions, opts: RunOptions):
             s,
             name=_task_name(Path(opts.task)),
             source=task.source,
-            meta={
-                "dtype": str(task.dtype),
-                "atol": task.tolerance.atol,
-                "rtol": task.tolerance.rtol,
-                "allow_tf32": task.allow_tf32,
-                "n_shapes": task.n_shapes,
-            },
-            validation={"ok": True, "device": device.type},
+            meta=task_meta(task),
+            validation={"ok": True, "device": "cpu", "values_checked": task.values_checked},
         )
         run = repository.create_run(
             s,
