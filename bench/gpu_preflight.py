@@ -330,6 +330,8 @@ def _evaluate(ev: Any, task: str, candidate: str, label: str | None = None) -> d
         candidate_ms=t.candidate.median_ms if t else None,
         eager_ms=t.eager.median_ms if t and t.eager else None,
         floor_ms=t.floor_ms if t else None,
+        sync_overhead_ms=t.sync_overhead_ms if t else None,
+        memory=r.features.get("memory"),
         stages_s={k: round(v, 4) for k, v in r.stages_s.items()},
         network_isolated=r.features.get("network_isolated"),
         sandbox=[m for m in r.messages if m.startswith("sandbox:")],
@@ -384,6 +386,8 @@ def probe_compile(dry: bool) -> dict[str, Any]:
             f"{e['verdict']} load {st.get('load_s', float('nan')):.2f}"
             f" corr {st.get('correctness_s', float('nan')):.2f}"
         )
+    # The first evaluation of each evaluator builds Triton's shared, read-only module layer.
+    figures["prebuild_s"] = [e.get("stages_s", {}).get("triton_prebuild_s") for e in evals]
     bad = [e["label"] for e in evals if e["verdict"] != "OK"]
     details = {"zygote_start_s": [zygote_s, zygote2_s]}
     return _result("fail" if bad else "ok", figures, details, evals, [f"{b}: not OK" for b in bad])
@@ -430,6 +434,8 @@ def probe_timing(dry: bool) -> dict[str, Any]:
                 evals.append(_evaluate(ev, task, cand, f"{size}_{kind}"))
     copy = _copy_bandwidth(numel, "cpu" if dry else "cuda")
     figures: dict[str, Any] = {"copy_gb_s": copy["gb_per_s"]}
+    overheads = [e["sync_overhead_ms"] for e in evals if e.get("sync_overhead_ms") is not None]
+    figures["sync_overhead_ms"] = max(overheads) if overheads else None
     problems, flags = [], []
     for e in evals:
         if e["verdict"] != "OK":

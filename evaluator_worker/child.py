@@ -228,19 +228,22 @@ class Child:
             # The first pool: what correctness left cached goes back before timing starts.
             self.kept = None
             memory.release_cached(self.device)
-        fresh = [
-            inputs.generate(self.task, inputs.InputSpec.from_dict(s), self.device) for s in specs
-        ]
-        if len(fresh) == len(self.pool):
-            for old, new in zip(self.pool, fresh, strict=True):
-                for k, (a, b) in enumerate(zip(old, new, strict=True)):
-                    if isinstance(a, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype:
-                        a.copy_(b)
-                    else:
-                        old[k] = b
-        else:
-            self.pool = fresh
-        del fresh
+        if len(specs) != len(self.pool):
+            self.pool = []
+        # One input set at a time: a whole second pool beside the first would double the
+        # memory of the largest tasks.
+        for i, spec in enumerate(specs):
+            new = inputs.generate(self.task, inputs.InputSpec.from_dict(spec), self.device)
+            if i == len(self.pool):
+                self.pool.append(new)
+                continue
+            old = self.pool[i]
+            for k, (a, b) in enumerate(zip(old, new, strict=True)):
+                if isinstance(a, torch.Tensor) and a.shape == b.shape and a.dtype == b.dtype:
+                    a.copy_(b)
+                else:
+                    old[k] = b
+            del new
         self.pool_specs = specs
         return self.pool
 

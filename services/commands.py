@@ -59,6 +59,8 @@ def _finish(
         f"   coverage {100 * summary['coverage']:.1f}%   QD-score {summary['qd_score']:.4g}"
     )
     print("  verdicts    " + ", ".join(f"{k} {v}" for k, v in sorted(summary["verdicts"].items())))
+    if summary.get("error"):
+        print(f"  error       {summary['error']}")
     if best:
         print(f"  best        candidate {best['candidate_id']}: {best['ratio']:.4g}x ({label})")
     else:

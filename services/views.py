@@ -50,6 +50,7 @@ def run_summary(session, run_id: int) -> dict[str, Any]:
         "qd_score": stat.qd_score if stat else 0.0,
         "verdicts": verdicts,
         "best": best_out,
+        "error": run.error,
     }
 
 
