@@ -196,7 +196,7 @@ class Child:
                 bufs.append(buf)
             else:
                 args.append(x)
-        del xs
+        xs = x = None  # the unguarded inputs are not kept beside their guarded copies
         self._poison(req.get("poison_bytes", []))
         outs = [self._forward(variant, args) for _ in range(int(req.get("repeat", 1)))]
         del args
