@@ -38,13 +38,3 @@ def engine(db_url: str) -> Iterator[Engine]:
 def sessions(engine: Engine) -> sessionmaker[Session]:
     """Sessions on that database."""
     return db.session_factory(engine)
-
-
-def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Test files with ``slow`` tests first, each file's own order kept.
-
-    The suite runs two files at a time (``-n 2 --dist loadfile``); a long file handed out last
-    leaves one process working alone at the end, so the long ones go first.
-    """
-    slow_files = {item.path for item in items if item.get_closest_marker("slow")}
-    items.sort(key=lambda item: item.path not in slow_files)
