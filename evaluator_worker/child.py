@@ -6,7 +6,11 @@ itself and compares. Requests and replies are :mod:`evaluator_worker.protocol` m
 
 Roles: ``candidate`` builds ``ModelNew`` and loads the re-randomised reference parameters
 into it; ``baseline`` builds the reference ``Model`` eagerly and under ``torch.compile``, so
-the baselines are timed by the same code as the candidate, in a process without candidate code.
+the baselines are timed by the same code as the candidate, in a process without candidate code;
+``task`` and ``reference`` run the task's code for the judge (:mod:`reference_role`);
+``prebuild`` compiles the evaluator's own Triton kernels (:mod:`triton_prebuild`).
+
+What goes back is bounded: an error message is cut at :data:`MAX_MESSAGE` characters.
 """
 
 from __future__ import annotations
@@ -17,8 +21,11 @@ from typing import Any
 
 import torch
 
-from evaluator_worker import features, inputs, memory, protocol, timing
+from evaluator_worker import features, inputs, memory, protocol, reference_role, timing
 from evaluator_worker.modules import describe, error_line, import_file
+
+MAX_MESSAGE = 4000
+OOM_MARKERS = ("out of memory", "can't allocate memory", "Cannot allocate memory")
 
 CUDA_FATAL_MARKERS = (
     "illegal memory access",
@@ -55,6 +62,7 @@ class Child:
         self.candidate: Any = None
         self.sync_overhead_ms: float | None = None
         self.graphs: dict[str, list[tuple[Any, Any]]] = {}
+        self.task_role: Any = None
 
     # -- requests -------------------------------------------------------------------------
     def setup(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -66,6 +74,9 @@ class Child:
         torch.set_float32_matmul_precision("high" if allow_tf32 else "highest")
         if self.cuda:
             torch.cuda.set_device(self.device)
+            fraction = self.sandbox.get("cuda_memory_fraction")
+            if fraction:  # before any task or candidate code runs
+                torch.cuda.set_per_process_memory_fraction(float(fraction), self.device)
         else:
             # One intra-op thread: the candidate and baseline processes then time the same way,
             # and OpenMP spin-waits cannot turn a busy neighbour core into a 100x slowdown.
@@ -74,6 +85,12 @@ class Child:
             from evaluator_worker import triton_prebuild
 
             return {"ok": True, **triton_prebuild.run(self.device), "sandbox": self.sandbox}
+        if req["role"] == "task":
+            self.task_role = reference_role.TaskRole(req, self.device)
+            return {"ok": True, "info": self.task_role.info(), "sandbox": self.sandbox}
+        if req["role"] == "reference":
+            self.task_role = reference_role.ReferenceRole(req, self.device)
+            return {"ok": True, "sandbox": self.sandbox}
         t0 = time.perf_counter()
         self.task = import_file(req["task_path"], "kernelmap_task")
         init, ref = inputs.build_reference(
@@ -359,12 +376,25 @@ class Child:
             "cupy": features.cupy_features(self.candidate),
         }
 
+    def task_op(self, name: str) -> Any:
+        """A request of the ``task``/``reference`` roles, answered by their object."""
+
+        def handle(req: dict[str, Any]) -> dict[str, Any]:
+            method = getattr(self.task_role, name, None)
+            if method is None:
+                raise CandidateFailure("RUNTIME_ERROR", f"{name!r} is not a request of this role")
+            return method(req)
+
+        return handle
+
 
 def classify(exc: BaseException, stage: str) -> tuple[str, str]:
     """The verdict name and message for an exception raised by candidate code."""
-    if isinstance(exc, CandidateFailure):
+    if isinstance(exc, (CandidateFailure, reference_role.TaskFailure)):
         return exc.kind, str(exc)
     text = describe(exc)
+    if isinstance(exc, MemoryError) or any(m in str(exc) for m in OOM_MARKERS):
+        text = f"out of memory (the process hit its memory limit): {text}"
     name, mod = type(exc).__name__, type(exc).__module__
     if any(m in str(exc) for m in CUDA_FATAL_MARKERS) or name == "AcceleratorError":
         return "CUDA_FATAL", text
@@ -390,6 +420,7 @@ def serve(sock: socket.socket, sandbox: dict[str, Any]) -> int:
         "graph_capture": child.graph_capture,
         "graph_replay": child.graph_replay,
         "memory": child.memory,
+        **{op: child.task_op(op) for op in ("expected", "release", "floor", "check_values")},
     }
     while True:
         try:
@@ -406,7 +437,11 @@ def serve(sock: socket.socket, sandbox: dict[str, Any]) -> int:
             if op != "setup" and child.candidate_path and kind != "CUDA_FATAL":
                 line = error_line(e, child.candidate_path)
                 text = f"line {line}: {text}" if line else text
+            if len(text) > MAX_MESSAGE:
+                text = text[:MAX_MESSAGE] + f" [... {len(text) - MAX_MESSAGE} characters cut]"
             reply = {"error": {"kind": kind, "message": text}}
+            if isinstance(e, reference_role.TaskFailure):
+                reply["error"]["line"] = e.line
         try:
             protocol.send(sock, reply, cuda_ipc=bool(req.get("ipc", True)))
         except protocol.ProtocolError as e:

@@ -38,6 +38,17 @@ class EvalConfig:
         performance) before the last output is re-checked.
     memory_limit_mb:
         Address-space limit of a CPU candidate process (CUDA processes cannot take one).
+    sandbox:
+        ``"strict"`` refuses to evaluate where any layer of the sandbox cannot be set up
+        (:mod:`evaluator_worker.sandbox`); ``"relaxed"`` evaluates with what the host allows
+        and every result says what was missing.
+    sandbox_disk_mb, sandbox_shm_mb:
+        Sizes of a child's private writable directory (``/work``: tmp, home, compiler caches)
+        and of its private ``/dev/shm``.
+    max_processes:
+        Processes (and threads) a child may have at once.
+    cuda_memory_fraction:
+        Share of the GPU's memory one child process may allocate through PyTorch.
     quarantine_factor:
         A speedup over eager above this is quarantined until re-measured independently.
     floor_margin:
@@ -61,6 +72,11 @@ class EvalConfig:
     compile_baseline: Literal["auto", "always", "never"] = "auto"
     stress_calls: int = 12
     memory_limit_mb: int = 16384
+    sandbox: Literal["strict", "relaxed"] = "strict"
+    sandbox_disk_mb: int = 2048
+    sandbox_shm_mb: int = 4096
+    max_processes: int = 512
+    cuda_memory_fraction: float = 0.9
     quarantine_factor: float = 10.0
     floor_margin: float = 0.9
     static_gate: bool = True
@@ -74,5 +90,11 @@ class EvalConfig:
             raise ValueError(f"samples must be at least 100, got {self.samples}")
         if self.timeout_s <= 0:
             raise ValueError(f"timeout must be positive, got {self.timeout_s}")
+        if self.sandbox not in ("strict", "relaxed"):
+            raise ValueError(f"sandbox must be strict or relaxed, got {self.sandbox!r}")
+        if not 0 < self.cuda_memory_fraction <= 1:
+            raise ValueError(
+                f"cuda_memory_fraction must be in (0, 1], got {self.cuda_memory_fraction}"
+            )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")

@@ -7,63 +7,77 @@ one trial per held-out ``SHAPES`` generator. The first trial runs the same input
 call the judge checks the guards around every input (``OOB_WRITE``), that the inputs are
 unchanged (``INPUT_MUTATED``) and the outputs (``INCORRECT``, ``NONDETERMINISTIC``).
 
-Memory, per trial, in units of the task's input bytes ``I`` and output bytes ``O``: the judge
-holds the inputs (``I``) and makes the float64 reference first (``2I + 2O`` while the float64
-model runs, then the float64 inputs are freed), then the task-dtype reference only long
-enough to measure its error (``O``). The candidate's input buffers come back and are checked
-and freed before its outputs are fetched, and the comparisons run in chunks
-(:mod:`evaluator_worker.compare`). The peak is the task's own float64 forward,
-``3I + 2O``, plus the outputs of the first trial's two calls.
+The reference model is the task's code, so it runs in a sandboxed ``reference`` child
+(:mod:`evaluator_worker.reference_role`); :class:`Reference` is the judge's handle on it.
+
+Memory, per trial, in units of the task's input bytes ``I`` and output bytes ``O``: the
+reference child makes the float64 reference first (``3I + 2O`` while the float64 model runs,
+then the float64 inputs are freed), then the task-dtype reference only long enough to
+measure its error; the judge takes its own copy of the inputs (``I``) and the float64
+expected outputs (``2O``), and the child frees its copies. The candidate's input buffers come
+back and are checked and freed before its outputs are fetched, and the comparisons run in
+chunks (:mod:`evaluator_worker.compare`).
 """
 
 from __future__ import annotations
 
-import copy
 import random
 from typing import Any
 
 import torch
 
-from evaluator_worker import compare, inputs, memory
+from evaluator_worker import compare, inputs, memory, protocol
 from evaluator_worker.process import CandidateProcess, Failure
-from evaluator_worker.task import Task, to_double
+from evaluator_worker.task import TaskInfo
 from evaluator_worker.verdict import Verdict
 
 
 class Reference:
-    """The trusted reference model in the task dtype and in float64, on the judge's device."""
+    """The judge's handle on the reference child: expected outputs as the judge's own data."""
 
-    def __init__(self, task: Task, init_seed: int, param_seed: int, device: torch.device) -> None:
-        self.task = task
-        self.device = device
-        _, self.model = inputs.build_reference(task.module, init_seed, param_seed, device)
-        self.model64 = copy.deepcopy(self.model).double()
+    def __init__(
+        self, proc: CandidateProcess, task: TaskInfo, device: torch.device, timeout_s: float
+    ) -> None:
+        self.proc, self.task, self.device, self.timeout_s = proc, task, device, timeout_s
         self.note: str | None = None
 
-    @torch.no_grad()
-    def expected(self, xs: list[Any]) -> list[compare.Expected]:
-        """What the outputs for one input set must be (float64 values, shapes, dtypes, error).
-
-        The float64 forward runs first and its float64 inputs are freed before the task-dtype
-        forward, whose output is kept only long enough to measure its error.
-        """
-        x64 = to_double(xs)
+    def _ask(self, msg: dict[str, Any], what: str) -> dict[str, Any]:
         try:
-            ref64 = compare.flatten(self.model64(*x64))
-        except Exception as e:  # an op without float64 support: fall back, and say so
-            self.note = (
-                f"float64 reference unavailable ({type(e).__name__}); compared in task dtype"
-            )
-            ref64 = None
-        del x64
-        ref = compare.flatten(self.model(*xs))
-        if ref64 is None:
-            return [compare.Expected(r, tuple(r.shape), r.dtype) for r in ref]
-        if len(ref64) != len(ref):
-            return [compare.Expected(r, tuple(r.shape), r.dtype) for r in ref]
-        out = [compare.expect(y64, yr) for y64, yr in zip(ref64, ref, strict=True)]
-        del ref, ref64
-        return out
+            return self.proc.request(msg, self.timeout_s, what)
+        except Failure as f:
+            raise Failure(f.verdict, f"the task's reference model failed: {f.message}") from None
+
+    def expected(
+        self, spec: inputs.InputSpec, with_inputs: bool = True
+    ) -> tuple[list[Any] | None, list[compare.Expected]]:
+        """The inputs of ``spec`` (when asked) and what the outputs for them must be."""
+        msg = {"op": "expected", "spec": spec.to_dict(), "inputs": with_inputs}
+        reply = self._ask(msg, "computing the reference outputs")
+        try:
+            xs = [own(x, self.device) for x in reply["inputs"]] if with_inputs else None
+            exp = [
+                compare.Expected(
+                    own(e["value"], self.device),
+                    tuple(int(n) for n in e["shape"]),
+                    protocol.DTYPES[e["dtype"]],
+                    float(e["ref_err"]),
+                )
+                for e in reply["expected"]
+            ]
+        except (KeyError, TypeError, ValueError) as e:
+            raise Failure(
+                Verdict.RUNTIME_ERROR, f"the reference process sent a malformed answer ({e})"
+            ) from None
+        if reply.get("note"):
+            self.note = str(reply["note"])[:400]
+        del reply
+        self._ask({"op": "release"}, "releasing the reference outputs")
+        return xs, exp
+
+    def floor(self, spec: inputs.InputSpec) -> tuple[int, int]:
+        """Bytes moved and FLOPs of one reference call on the inputs of ``spec``."""
+        reply = self._ask({"op": "floor", "spec": spec.to_dict()}, "counting the reference's work")
+        return int(reply["nbytes"]), int(reply["flops"])
 
 
 def _usable(expected: list[compare.Expected], tol: compare.Tolerance) -> bool:
@@ -76,7 +90,7 @@ def _usable(expected: list[compare.Expected], tol: compare.Tolerance) -> bool:
     return True
 
 
-def plan(task: Task, trials: int, rng: random.Random) -> list[inputs.InputSpec]:
+def plan(task: TaskInfo, trials: int, rng: random.Random) -> list[inputs.InputSpec]:
     """The trial input specs: rotated distributions, then the held-out shapes."""
     specs = [
         inputs.InputSpec(rng.getrandbits(62), inputs.DISTRIBUTIONS[i % len(inputs.DISTRIBUTIONS)])
@@ -157,11 +171,10 @@ def run_trials(
     messages: list[str],
 ) -> dict[str, Any]:
     """Run every trial; raises :class:`Failure` at the first failing check."""
-    task, device, tol = reference.task, reference.device, reference.task.tolerance
+    device, tol = reference.device, reference.task.tolerance
     worst = 0.0
     for k, spec in enumerate(specs):
-        xs = inputs.generate(task.module, spec, device)
-        expected = reference.expected(xs)
+        xs, expected = reference.expected(spec)
         if spec.dist != "task" and not _usable(expected, tol):
             messages.append(
                 f"trial {k}: the reference is degenerate on {spec.dist} inputs;"
@@ -169,8 +182,7 @@ def run_trials(
             )
             spec = inputs.InputSpec(rng.getrandbits(62), "task", spec.shape)
             del xs, expected
-            xs = inputs.generate(task.module, spec, device)
-            expected = reference.expected(xs)
+            xs, expected = reference.expected(spec)
         what = f"trial {k} ({_label(spec)})"
         reply = proc.request(
             {

@@ -32,3 +32,7 @@ class TaskError(KernelmapError):
 
 class CandidateFileError(KernelmapError):
     """The candidate file cannot be read at all (missing, not UTF-8, not a .py file)."""
+
+
+class SandboxError(KernelmapError):
+    """The sandbox cannot be set up here (strict mode): no untrusted code was run."""

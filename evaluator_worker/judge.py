@@ -1,12 +1,15 @@
 """The judge: the trusted side of an evaluation, from candidate file to verdict.
 
-Order: static gate -> load (in a fresh sandboxed child forked by the zygote) -> correctness
-trials -> timing interleaved with the baselines (timed by the same code in a second child
-that runs only the reference) -> re-check of the last timed output -> cross-checks (paired
-synced samples, profiler trace, speed-of-light floor, quarantine) -> features.
+Order: task validation (once per task, in a sandboxed ``task`` child) -> static gate -> load
+(in a fresh sandboxed child forked by the zygote) -> correctness trials against the outputs
+of a ``reference`` child -> timing interleaved with the baselines (timed by the same code in
+a ``baseline`` child that runs only the reference) -> re-check of the last timed output ->
+cross-checks (paired synced samples, profiler trace, speed-of-light floor, quarantine) ->
+features.
 
-The judge owns the secret seeds (``os.urandom``); the candidate learns an input set only
-when asked to compute on it, and expected outputs never exist in its process.
+The judge runs no user code: neither candidates nor tasks are ever imported here; it draws
+the secret seeds (``os.urandom``), compares and decides. The candidate learns an input set
+only when asked to compute on it, and expected outputs never exist in its process.
 """
 
 from __future__ import annotations
@@ -35,7 +38,8 @@ from evaluator_worker.config import EvalConfig
 from evaluator_worker.errors import CandidateFileError, KernelmapError, TaskError
 from evaluator_worker.process import CandidateProcess, Failure
 from evaluator_worker.result import EvalResult, Stats, Timing
-from evaluator_worker.task import Task, check_task_values, load_task
+from evaluator_worker.sandbox import hand_over, service_uid
+from evaluator_worker.task import TaskInfo
 from evaluator_worker.verdict import Verdict
 from evaluator_worker.zygote import Zygote
 
@@ -113,7 +117,7 @@ class Evaluator:
         self.config = config or EvalConfig()
         self.device = resolve_device(self.config.device)
         self._zygote: Zygote | None = None
-        self._tasks: dict[tuple[str, float], Task] = {}
+        self._tasks: dict[tuple[str, float], TaskInfo] = {}
         self._refused: dict[tuple[str, float], TaskError] = {}
         self._shared: Path | None = None
         self._shared_state: str | None = None
@@ -132,11 +136,12 @@ class Evaluator:
             self.zygote_start_s = self._zygote.start_s
         return self._zygote
 
-    def task(self, path: str | Path) -> Task:
+    def task(self, path: str | Path) -> TaskInfo:
         """Load and validate a task (cached by path and modification time).
 
-        On CUDA the task's memory need is checked against the device's free memory before
-        anything runs on it; a task that cannot fit, or fails validation, is refused with a
+        The task's code runs in a sandboxed ``task`` child (never here). On CUDA the task's
+        memory need is checked against the device's free memory before its values are
+        checked on it; a task that cannot fit, or fails validation, is refused with a
         :class:`TaskError` that is cached too, so it is refused once and not once per
         candidate's out-of-memory crash.
         """
@@ -145,19 +150,40 @@ class Evaluator:
         if key in self._refused:
             raise self._refused[key]
         if key not in self._tasks:
+            if not p.is_file():
+                raise TaskError("task file not found", str(p))
             try:
-                task = load_task(p, self.device, check_values=False)
-                self.check_fits(task)
-                check_task_values(task, self.device)
+                task = self._validate(p)
             except TaskError as e:
                 self._refused[key] = e
                 raise
-            finally:
-                memory.release_cached(self.device)
             self._tasks[key] = task
         return self._tasks[key]
 
-    def need(self, task: Task) -> memory.Need | None:
+    def _validate(self, p: Path) -> TaskInfo:
+        proc = self._spawn(False, files=(str(p),), role="task")
+        msg = {"op": "setup", "role": "task", "task_path": str(p.resolve())}
+        try:
+            try:
+                reply = proc.request(
+                    {**msg, "device": str(self.device)}, self.config.timeout_s, "loading the task"
+                )
+                task = TaskInfo.from_dict(reply["info"])
+                task.path = str(p)
+                self.check_fits(task)
+                proc.request({"op": "check_values"}, self.config.timeout_s, "checking the task")
+            except TaskError as e:
+                raise TaskError(e.reason, str(p), e.line) from None
+            except Failure as f:
+                raise TaskError(f"the task's code failed: {f.message}", str(p)) from None
+            except (KeyError, TypeError, ValueError) as e:
+                raise TaskError(f"the task process sent a malformed answer ({e})", str(p)) from None
+        finally:
+            proc.close()
+        task.values_checked = True
+        return task
+
+    def need(self, task: TaskInfo) -> memory.Need | None:
         """The device memory an evaluation of ``task`` needs (None where the size is unknown)."""
         if task.input_bytes is None:
             return None
@@ -168,7 +194,7 @@ class Evaluator:
             memory.pool_sets(task.input_bytes, self.config.pool_bytes, per_round),
         )
 
-    def check_fits(self, task: Task) -> None:
+    def check_fits(self, task: TaskInfo) -> None:
         """Refuse a task whose evaluation cannot fit in the device's free memory."""
         need, free = self.need(task), memory.free_bytes(self.device)
         if need is None or free is None or need.peak_bytes <= free:
@@ -194,22 +220,51 @@ class Evaluator:
     def __exit__(self, *exc: object) -> None:
         self.close()
 
-    def _spawn(self, interpret: bool, **opts: Any) -> CandidateProcess:
-        work = tempfile.mkdtemp(dir=self._tmp.name)
-        sandbox = {
-            "workdir": work,
+    def _spawn(
+        self, interpret: bool, files: tuple[str, ...] = (), role: str = "candidate", **opts: Any
+    ) -> CandidateProcess:
+        """Fork one sandboxed child that sees ``files`` (read-only) and nothing else of ours."""
+        work = Path(tempfile.mkdtemp(dir=self._tmp.name))
+        (work / "root").mkdir()
+        cfg = self.config
+        binds: list[list[Any]] = [[str(Path(f).resolve()), False] for f in files]
+        sandbox: dict[str, Any] = {
+            "workdir": str(work),
+            "rootdir": str(work / "root"),
+            "mode": cfg.sandbox,
             "device": self.device.type,
             "interpret": interpret,
-            "memory_limit_mb": self.config.memory_limit_mb,
-            "isolate_network": True,
-            "inductor_cache": str(Path(self._tmp.name) / "inductor"),
+            "memory_limit_mb": cfg.memory_limit_mb,
+            "max_processes": cfg.max_processes,
+            "disk_mb": cfg.sandbox_disk_mb,
+            "shm_mb": cfg.sandbox_shm_mb,
+            "binds": binds,
+            "cuda_memory_fraction": cfg.cuda_memory_fraction,
             **opts,
         }
+        if role in ("baseline", "prebuild"):
+            # One writer identity for the caches these processes share (per task, per worker).
+            sandbox["uid"] = service_uid()
+        if role == "baseline" and "inductor_cache" in opts:
+            binds.append([opts["inductor_cache"], True])
+        if opts.get("triton_cache_dir"):
+            binds.append([opts["triton_cache_dir"], True])
         if not interpret and "triton_cache_dir" not in opts:
             shared = self.triton_shared_cache()
             if shared is not None:
                 sandbox["triton_shared_cache"] = str(shared)
-        return CandidateProcess(self.zygote(), sandbox)
+                binds.append([str(shared), False])
+        proc = CandidateProcess(self.zygote(), sandbox)
+        proc.workdir = work
+        return proc
+
+    def inductor_cache(self, task: TaskInfo) -> str:
+        """The task's own torch.compile cache, shared by its baseline processes only."""
+        path = Path(self._tmp.name) / "inductor" / task.sha256[:16]
+        if not path.exists():
+            path.mkdir(parents=True)
+            hand_over(path)
+        return str(path)
 
     def triton_shared_cache(self) -> Path | None:
         """The worker's read-only layer of Triton modules, built on first use (CUDA only).
@@ -221,9 +276,11 @@ class Evaluator:
         if self.device.type != "cuda" or self._shared_state is not None:
             return self._shared
         shared = Path(self._tmp.name) / "triton-shared"
+        shared.mkdir(exist_ok=True)
+        hand_over(shared)
         t0 = time.monotonic()
         self._shared_state = "failed"
-        proc = self._spawn(False, triton_cache_dir=str(shared))
+        proc = self._spawn(False, role="prebuild", triton_cache_dir=str(shared))
         try:
             msg = {"op": "setup", "role": "prebuild", "device": str(self.device)}
             proc.request(msg, self.config.timeout_s, "building Triton's shared modules")
@@ -308,7 +365,7 @@ class _Run:
     def __init__(
         self,
         ev: Evaluator,
-        task: Task,
+        task: TaskInfo,
         cpath: Path,
         result: EvalResult,
         gate: static_gate.GateReport,
@@ -351,7 +408,9 @@ class _Run:
 
     def _setup(self, role: str, interpret: bool, **extra: Any) -> tuple[CandidateProcess, dict]:
         t0 = time.monotonic()
-        proc = self.ev._spawn(interpret)
+        files = (self.task.path, str(self.cpath)) if role == "candidate" else (self.task.path,)
+        opts = {"inductor_cache": self.ev.inductor_cache(self.task)} if role == "baseline" else {}
+        proc = self.ev._spawn(interpret, files=files, role=role, **opts)
         proc.role = role
         self.procs.append(proc)
         msg = {
@@ -364,11 +423,7 @@ class _Run:
             "allow_tf32": self.task.allow_tf32,
             **extra,
         }
-        reply = proc.request(
-            msg,
-            self.cfg.timeout_s,
-            "loading the candidate" if role == "candidate" else "loading the baseline",
-        )
+        reply = proc.request(msg, self.cfg.timeout_s, f"loading the {role}")
         return proc, {
             "spawn_s": proc.spawn_s,
             "setup_s": time.monotonic() - t0 - proc.spawn_s,
@@ -392,12 +447,10 @@ class _Run:
         )
         stages["spawn_s"] = info["spawn_s"]
         stages["load_s"] = info["setup_s"]
-        sandbox = info.get("sandbox", {})
-        res.features["network_isolated"] = bool(sandbox.get("network_isolated"))
-        if sandbox.get("network_note"):
-            res.messages.append("sandbox: " + sandbox["network_note"])
+        self._note_sandbox(info.get("sandbox", {}))
         t1 = time.monotonic()
-        reference = correctness.Reference(self.task, self.init_seed, self.param_seed, self.device)
+        ref_proc, _ = self._setup("reference", False)
+        reference = correctness.Reference(ref_proc, self.task, self.device, cfg.timeout_s)
         self.reference = reference
         specs = correctness.plan(self.task, cfg.trials, self.rng)
         cand.stage("correctness", cfg.timeout_s)
@@ -453,6 +506,17 @@ class _Run:
         if res.verdict == Verdict.QUARANTINE:
             measure.remeasure(self, cand, pool, timing)
 
+    def _note_sandbox(self, applied: dict[str, Any]) -> None:
+        """Record how the candidate was confined; a relaxed sandbox says what was missing."""
+        res = self.result
+        res.features["network_isolated"] = bool(applied.get("network_isolated"))
+        res.features["sandbox"] = {
+            "level": applied.get("level", "relaxed"),
+            "missing": list(applied.get("missing") or []),
+        }
+        for what in applied.get("missing") or []:
+            res.messages.append(f"sandbox: relaxed, missing {what}")
+
     def _pool_size(self, per_round: int) -> int:
         """Input sets per round: distinct inputs for every call of a round where memory allows.
 
@@ -460,8 +524,7 @@ class _Run:
         outputs without computing; only a pool as large as the round prevents that, so large
         tasks (whose inputs fill ``pool_bytes``) keep that residual risk.
         """
-        with torch.device("meta"):
-            per_set = max(1, inputs.nbytes(list(self.task.module.get_inputs())))
+        per_set = max(1, self.task.set_bytes or self.task.input_bytes or 1)
         return memory.pool_sets(per_set, self.cfg.pool_bytes, per_round)
 
     def _new_pool(self, n: int) -> list[dict[str, Any]]:
@@ -487,10 +550,7 @@ class _Run:
         idx = int(reply["index"])
         if not 0 <= idx < len(pool):
             raise Failure(Verdict.RUNTIME_ERROR, "the candidate process reported a bad pool index")
-        xs = inputs.generate(self.task.module, inputs.InputSpec.from_dict(pool[idx]), self.device)
-        expected = reference.expected(xs)
-        del xs
-        memory.release_cached(self.device)
+        _, expected = reference.expected(inputs.InputSpec.from_dict(pool[idx]), with_inputs=False)
         reply = cand.request(
             {"op": "last_output", "variant": variant},
             self.cfg.timeout_s,
@@ -531,14 +591,7 @@ class _Run:
                 f"no datasheet peaks for {res.hardware.get('name')}: no speed-of-light floor"
             )
             return
-        xs = inputs.generate(self.task.module, inputs.InputSpec.from_dict(pool[0]), self.device)
-        with torch.no_grad():
-            out = reference.model(*xs)
-        nbytes = inputs.nbytes(xs) + inputs.nbytes(out)
-        del out
-        flops = floor.count_flops(reference.model, xs)
-        del xs
-        memory.release_cached(self.device)
+        nbytes, flops = reference.floor(inputs.InputSpec.from_dict(pool[0]))
         t.floor_ms, t.floor_basis = floor.floor_ms(
             nbytes, flops, self.task.dtype, self.task.allow_tf32, peaks
         )

@@ -8,15 +8,20 @@ nothing, so that is a failure of the stage it was in, never a success.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import time
+from pathlib import Path
 from typing import Any
 
 from evaluator_worker import protocol
+from evaluator_worker.errors import SandboxError, TaskError
 from evaluator_worker.verdict import Verdict
 from evaluator_worker.zygote import Zygote
 
 DIED = {"setup": Verdict.LOAD_ERROR}
+#: Longest message kept from a child (its own text: bounded, shown, never interpreted).
+MAX_MESSAGE = 4000
 
 
 class Failure(Exception):
@@ -40,6 +45,7 @@ class CandidateProcess:
         self.ipc = True
         self.stage_name = ""
         self.stage_left: float | None = None
+        self.workdir: Path | None = None
 
     def stage(self, name: str, budget_s: float) -> None:
         """Start a stage: its requests together may take at most ``budget_s`` seconds."""
@@ -87,13 +93,20 @@ class CandidateProcess:
             raise Failure(Verdict.RUNTIME_ERROR, f"{what}: malformed reply from the candidate")
         err = reply.get("error")
         if err:
+            text = str(err.get("message", ""))[:MAX_MESSAGE]
+            if err.get("kind") == "SANDBOX_UNAVAILABLE":
+                self.kill()
+                raise SandboxError(text)
+            if err.get("kind") == "TASK_ERROR":
+                line = err.get("line")
+                raise TaskError(text, None, line if isinstance(line, int) else None)
             try:
                 verdict = Verdict(err.get("kind"))
             except ValueError:
                 verdict = Verdict.RUNTIME_ERROR
             if verdict == Verdict.CUDA_FATAL:
                 self.kill()
-            raise Failure(verdict, f"{what}: {err.get('message', '')}")
+            raise Failure(verdict, f"{what}: {text}")
         return reply
 
     def _tail(self, n: int = 600) -> str:
@@ -129,3 +142,5 @@ class CandidateProcess:
         self.kill()
         self.sock.close()
         self.capture.close()
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)

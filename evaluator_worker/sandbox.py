@@ -1,33 +1,85 @@
-"""Confining a freshly forked candidate process before any candidate code runs.
+"""Confining a freshly forked child process before any untrusted code runs.
 
-The child gets: a new session (so a timeout ``killpg``s everything it started), its own
-network namespace where the host permits it (loopback then has no address: nothing leaves),
-private cache and home directories, resource limits (no core dumps, bounded file sizes and
-descriptors, an address-space limit on the CPU; CUDA processes cannot take one because the
-driver reserves huge virtual ranges), and stdout/stderr redirected to a capture file the judge
-reads, so nothing a candidate prints reaches our own output.
+Every child that runs code we did not write (a candidate, a task's reference model, the
+baselines, task validation, template probing) enters the sandbox first:
+
+- a new session, so a timeout ``killpg``s everything it started, and a parent-death signal,
+  so it dies with the process that forked it;
+- new mount, PID, network, IPC and UTS namespaces and a root of its own (:mod:`fsview`):
+  the interpreter and its own files read-only, a private size-limited ``/work`` and
+  ``/dev/shm``, nothing else of the host; it is PID 1 of a namespace holding only itself;
+- an unprivileged user id (a distinct one per child) when the worker runs as root, and a
+  process-count limit;
+- an environment built from an allow-list (:data:`ALLOWED_ENV`), never inherited;
+- resource limits (no core dumps, bounded file sizes and descriptors, an address-space limit
+  on the CPU; CUDA processes cannot take one because the driver reserves huge virtual ranges);
+- ``PR_SET_NO_NEW_PRIVS`` and a seccomp filter (:mod:`seccomp`);
+- stdout/stderr redirected to a capture file the judge reads, so nothing it prints reaches
+  our own output.
+
+``mode="strict"`` (the default, ``KERNELMAP_SANDBOX``) refuses to go on when any layer cannot
+be set up, with :class:`SandboxUnavailable` naming what is missing and how to provide it;
+``"relaxed"`` goes on with what the host allows and reports the rest in ``missing``.
 """
 
 from __future__ import annotations
 
-import ctypes
 import os
 import resource
 from pathlib import Path
 from typing import Any
 
-CLONE_NEWNET = 0x40000000
+from evaluator_worker import fsview
+
+#: Variables a child may inherit from the worker (locale, search path, CUDA and Triton
+#: settings). Everything else, ``KERNELMAP_*`` URLs, keys and tokens included, is dropped.
+ALLOWED_ENV = (
+    "PATH",
+    "LANG",
+    "LANGUAGE",
+    "TZ",
+    "PYTHONPATH",
+    "PYTHONHASHSEED",
+    "LD_LIBRARY_PATH",
+    "CC",
+    "CXX",
+    "CUDA_VISIBLE_DEVICES",
+    "CUDA_DEVICE_ORDER",
+    "CUDA_HOME",
+    "CUDA_PATH",
+    "CUDA_MODULE_LOADING",
+    "NVIDIA_VISIBLE_DEVICES",
+    "NVIDIA_DRIVER_CAPABILITIES",
+    "TORCH_CUDA_ARCH_LIST",
+    "TRITON_INTERPRET",
+    "TRITON_PTXAS_PATH",
+    "TRITON_CUOBJDUMP_PATH",
+    "TRITON_NVDISASM_PATH",
+    "TRITON_LIBCUDA_PATH",
+    "OMP_NUM_THREADS",
+    "MKL_NUM_THREADS",
+)
+ALLOWED_PREFIXES = ("LC_",)
+#: A child's user id when the worker runs as root: ``UID_BASE`` plus a per-child offset.
+UID_BASE = 200000
+UID_SPAN = 100000
+MODES = ("strict", "relaxed")
+HOW_TO = (
+    "run the worker as root with namespaces allowed (in Docker: cap_add SYS_ADMIN and"
+    " security_opt seccomp=unconfined, apparmor=unconfined; see docs/cluster.md), or allow"
+    " unprivileged user namespaces (sysctl kernel.unprivileged_userns_clone=1), or accept a"
+    " weaker sandbox with KERNELMAP_SANDBOX=relaxed"
+)
 
 
-def _unshare_net() -> str | None:
-    """Enter a new, empty network namespace; the reason when the host does not permit it."""
-    try:
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.unshare(CLONE_NEWNET) != 0:
-            return f"unshare(CLONE_NEWNET) failed: {os.strerror(ctypes.get_errno())}"
-    except OSError as e:
-        return f"unshare unavailable: {e}"
-    return None
+class SandboxUnavailable(RuntimeError):
+    """Strict mode could not set up every layer of the sandbox (the message says which)."""
+
+
+def environment(base: dict[str, str] | os._Environ[str] | None = None) -> dict[str, str]:
+    """The allow-listed part of ``base`` (the worker's environment by default)."""
+    base = os.environ if base is None else base
+    return {k: v for k, v in base.items() if k in ALLOWED_ENV or k.startswith(ALLOWED_PREFIXES)}
 
 
 def _limit(which: int, value: int) -> None:
@@ -38,21 +90,159 @@ def _limit(which: int, value: int) -> None:
     resource.setrlimit(which, (value, value))
 
 
+def _ids(opts: dict[str, Any]) -> tuple[int, int, bool]:
+    """The child's user and group id, and whether they differ from the worker's.
+
+    Called before the PID namespace is entered (where every child is PID 1): the offset is
+    the child's pid outside it. ``opts["uid"]`` (the judge's :func:`service_uid`) is shared
+    by the processes that write one per-task cache (baselines, the Triton prebuild).
+    """
+    if os.geteuid() != 0:
+        return os.geteuid(), os.getegid(), False
+    uid = int(opts.get("uid") or UID_BASE + os.getpid() % UID_SPAN)
+    return uid, uid, True
+
+
+def service_uid() -> int | None:
+    """The user id of the baseline and prebuild processes (None unless the worker is root)."""
+    return UID_BASE - 1 if os.geteuid() == 0 else None
+
+
+def hand_over(path: Path) -> None:
+    """Give a host directory the judge made to :func:`service_uid` (no-op unless root)."""
+    uid = service_uid()
+    if uid is not None:
+        os.chown(path, uid, uid)
+
+
+def _drop_capabilities() -> None:
+    """Clear every capability (a user namespace gives its creator all of them inside it)."""
+    import ctypes
+
+    header = (ctypes.c_uint32 * 2)(0x20080522, 0)  # _LINUX_CAPABILITY_VERSION_3, this thread
+    data = (ctypes.c_uint32 * 6)()
+    if ctypes.CDLL(None, use_errno=True).capset(header, data) != 0:
+        raise OSError(ctypes.get_errno(), "capset")
+
+
+def _drop_to(uid: int, gid: int) -> None:
+    os.setgroups([])
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+
+
+def _parent_death() -> None:
+    """SIGKILL this process when its parent dies (cleared by a change of ids: set again)."""
+    import ctypes
+    import signal
+
+    ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGKILL), 0, 0, 0)  # PR_SET_PDEATHSIG
+
+
+def _namespaces(
+    opts: dict[str, Any], ids: tuple[int, int], applied: dict[str, Any], missing: list[str]
+) -> str:
+    """Namespaces and the root of its own; returns the directory the child works in."""
+    try:
+        how = fsview.unshare()
+    except fsview.Refused as e:
+        missing.append(f"namespaces ({e})")
+        return str(Path(opts["workdir"]))
+    fsview.split(opts.get("rootdir"))
+    _parent_death()
+    applied.update(namespaces=how, pid_namespace=True, network_isolated=True)
+    try:
+        applied["read_only"] = fsview.build(opts, *ids)
+        applied["file_system"] = "private root"
+        return fsview.WORK
+    except (fsview.Refused, OSError) as e:
+        missing.append(f"private file-system view ({e})")
+        return str(Path(opts["workdir"]))
+
+
+def _seccomp(applied: dict[str, Any], missing: list[str]) -> None:
+    try:
+        from evaluator_worker import seccomp
+
+        seccomp.install()
+        applied["seccomp"] = True
+    except (ImportError, RuntimeError, OSError) as e:
+        missing.append(f"seccomp filter ({e})")
+
+
 def enter(opts: dict[str, Any], capture_fd: int) -> dict[str, Any]:
     """Apply the sandbox in the current (child) process; returns what was applied.
 
-    ``opts``: ``workdir`` (private directory), ``device`` (``cpu``/``cuda``),
-    ``memory_limit_mb``, ``isolate_network`` (bool), ``interpret`` (Triton interpreter),
-    ``triton_shared_cache`` (the worker's read-only layer of Triton modules) and, for the
-    evaluator's prebuild process only, ``triton_cache_dir`` (where that layer is built).
+    ``opts``: ``workdir`` (a private host directory), ``rootdir`` (an empty host directory
+    for the new root), ``mode`` (``strict``/``relaxed``), ``device`` (``cpu``/``cuda``),
+    ``memory_limit_mb``, ``max_processes``, ``disk_mb``, ``shm_mb``, ``binds`` (host paths
+    shown at the same path, ``[path, writable]``), ``interpret`` (Triton interpreter),
+    ``triton_shared_cache`` (the worker's read-only layer of Triton modules),
+    ``inductor_cache`` and, for the evaluator's prebuild process only, ``triton_cache_dir``.
+    Raises :class:`SandboxUnavailable` in strict mode when a layer is missing.
     """
     os.setsid()
     os.dup2(capture_fd, 1)
     os.dup2(capture_fd, 2)
     os.close(capture_fd)
-    applied: dict[str, Any] = {"session": True}
-    work = Path(opts["workdir"])
-    env = {
+    return confine(opts)
+
+
+def confine(opts: dict[str, Any]) -> dict[str, Any]:
+    """The sandbox of :func:`enter` for a process whose output is already where it belongs.
+
+    Used by the fresh interpreters that validate a task or match it against the templates
+    (:mod:`services.json_child`): ``opts`` as for :func:`enter`; the process must already
+    lead its own session. In the namespaces, the calling process is replaced by a child of it
+    (PID 1 of the new PID namespace); the caller's original process only waits, removes
+    ``rootdir`` and exits with the child's status.
+    """
+    _parent_death()
+    mode = opts.get("mode", "strict")
+    if mode not in MODES:
+        raise SandboxUnavailable(f"sandbox mode must be one of {MODES}, got {mode!r}")
+    applied: dict[str, Any] = {"session": True, "mode": mode}
+    missing: list[str] = []
+    uid, gid, drop = _ids(opts)
+    work = Path(_namespaces(opts, (uid, gid), applied, missing))
+    _limit(resource.RLIMIT_CORE, 0)
+    _limit(resource.RLIMIT_FSIZE, 1 << 30)
+    _limit(resource.RLIMIT_NOFILE, 4096)
+    if opts.get("device") == "cpu" and opts.get("memory_limit_mb"):
+        _limit(resource.RLIMIT_AS, int(opts["memory_limit_mb"]) << 20)
+        applied["memory_limit_mb"] = int(opts["memory_limit_mb"])
+    if drop and applied.get("namespaces") != "user":
+        if not applied.get("file_system"):
+            os.chown(work, uid, gid)
+        _drop_to(uid, gid)
+        _parent_death()
+    elif applied.get("namespaces") == "user":
+        _drop_capabilities()
+    applied["uid"] = os.getuid()
+    if os.getuid() == 0:
+        missing.append("an unprivileged user id (the child would run as root)")
+    nproc = int(opts.get("max_processes") or 512)
+    _limit(resource.RLIMIT_NPROC, nproc)
+    applied["max_processes"] = nproc
+    _environment(opts, work)
+    _seccomp(applied, missing)
+    applied["missing"] = missing
+    applied["level"] = "strict" if not missing else "relaxed"
+    if missing and mode == "strict":
+        raise SandboxUnavailable(
+            "the sandbox cannot be set up on this host: missing "
+            + "; ".join(missing)
+            + ". To fix: "
+            + HOW_TO
+        )
+    os.chdir(work)
+    return applied
+
+
+def _environment(opts: dict[str, Any], work: Path) -> None:
+    """Replace the environment with the allow-list and the child's own directories."""
+    env = environment()
+    dirs = {
         "HOME": work / "home",
         "TMPDIR": work / "tmp",
         "TRITON_CACHE_DIR": work / "triton",
@@ -61,27 +251,15 @@ def enter(opts: dict[str, Any], capture_fd: int) -> dict[str, Any]:
         "TORCHINDUCTOR_CACHE_DIR": Path(opts.get("inductor_cache") or work / "inductor"),
     }
     if opts.get("triton_cache_dir"):  # the evaluator's own prebuild process only
-        env["TRITON_CACHE_DIR"] = Path(opts["triton_cache_dir"])
-    for key, path in env.items():
+        dirs["TRITON_CACHE_DIR"] = Path(opts["triton_cache_dir"])
+    for key, path in dirs.items():
         path.mkdir(parents=True, exist_ok=True)
-        os.environ[key] = str(path)
-    os.environ["TRITON_INTERPRET"] = "1" if opts.get("interpret") else "0"
+        env[key] = str(path)
+    env.update(USER="sandbox", LOGNAME="sandbox", PYTHONDONTWRITEBYTECODE="1")
+    env["TRITON_INTERPRET"] = "1" if opts.get("interpret") else "0"
     if opts.get("triton_shared_cache"):
         # Driver utilities and launchers built once per worker, read-only (triton_cache.py).
-        os.environ["TRITON_CACHE_MANAGER"] = "evaluator_worker.triton_cache:LayeredCacheManager"
-        os.environ["KERNELMAP_TRITON_SHARED_CACHE"] = str(opts["triton_shared_cache"])
-        applied["triton_shared_cache"] = True
-    os.environ.pop("KERNELMAP_API_KEY", None)
-    os.chdir(work)
-    if opts.get("isolate_network", True):
-        why = _unshare_net()
-        applied["network_isolated"] = why is None
-        if why:
-            applied["network_note"] = why
-    _limit(resource.RLIMIT_CORE, 0)
-    _limit(resource.RLIMIT_FSIZE, 1 << 30)
-    _limit(resource.RLIMIT_NOFILE, 4096)
-    if opts.get("device") == "cpu" and opts.get("memory_limit_mb"):
-        _limit(resource.RLIMIT_AS, int(opts["memory_limit_mb"]) << 20)
-        applied["memory_limit_mb"] = int(opts["memory_limit_mb"])
-    return applied
+        env["TRITON_CACHE_MANAGER"] = "evaluator_worker.triton_cache:LayeredCacheManager"
+        env["KERNELMAP_TRITON_SHARED_CACHE"] = str(opts["triton_shared_cache"])
+    os.environ.clear()
+    os.environ.update(env)

@@ -1,8 +1,9 @@
 """Kernel tasks: loading and validating a KernelBench-format task file.
 
 A task file defines ``class Model(nn.Module)``, ``get_inputs()`` and ``get_init_inputs()``,
-and optionally ``ATOL``, ``RTOL``, ``ALLOW_TF32`` and ``SHAPES`` (architecture.md). Task code
-is the user's own reference and runs in the judge; candidate code never does.
+and optionally ``ATOL``, ``RTOL``, ``ALLOW_TF32`` and ``SHAPES``. Task code is untrusted: it
+is loaded only in sandboxed children (:mod:`evaluator_worker.reference_role`), and the judge
+keeps what they report, a :class:`TaskInfo`.
 
 A task is refused, with the reason and the line where there is one, when it does not parse,
 misses a required name, makes inputs that are not tensors, raises, or has an output that a
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import hashlib
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -75,6 +77,83 @@ class Task:
     def reference(self) -> torch.nn.Module:
         """A fresh reference model built from ``get_init_inputs()``."""
         return self.module.Model(*self.module.get_init_inputs())
+
+    def info(self) -> TaskInfo:
+        """What the judge keeps of this task (no code)."""
+        return TaskInfo(
+            self.path,
+            self.source,
+            self.dtype,
+            self.tolerance,
+            self.allow_tf32,
+            self.n_shapes,
+            self.input_bytes,
+            self.output_bytes,
+            self.values_checked,
+            self.input_bytes,
+        )
+
+
+@dataclasses.dataclass
+class TaskInfo:
+    """A validated task as the judge knows it: its settings and sizes, never its code.
+
+    Attributes as :class:`Task`'s, plus ``set_bytes``: bytes of one input set (from the
+    ``meta`` device, else measured on the device), which sizes the timing pool.
+    """
+
+    path: str
+    source: str
+    dtype: torch.dtype
+    tolerance: compare.Tolerance
+    allow_tf32: bool
+    n_shapes: int
+    input_bytes: int | None = None
+    output_bytes: int | None = None
+    values_checked: bool = True
+    set_bytes: int | None = None
+
+    @property
+    def sha256(self) -> str:
+        """Digest of the task's source."""
+        return hashlib.sha256(self.source.encode()).hexdigest()
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-safe form (what a ``task`` child sends the judge)."""
+        return {
+            "path": self.path,
+            "source": self.source,
+            "dtype": str(self.dtype).removeprefix("torch."),
+            "atol": self.tolerance.atol,
+            "rtol": self.tolerance.rtol,
+            "allow_tf32": self.allow_tf32,
+            "n_shapes": self.n_shapes,
+            "input_bytes": self.input_bytes,
+            "output_bytes": self.output_bytes,
+            "values_checked": self.values_checked,
+            "set_bytes": self.set_bytes,
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> TaskInfo:
+        """Parse what a child sent; raises ``ValueError`` when a field is malformed."""
+        dtype = getattr(torch, str(d["dtype"]), None)
+        if not isinstance(dtype, torch.dtype):
+            raise ValueError(f"bad dtype {d['dtype']!r}")
+        sizes = [d.get(k) for k in ("input_bytes", "output_bytes", "set_bytes")]
+        if not all(v is None or (isinstance(v, int) and v >= 0) for v in sizes):
+            raise ValueError("bad sizes")
+        return cls(
+            str(d["path"]),
+            str(d["source"]),
+            dtype,
+            compare.Tolerance(float(d["atol"]), float(d["rtol"])),
+            bool(d["allow_tf32"]),
+            int(d["n_shapes"]),
+            *sizes[:2],
+            bool(d["values_checked"]),
+            sizes[2],
+        )
 
 
 def _parse(path: Path, source: str) -> ast.Module:

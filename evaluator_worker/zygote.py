@@ -71,11 +71,23 @@ def _serve(fd: int) -> None:
 def _child(req: dict[str, Any], chan_fd: int, capture_fd: int) -> None:
     code = 70
     try:
-        from evaluator_worker import child, sandbox
+        from evaluator_worker import child, protocol, sandbox
 
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
-        applied = sandbox.enter(req["sandbox"], capture_fd)
-        code = child.serve(socket.socket(fileno=chan_fd), applied)
+        chan = socket.socket(fileno=chan_fd)
+        try:
+            applied = sandbox.enter(req["sandbox"], capture_fd)
+        except Exception as e:  # fail closed: no untrusted code runs; the judge hears why
+            why = (
+                str(e)
+                if isinstance(e, sandbox.SandboxUnavailable)
+                else (f"setting up the sandbox failed: {type(e).__name__}: {e}")
+            )
+            protocol.recv(chan)
+            protocol.send(chan, {"error": {"kind": "SANDBOX_UNAVAILABLE", "message": why}})
+            code = 78
+        else:
+            code = child.serve(chan, applied)
     finally:
         os._exit(code)
 
@@ -85,7 +97,10 @@ class Zygote:
 
     def __init__(self, env: dict[str, str] | None = None, start_timeout_s: float = 120.0) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        child_env = dict(os.environ if env is None else env)
+        from evaluator_worker import sandbox
+
+        # The zygote's memory is every child's: it never holds the worker's secrets.
+        child_env = sandbox.environment(os.environ if env is None else env)
         root = str(Path(__file__).resolve().parent.parent)
         child_env["PYTHONPATH"] = os.pathsep.join(
             p for p in (root, child_env.get("PYTHONPATH", "")) if p

@@ -25,6 +25,11 @@ class Settings(BaseSettings):
     samples: int = Field(default=100, ge=100)
     compile_baseline: Literal["auto", "always", "never"] = "auto"
     memory_limit_mb: int = Field(default=16384, gt=0)
+    sandbox: Literal["strict", "relaxed"] = Field(
+        default="strict",
+        description="strict: refuse untrusted code where the sandbox cannot be set up;"
+        " relaxed: run it with what the host allows and say what was missing",
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default: SQLite in the data directory"
     )
@@ -67,6 +72,7 @@ class Settings(BaseSettings):
             "samples": self.samples,
             "compile_baseline": self.compile_baseline,
             "memory_limit_mb": self.memory_limit_mb,
+            "sandbox": self.sandbox,
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return EvalConfig(**base)
