@@ -7,6 +7,18 @@ from typing import Literal
 
 Device = Literal["auto", "cpu", "cuda"]
 
+#: Settings that belong to the worker, never to a job: a run's configuration cannot choose
+#: its device, switch the static gate off or loosen the sandbox.
+WORKER_ONLY = (
+    "device",
+    "static_gate",
+    "sandbox",
+    "sandbox_disk_mb",
+    "sandbox_shm_mb",
+    "max_processes",
+    "cuda_memory_fraction",
+)
+
 
 @dataclasses.dataclass(frozen=True)
 class EvalConfig:

@@ -124,6 +124,7 @@ class Evaluator:
         self.prebuild_note: str | None = None
         self.prebuild_s = 0.0
         self._tmp = tempfile.TemporaryDirectory(prefix="kernelmap-eval-")
+        os.chmod(self._tmp.name, 0o711)
         self.zygote_start_s = 0.0
 
     def zygote(self) -> Zygote:
@@ -161,8 +162,12 @@ class Evaluator:
         return self._tasks[key]
 
     def _validate(self, p: Path) -> TaskInfo:
-        proc = self._spawn(False, files=(str(p),), role="task")
-        msg = {"op": "setup", "role": "task", "task_path": str(p.resolve())}
+        try:
+            source = p.read_text(encoding="utf-8")
+        except (OSError, UnicodeDecodeError) as e:
+            raise TaskError(f"cannot read the task file: {e}", str(p)) from None
+        proc = self._spawn(False, files={"task.py": source}, role="task")
+        msg = {"op": "setup", "role": "task", "task_path": proc.files["task.py"]}
         try:
             try:
                 reply = proc.request(
@@ -221,13 +226,31 @@ class Evaluator:
         self.close()
 
     def _spawn(
-        self, interpret: bool, files: tuple[str, ...] = (), role: str = "candidate", **opts: Any
+        self,
+        interpret: bool,
+        files: dict[str, str] | None = None,
+        role: str = "candidate",
+        **opts: Any,
     ) -> CandidateProcess:
-        """Fork one sandboxed child that sees ``files`` (read-only) and nothing else of ours."""
+        """Fork one sandboxed child that sees ``files`` (name -> text), read-only.
+
+        The files are written from the text the judge checked (never re-read from the
+        user's path), readable by the child's own user; ``proc.files`` maps each name to
+        its path as the child sees it. Nothing else of ours is visible to the child.
+        """
         work = Path(tempfile.mkdtemp(dir=self._tmp.name))
+        os.chmod(work, 0o711)  # the child's user may pass through (relaxed mode), not list
         (work / "root").mkdir()
+        job = work / "job"
+        job.mkdir(mode=0o755)
+        copies = {}
+        for name, text in (files or {}).items():
+            dst = job / name
+            dst.write_text(text, encoding="utf-8")
+            os.chmod(dst, 0o444)
+            copies[name] = str(dst)
         cfg = self.config
-        binds: list[list[Any]] = [[str(Path(f).resolve()), False] for f in files]
+        binds: list[list[Any]] = [[str(job), False]]
         sandbox: dict[str, Any] = {
             "workdir": str(work),
             "rootdir": str(work / "root"),
@@ -255,7 +278,7 @@ class Evaluator:
                 sandbox["triton_shared_cache"] = str(shared)
                 binds.append([str(shared), False])
         proc = CandidateProcess(self.zygote(), sandbox)
-        proc.workdir = work
+        proc.workdir, proc.files = work, copies
         return proc
 
     def inductor_cache(self, task: TaskInfo) -> str:
@@ -343,6 +366,7 @@ class Evaluator:
         result.params = choose_params(gate.search_space, params)
         interpret = self.device.type == "cpu" and gate.uses_triton
         run = _Run(self, task, cpath, result, gate, interpret)
+        run.source = source
         try:
             run.execute()
         except Failure as f:
@@ -372,6 +396,7 @@ class _Run:
         interpret: bool,
     ) -> None:
         self.ev, self.cfg, self.task, self.cpath = ev, ev.config, task, cpath
+        self.source = ""  # the candidate's text as the gate checked it (what the child runs)
         self.result, self.gate, self.interpret = result, gate, interpret
         self.device = ev.device
         self.rng = random.SystemRandom()
@@ -408,7 +433,9 @@ class _Run:
 
     def _setup(self, role: str, interpret: bool, **extra: Any) -> tuple[CandidateProcess, dict]:
         t0 = time.monotonic()
-        files = (self.task.path, str(self.cpath)) if role == "candidate" else (self.task.path,)
+        files = {"task.py": self.task.source}
+        if role == "candidate":
+            files["candidate.py"] = self.source
         opts = {"inductor_cache": self.ev.inductor_cache(self.task)} if role == "baseline" else {}
         proc = self.ev._spawn(interpret, files=files, role=role, **opts)
         proc.role = role
@@ -416,13 +443,15 @@ class _Run:
         msg = {
             "op": "setup",
             "role": role,
-            "task_path": str(Path(self.task.path).resolve()),
+            "task_path": proc.files["task.py"],
             "device": str(self.device),
             "init_seed": self.init_seed,
             "param_seed": self.param_seed,
             "allow_tf32": self.task.allow_tf32,
             **extra,
         }
+        if role == "candidate":
+            msg["candidate_path"] = proc.files["candidate.py"]
         reply = proc.request(msg, self.cfg.timeout_s, f"loading the {role}")
         return proc, {
             "spawn_s": proc.spawn_s,
@@ -442,9 +471,7 @@ class _Run:
                 stages["triton_prebuild_s"] = self.ev.prebuild_s
             if self.ev.prebuild_note:
                 res.messages.append(self.ev.prebuild_note)
-        cand, info = self._setup(
-            "candidate", self.interpret, candidate_path=str(self.cpath.resolve()), params=res.params
-        )
+        cand, info = self._setup("candidate", self.interpret, params=res.params)
         stages["spawn_s"] = info["spawn_s"]
         stages["load_s"] = info["setup_s"]
         self._note_sandbox(info.get("sandbox", {}))

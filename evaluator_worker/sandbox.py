@@ -125,6 +125,18 @@ def _drop_capabilities() -> None:
         raise OSError(ctypes.get_errno(), "capset")
 
 
+def _others_can_import() -> bool:
+    """Whether any user may traverse to the Python installation (``/root`` often forbids)."""
+    import sys
+
+    for top in {sys.prefix, sys.base_prefix}:
+        p = Path(top).resolve()
+        for d in (p, *p.parents):
+            if not os.stat(d).st_mode & 0o001:
+                return False
+    return True
+
+
 def _drop_to(uid: int, gid: int) -> None:
     os.setgroups([])
     os.setresgid(gid, gid, gid)
@@ -211,6 +223,8 @@ def confine(opts: dict[str, Any]) -> dict[str, Any]:
     if opts.get("device") == "cpu" and opts.get("memory_limit_mb"):
         _limit(resource.RLIMIT_AS, int(opts["memory_limit_mb"]) << 20)
         applied["memory_limit_mb"] = int(opts["memory_limit_mb"])
+    if drop and not applied.get("file_system") and not _others_can_import():
+        drop = False  # without a root of its own, another user could not even import torch
     if drop and applied.get("namespaces") != "user":
         if not applied.get("file_system"):
             os.chown(work, uid, gid)
@@ -263,3 +277,88 @@ def _environment(opts: dict[str, Any], work: Path) -> None:
         env["KERNELMAP_TRITON_SHARED_CACHE"] = str(opts["triton_shared_cache"])
     os.environ.clear()
     os.environ.update(env)
+
+
+def probe(device: str = "cpu") -> dict[str, Any]:
+    """What the sandbox can set up on this host: ``{"level", "missing"}``.
+
+    A forked child enters the sandbox in relaxed mode and reports what it applied; the
+    caller compares ``missing`` with its own mode (a strict worker refuses jobs when
+    anything is missing). Safe to call in a process without threads only (it forks).
+    """
+    import json
+    import shutil
+    import tempfile
+
+    root, work = tempfile.mkdtemp(prefix="kernelmap-root-"), tempfile.mkdtemp(prefix="kernelmap-")
+    r, w = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        os.close(r)
+        code = 1
+        try:
+            opts = {"rootdir": root, "workdir": work, "mode": "relaxed", "device": device}
+            applied = confine(opts)
+            report = {"level": applied["level"], "missing": applied["missing"]}
+            os.write(w, json.dumps(report).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(w)
+    with os.fdopen(r, "rb") as f:
+        data = f.read()
+    os.waitpid(pid, 0)
+    for path in (root, work):
+        shutil.rmtree(path, ignore_errors=True)
+    try:
+        return json.loads(data)
+    except ValueError:
+        return {"level": "unavailable", "missing": ["the sandbox probe crashed"]}
+
+
+def report(device: str, mode: str, timeout_s: float = 60.0) -> dict[str, Any]:
+    """How this host confines untrusted code: ``{"mode", "level", "missing"}``.
+
+    ``level`` is ``strict`` (every layer set up), ``relaxed`` (relaxed mode, some layer
+    missing: results say so) or ``refusing`` (strict mode, some layer missing: the worker
+    takes no jobs). Probed by :func:`probe` in a fresh interpreter (this process may have
+    threads, which a fork would not carry).
+    """
+    import json
+    import subprocess
+    import sys
+
+    try:
+        out = subprocess.run(
+            [sys.executable, "-m", "evaluator_worker.sandbox", device],
+            capture_output=True,
+            text=True,
+            timeout=timeout_s,
+            stdin=subprocess.DEVNULL,
+            env=environment(),
+        )
+        found = json.loads(out.stdout.strip().splitlines()[-1])
+        missing = [str(m) for m in found.get("missing", [])]
+    except (OSError, subprocess.TimeoutExpired, ValueError, IndexError, AttributeError) as e:
+        missing = [f"the sandbox probe failed ({e})"]
+    level = "strict" if not missing else ("relaxed" if mode == "relaxed" else "refusing")
+    return {"mode": mode, "level": level, "missing": missing}
+
+
+def refusal(report: dict[str, Any]) -> str | None:
+    """The one line a strict worker refuses jobs with, or None when it may take them."""
+    if report.get("level") != "refusing":
+        return None
+    return (
+        "this worker refuses untrusted jobs: the sandbox cannot be set up here (missing "
+        + "; ".join(report["missing"])
+        + "). To fix: "
+        + HOW_TO
+    )
+
+
+if __name__ == "__main__":
+    import json
+    import sys
+
+    print(json.dumps(probe(sys.argv[1] if len(sys.argv) > 1 else "cpu")))

@@ -275,6 +275,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         )
     import socket
 
+    from evaluator_worker.sandbox import refusal
     from services.celery_app import create_app, eval_queue
     from services.fleet import Heartbeat, hardware_info
 
@@ -291,7 +292,11 @@ def cmd_worker(args: argparse.Namespace) -> int:
         flush=True,
     )
     # Gathered before Celery forks its pool; hardware_info never initialises CUDA here.
-    heartbeat = Heartbeat(settings, name, hardware, hardware_info(device)).start()
+    facts = hardware_info(device, sandbox=settings.sandbox)
+    refused = refusal(facts["sandbox"])
+    if refused:
+        raise KernelmapError(refused)
+    heartbeat = Heartbeat(settings, name, hardware, facts).start()
     try:
         app.worker_main(
             [

@@ -186,7 +186,9 @@ def _probe_nvidia_smi(timeout_s: float) -> dict[str, Any]:
     return facts
 
 
-def hardware_info(device: str, timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, Any]:
+def hardware_info(
+    device: str, timeout_s: float = PROBE_TIMEOUT_S, sandbox: str | None = None
+) -> dict[str, Any]:
     """What a worker reports about the machine it evaluates on.
 
     Safe in a process that forks afterwards: CUDA is never initialised here (the GPU is asked
@@ -199,6 +201,9 @@ def hardware_info(device: str, timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, 
         ``cuda`` or ``cpu``: where the worker evaluates. The GPU is probed only for ``cuda``.
     timeout_s:
         Bound on each probe (torch's import in a child, then ``nvidia-smi``), in seconds.
+    sandbox:
+        The worker's sandbox mode; when given, ``sandbox`` is added
+        (:func:`evaluator_worker.sandbox.report`).
 
     Returns
     -------
@@ -226,6 +231,10 @@ def hardware_info(device: str, timeout_s: float = PROBE_TIMEOUT_S) -> dict[str, 
         "python": platform.python_version(),
         "machine": platform.machine(),
     }
+    if sandbox is not None:
+        from evaluator_worker.sandbox import report
+
+        info["sandbox"] = report(device, sandbox, timeout_s)
     if device != "cuda":
         return info
     from_torch = _probe_torch(timeout_s)

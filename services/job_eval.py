@@ -44,7 +44,7 @@ def evaluate_job(
     Returns the result dict with ``worker`` set; an invalid task or unreadable candidate is
     ``LOAD_ERROR``, an evaluator bug ``RUNTIME_ERROR`` with its traceback in ``internal_error``.
     """
-    from evaluator_worker.errors import KernelmapError, TaskError
+    from evaluator_worker.errors import KernelmapError, SandboxError, TaskError
 
     path = Path(workdir) / f"candidate_{job.candidate_id}_{job.job_id[:8]}.py"
     path.write_text(job.source)
@@ -56,6 +56,11 @@ def evaluate_job(
         # its memory): the run stops with this reason instead of failing every candidate.
         result = failure("LOAD_ERROR", str(e))
         result["task_refused"] = str(e)
+    except SandboxError as e:
+        # This worker cannot confine untrusted code (strict mode): no candidate ran, and the
+        # run stops with the reason rather than charge every candidate with it.
+        result = failure("LOAD_ERROR", str(e))
+        result["task_refused"] = f"the worker refused the job: {e}"
     except KernelmapError as e:
         result = failure("LOAD_ERROR", str(e))
     except Exception as e:  # an evaluator bug: reported with context, never silently dropped

@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 
 from archive.leases import HARDWARE_CLASS_RE
+from evaluator_worker import sandbox
 from evaluator_worker.errors import KernelmapError
 from evolution.ports import Job
 from services.job_eval import evaluate_job, failure
@@ -129,8 +130,14 @@ def _hardware(device: str) -> dict[str, Any]:
             "device": device,
             "python": platform.python_version(),
             "machine": platform.machine(),
+            "sandbox": sandbox.report(device, _sandbox_mode()),
         }
-    return hardware_info(device)
+    return hardware_info(device, sandbox=_sandbox_mode())
+
+
+def _sandbox_mode() -> str:
+    """``KERNELMAP_SANDBOX`` (strict unless set to relaxed)."""
+    return "relaxed" if os.environ.get("KERNELMAP_SANDBOX") == "relaxed" else "strict"
 
 
 def _write_private(path: Path, data: dict[str, Any]) -> None:
@@ -345,15 +352,13 @@ class _RemoteWorker:
 
     def evaluator(self, config: dict[str, Any]):
         """The evaluator, rebuilt only when a job asks for another configuration."""
-        from evaluator_worker.config import EvalConfig
+        from evaluator_worker.config import WORKER_ONLY, EvalConfig
         from evaluator_worker.judge import Evaluator
         from services.config import Settings
 
         known = {f.name for f in dataclasses.fields(EvalConfig)}
-        # This worker's own device, and its static gate always on: no job may switch it off.
-        asked = {
-            k: v for k, v in config.items() if k in known and k not in ("device", "static_gate")
-        }
+        # This worker's own device, gate and sandbox: no job may switch them.
+        asked = {k: v for k, v in config.items() if k in known and k not in WORKER_ONLY}
         wanted = dataclasses.replace(Settings().eval_config(device=self.device), **asked)
         if self._evaluator is None or self._evaluator.config != wanted:
             self.close_evaluator()
@@ -535,6 +540,9 @@ def run_remote_worker(
             " (e.g. cuda, h100), at most 64 characters"
         )
     worker_name = (name or f"{socket.gethostname()}-{hw_class}").strip()[:200]
+    refused = sandbox.refusal(sandbox.report(dev, _sandbox_mode()))
+    if refused:
+        raise RemoteWorkerError(refused)
     stop = stop or threading.Event()
     worker = _RemoteWorker(
         base_url, token.strip(), hw_class, dev, worker_name, Path(data_dir), stop

@@ -85,13 +85,14 @@ def _workdir() -> Path:
 
 def _evaluator(config: dict[str, Any]):
     """This process's evaluator, rebuilt only when a job asks for another configuration."""
+    from evaluator_worker.config import WORKER_ONLY
     from evaluator_worker.judge import Evaluator
     from services.config import Settings
 
     settings = Settings()
-    # The worker's own device, and its static gate always on: no message may switch it off.
-    config = {**config, "device": settings.device}
-    config.pop("static_gate", None)
+    # The worker's own device, gate and sandbox: no message may switch them.
+    config = {k: v for k, v in config.items() if k not in WORKER_ONLY}
+    config["device"] = settings.device
     wanted = dataclasses.replace(settings.eval_config(), **config)
     current = _process.get("ev")
     if current is None or current.config != wanted:
