@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import gc
+import os
 import re
 import sys
 import time
@@ -25,6 +26,14 @@ from bench_cases import ROOT, Case
 from evaluator_worker.config import EvalConfig
 from evaluator_worker.judge import Evaluator
 from evaluator_worker.result import EvalResult
+
+#: The bench tasks' size knobs, passed through the sandbox's environment allow-list.
+PASS_ENV = ("KERNELMAP_BENCH_SCALE", "KERNELMAP_BENCH_BATCH_SCALE")
+
+
+def sandbox_mode() -> str:
+    """``KERNELMAP_SANDBOX`` as the service reads it (gpu_check sets relaxed where it must)."""
+    return "relaxed" if os.environ.get("KERNELMAP_SANDBOX") == "relaxed" else "strict"
 
 
 @dataclasses.dataclass
@@ -95,6 +104,8 @@ class Runner:
             cfg = EvalConfig(
                 device=self.device,
                 static_gate=case.gate,
+                pass_env=PASS_ENV,
+                sandbox=sandbox_mode(),
                 timeout_s=case.timeout_s or self.timeout_s,
             )
             self.evaluators[key] = Evaluator(cfg)

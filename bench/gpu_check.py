@@ -286,6 +286,27 @@ def table(steps: list[Step]) -> str:
     return "\n".join(lines)
 
 
+def host_sandbox(device: str) -> dict[str, Any]:
+    """Whether this host allows the strict sandbox; where not, the steps run relaxed.
+
+    The figure is the point (does the GPU host, a VM sandbox itself, permit namespaces,
+    seccomp and an unprivileged uid?), so the check goes on either way and says which.
+    """
+    from evaluator_worker.sandbox import report
+
+    found = report(device, "strict")
+    if found["level"] != "strict":
+        os.environ["KERNELMAP_SANDBOX"] = "relaxed"  # inherited by every step
+        print(
+            "gpu_check: the strict sandbox is refused here (missing "
+            + "; ".join(found["missing"])
+            + "): the steps run with KERNELMAP_SANDBOX=relaxed",
+            file=sys.stderr,
+            flush=True,
+        )
+    return found
+
+
 def sandbox_mode(steps: list[Step]) -> dict[str, Any]:
     """What the sandbox applied in every evaluation the steps report."""
     seen: list[tuple[Any, list[str]]] = []
@@ -352,6 +373,7 @@ def main(argv: list[str] | None = None) -> int:
             return 2
     only = set(a.only.split(",")) if a.only else None
     deadline = t_start + TOTAL_S[mode]
+    strict = host_sandbox("cpu" if a.dry_run else "cuda")
     with tempfile.TemporaryDirectory(prefix="kernelmap-gpu-check-") as tmp:
         steps = build_steps(a.dry_run, Path(tmp))
         if only is not None:
@@ -373,7 +395,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
     total = time.monotonic() - t_start
-    sandbox = sandbox_mode(steps)
+    sandbox = {**sandbox_mode(steps), "strict_probe": strict}
     summary = {
         "mode": "dry-run (CPU)" if a.dry_run else "gpu",
         "total_s": round(total, 1),
@@ -398,6 +420,12 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"sandbox: {sandbox['mode']} (network isolated in {sandbox['network_isolated']} of"
         f" {sandbox['evaluations']} evaluations){notes}"
+    )
+    probe = sandbox["strict_probe"]
+    print(
+        "strict sandbox on this host: "
+        + ("every layer set up" if probe["level"] == "strict" else "refused, missing ")
+        + "; ".join(probe["missing"])
     )
     print(f"wrote {len(paths)} files to {a.out}")
     return 1 if any(s.status in ("fail", "timeout") for s in steps) else 0

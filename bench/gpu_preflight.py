@@ -308,7 +308,12 @@ def _evaluator(dry: bool, **overrides: Any):
     # The probes are about the evaluator's process and timing paths, not inductor: no
     # torch.compile baseline (it would cost tens of seconds per probe).
     cfg = EvalConfig(
-        device="cpu" if dry else "cuda", timeout_s=60.0, compile_baseline="never", **overrides
+        device="cpu" if dry else "cuda",
+        timeout_s=60.0,
+        compile_baseline="never",
+        pass_env=(ROWS_ENV,),  # relu_big.py's size, through the sandbox's allow-list
+        sandbox="relaxed" if os.environ.get("KERNELMAP_SANDBOX") == "relaxed" else "strict",
+        **overrides,
     )
     return Evaluator(cfg)
 

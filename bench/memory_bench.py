@@ -82,7 +82,8 @@ def judge_main(task: str, cand: str, device: str, timeout_s: float) -> None:
     from evaluator_worker.judge import Evaluator
 
     memory.mark_start()
-    with Evaluator(EvalConfig(device=device, timeout_s=timeout_s)) as ev:
+    mode = "relaxed" if os.environ.get("KERNELMAP_SANDBOX") == "relaxed" else "strict"
+    with Evaluator(EvalConfig(device=device, timeout_s=timeout_s, sandbox=mode)) as ev:
         res = ev.evaluate(task, cand)
     own = memory.stats(torch.device(device))
     print(

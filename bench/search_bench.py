@@ -45,7 +45,12 @@ def bench_task(task: Path, budget: int, device: str, workers: int, data_dir: Pat
     from services.config import Settings
     from services.search import RunOptions, open_database, run_search
 
-    settings = Settings(data_dir=data_dir, device=device)
+    # The task files read their size knobs from the environment: passed to the sandbox.
+    settings = Settings(
+        data_dir=data_dir,
+        device=device,
+        pass_env=["KERNELMAP_BENCH_SCALE", "KERNELMAP_BENCH_BATCH_SCALE"],
+    )
     t0 = time.monotonic()
     summary = run_search(
         settings, RunOptions(task=task, budget=budget, device=device, workers=workers)

@@ -17,6 +17,7 @@ WORKER_ONLY = (
     "sandbox_shm_mb",
     "max_processes",
     "cuda_memory_fraction",
+    "pass_env",
 )
 
 
@@ -61,6 +62,10 @@ class EvalConfig:
         Processes (and threads) a child may have at once.
     cuda_memory_fraction:
         Share of the GPU's memory one child process may allocate through PyTorch.
+    pass_env:
+        Names of further environment variables the children get from the worker (the
+        benchmarks' size knobs); every other variable outside the sandbox's allow-list is
+        dropped. Never put a secret here.
     quarantine_factor:
         A speedup over eager above this is quarantined until re-measured independently.
     floor_margin:
@@ -89,6 +94,7 @@ class EvalConfig:
     sandbox_shm_mb: int = 4096
     max_processes: int = 512
     cuda_memory_fraction: float = 0.9
+    pass_env: tuple[str, ...] = ()
     quarantine_factor: float = 10.0
     floor_margin: float = 0.9
     static_gate: bool = True

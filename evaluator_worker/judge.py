@@ -263,6 +263,7 @@ class Evaluator:
             "shm_mb": cfg.sandbox_shm_mb,
             "binds": binds,
             "cuda_memory_fraction": cfg.cuda_memory_fraction,
+            "pass_env": {k: os.environ[k] for k in cfg.pass_env if k in os.environ},
             **opts,
         }
         if role in ("baseline", "prebuild"):

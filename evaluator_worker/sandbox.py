@@ -256,6 +256,7 @@ def confine(opts: dict[str, Any]) -> dict[str, Any]:
 def _environment(opts: dict[str, Any], work: Path) -> None:
     """Replace the environment with the allow-list and the child's own directories."""
     env = environment()
+    env.update({str(k): str(v) for k, v in (opts.get("pass_env") or {}).items()})
     dirs = {
         "HOME": work / "home",
         "TMPDIR": work / "tmp",

@@ -30,6 +30,12 @@ class Settings(BaseSettings):
         description="strict: refuse untrusted code where the sandbox cannot be set up;"
         " relaxed: run it with what the host allows and say what was missing",
     )
+    pass_env: list[str] = Field(
+        default_factory=list,
+        description="Names of further environment variables sandboxed children get (JSON list;"
+        " the benchmarks' size knobs). Everything outside the sandbox's allow-list is dropped:"
+        " never name a secret here",
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default: SQLite in the data directory"
     )
@@ -73,6 +79,7 @@ class Settings(BaseSettings):
             "compile_baseline": self.compile_baseline,
             "memory_limit_mb": self.memory_limit_mb,
             "sandbox": self.sandbox,
+            "pass_env": tuple(self.pass_env),
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return EvalConfig(**base)
