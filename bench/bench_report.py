@@ -14,6 +14,7 @@ from bench_runner import Row
 
 REFERENCE_BAND = (0.97, 1.03)
 OVERHEAD_TARGET_S = 1.5
+SANDBOX_TARGET_MS = 50.0
 
 COLUMNS = (
     ("case", 36, "<"),
@@ -87,6 +88,12 @@ def summarise(rows: list[Row], device: str, zygotes: dict[str, tuple[float, int]
         s = r.result.speedup_vs_eager if r.result is not None else None
         within = s is not None and REFERENCE_BAND[0] <= s <= REFERENCE_BAND[1]
         references.append({"case": r.case.name, "speedup_vs_eager": s, "within_band": within})
+    boxes = [
+        r.result.stages_s["sandbox_s"] * 1e3
+        for r in rows
+        if r.result is not None and r.result.stages_s.get("sandbox_s") is not None
+    ]
+    median_box = statistics.median(boxes) if boxes else None
     overheads = [r.overhead_s for r in rows if r.overhead_s is not None]
     median_ovh = statistics.median(overheads) if overheads else None
     return {
@@ -106,6 +113,10 @@ def summarise(rows: list[Row], device: str, zygotes: dict[str, tuple[float, int]
         "overhead_target_s": OVERHEAD_TARGET_S,
         "overhead_within_target": median_ovh is not None and median_ovh <= OVERHEAD_TARGET_S,
         "zygote_start_s": {k: z for k, (z, _) in zygotes.items()},
+        "sandbox_setup_median_ms": median_box,
+        "sandbox_setup_max_ms": max(boxes) if boxes else None,
+        "sandbox_setup_n": len(boxes),
+        "sandbox_setup_within_target": median_box is not None and median_box <= SANDBOX_TARGET_MS,
     }
 
 
@@ -152,8 +163,15 @@ def summary_text(s: dict, rows: list[Row], task_load_s: dict[str, float]) -> str
             f" (min {s['overhead_min_s']:.2f}, max {s['overhead_max_s']:.2f});"
             f" target <= {OVERHEAD_TARGET_S} s {_mark(s['overhead_within_target'])}"
         )
+    if s["sandbox_setup_median_ms"] is not None:
+        out.append(
+            f"  sandbox set-up per candidate process (namespaces, private root, uid, seccomp),"
+            f" median over {s['sandbox_setup_n']}: {s['sandbox_setup_median_ms']:.1f} ms"
+            f" (max {s['sandbox_setup_max_ms']:.1f}); target <= {SANDBOX_TARGET_MS:g} ms"
+            f" {_mark(s['sandbox_setup_within_target'])}"
+        )
     for key, z in s["zygote_start_s"].items():
         out.append(f"  zygote start [{key}]: {z:.2f} s")
     for name, dt in task_load_s.items():
-        out.append(f"  judge task load (import, get_inputs, validation) {name}: {dt:.2f} s")
+        out.append(f"  task validation (in a sandboxed task child) {name}: {dt:.2f} s")
     return "\n".join(out)

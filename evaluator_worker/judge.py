@@ -537,6 +537,8 @@ class _Run:
     def _note_sandbox(self, applied: dict[str, Any]) -> None:
         """Record how the candidate was confined; a relaxed sandbox says what was missing."""
         res = self.result
+        if applied.get("setup_ms") is not None:
+            res.stages_s["sandbox_s"] = float(applied["setup_ms"]) / 1e3
         res.features["network_isolated"] = bool(applied.get("network_isolated"))
         res.features["sandbox"] = {
             "level": applied.get("level", "relaxed"),

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import resource
+import time
 from pathlib import Path
 from typing import Any
 
@@ -209,6 +210,7 @@ def confine(opts: dict[str, Any]) -> dict[str, Any]:
     (PID 1 of the new PID namespace); the caller's original process only waits, removes
     ``rootdir`` and exits with the child's status.
     """
+    t0 = time.perf_counter()
     _parent_death()
     mode = opts.get("mode", "strict")
     if mode not in MODES:
@@ -250,6 +252,7 @@ def confine(opts: dict[str, Any]) -> dict[str, Any]:
             + HOW_TO
         )
     os.chdir(work)
+    applied["setup_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
     return applied
 
 
