@@ -111,7 +111,12 @@ ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     KERNELMAP_DATA_DIR=/data \
     NVIDIA_DRIVER_CAPABILITIES=compute,utility
-USER 10001:10001
+# The worker itself runs as root *inside its container*, with only the capabilities its sandbox
+# needs (docker-compose.yml: cap_drop ALL, cap_add SYS_ADMIN, SETUID, SETGID, CHOWN, KILL,
+# DAC_OVERRIDE, FOWNER): it gives every candidate, task and baseline process namespaces and a
+# root of its own and then drops it to an unprivileged user id of its own (200000 and up), so
+# no untrusted code ever runs as root or as the worker (docs/cluster.md, "Sandbox").
+USER root
 WORKDIR /home/kernelmap
 ENTRYPOINT ["kernelmap-entrypoint"]
 CMD ["worker", "--queue", "cuda"]

@@ -268,7 +268,12 @@ def test_the_documented_commands_are_all_checked():
 def test_the_dockerfile_has_api_and_worker_targets_running_kernelmap_as_non_root():
     for target in OUR_IMAGES:
         body = dict(STAGES[target])  # the last of each instruction wins, as in Docker
-        assert body.get("USER") not in (None, "root", "0"), f"{target} runs as root"
+        if target == "worker":
+            # Root in its container only to build each child's sandbox (which drops the child
+            # to an unprivileged uid): compose grants it no capability beyond that.
+            assert body.get("USER") == "root"
+        else:
+            assert body.get("USER") not in (None, "root", "0"), f"{target} runs as root"
         assert "KERNELMAP_DATA_DIR=/data" in " ".join(
             rest for instr, rest in STAGES[target] if instr == "ENV"
         ), target
@@ -350,6 +355,32 @@ def test_the_entry_point_takes_commands_with_or_without_kernelmap(tmp_path):
     assert run("kernelmap", "keys", "create", "--role", "admin", "--name", "me") == expected
     assert run("keys", "create", "--role", "admin", "--name", "me") == expected
     assert run("worker", "--name", "kernelmap") == "worker|--name|kernelmap|"
+
+
+def test_the_worker_gets_what_the_strict_sandbox_needs_and_nothing_more():
+    for svc in (SERVICES["worker"], _documented_extra_worker()):
+        assert svc["cap_drop"] == ["ALL"]
+        assert set(svc["cap_add"]) == {
+            "SYS_ADMIN",
+            "SETUID",
+            "SETGID",
+            "CHOWN",
+            "KILL",
+            "DAC_OVERRIDE",
+            "FOWNER",
+        }
+        opts = svc["security_opt"]
+        assert any(o.startswith("no-new-privileges") for o in opts)
+        assert any(o.replace("=", ":") == "apparmor:unconfined" for o in opts)
+        assert "privileged" not in svc and not any("seccomp" in o for o in opts)
+    api = SERVICES["api"]
+    assert "cap_add" not in api and not api.get("privileged")
+
+
+def _documented_extra_worker() -> dict:
+    block = re.search(r"```yaml\n(.*?)```", DOCS, re.S).group(1)
+    ((_, svc),) = yaml.safe_load(textwrap.dedent(block))["services"].items()
+    return svc
 
 
 def test_the_documented_extra_gpu_worker_is_like_the_worker_on_another_gpu():
