@@ -26,6 +26,7 @@ from typing import Any
 import torch
 
 from evaluator_worker import (
+    cgroup,
     correctness,
     crosschecks,
     floor,
@@ -123,6 +124,7 @@ class Evaluator:
         self._shared_state: str | None = None
         self.prebuild_note: str | None = None
         self.prebuild_s = 0.0
+        self._groups: cgroup.Groups | None = None
         self._tmp = tempfile.TemporaryDirectory(prefix="kernelmap-eval-")
         os.chmod(self._tmp.name, 0o711)
         self.zygote_start_s = 0.0
@@ -278,9 +280,20 @@ class Evaluator:
             if shared is not None:
                 sandbox["triton_shared_cache"] = str(shared)
                 binds.append([str(shared), False])
+        if self._groups is None:
+            self._groups = cgroup.Groups()
+        group = self._groups.make(cfg.memory_limit_mb)
+        if group is not None:
+            sandbox["cgroup"] = str(group)
         proc = CandidateProcess(self.zygote(), sandbox)
         proc.workdir, proc.files = work, copies
+        proc.cgroup, proc.cgroup_limit_mb = group, cfg.memory_limit_mb
         return proc
+
+    @property
+    def cgroup_note(self) -> str | None:
+        """Why children get no memory cgroup here (None when they do)."""
+        return self._groups.note if self._groups is not None else None
 
     def inductor_cache(self, task: TaskInfo) -> str:
         """The task's own torch.compile cache, shared by its baseline processes only."""
@@ -544,6 +557,8 @@ class _Run:
             "level": applied.get("level", "relaxed"),
             "missing": list(applied.get("missing") or []),
         }
+        if self.ev.cgroup_note:
+            res.features["sandbox"]["memory_cgroup"] = self.ev.cgroup_note
         for what in applied.get("missing") or []:
             res.messages.append(f"sandbox: relaxed, missing {what}")
 

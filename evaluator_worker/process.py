@@ -46,6 +46,8 @@ class CandidateProcess:
         self.stage_name = ""
         self.stage_left: float | None = None
         self.workdir: Path | None = None
+        self.cgroup: Path | None = None
+        self.cgroup_limit_mb = 0
 
     def stage(self, name: str, budget_s: float) -> None:
         """Start a stage: its requests together may take at most ``budget_s`` seconds."""
@@ -80,6 +82,12 @@ class CandidateProcess:
         except protocol.ProtocolError as e:
             self.kill()
             verdict = DIED.get(msg.get("op", ""), Verdict.RUNTIME_ERROR)
+            if self._oom_killed():
+                raise Failure(
+                    verdict,
+                    f"{what}: out of memory: the process was killed for exceeding its memory"
+                    f" limit of {self.cgroup_limit_mb} MiB (its cgroup){self._tail()}",
+                ) from None
             raise Failure(
                 verdict,
                 f"{what}: the candidate process died or exited ({e});"
@@ -108,6 +116,13 @@ class CandidateProcess:
                 self.kill()
             raise Failure(verdict, f"{what}: {text}")
         return reply
+
+    def _oom_killed(self) -> bool:
+        if self.cgroup is None:
+            return False
+        from evaluator_worker.cgroup import Groups
+
+        return Groups.oom_killed(self.cgroup)
 
     def _tail(self, n: int = 600) -> str:
         text = self.output(n)
@@ -144,3 +159,7 @@ class CandidateProcess:
         self.capture.close()
         if self.workdir is not None:
             shutil.rmtree(self.workdir, ignore_errors=True)
+        if self.cgroup is not None:
+            from evaluator_worker.cgroup import Groups
+
+            Groups.remove(self.cgroup)

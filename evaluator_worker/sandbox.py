@@ -12,7 +12,8 @@ baselines, task validation, template probing) enters the sandbox first:
   process-count limit;
 - an environment built from an allow-list (:data:`ALLOWED_ENV`), never inherited;
 - resource limits (no core dumps, bounded file sizes and descriptors, an address-space limit
-  on the CPU; CUDA processes cannot take one because the driver reserves huge virtual ranges);
+  on the CPU; CUDA processes cannot take one because the driver reserves huge virtual ranges),
+  and a cgroup v2 memory limit where the host has one (:mod:`cgroup`);
 - ``PR_SET_NO_NEW_PRIVS`` and a seccomp filter (:mod:`seccomp`);
 - stdout/stderr redirected to a capture file the judge reads, so nothing it prints reaches
   our own output.
@@ -217,6 +218,14 @@ def confine(opts: dict[str, Any]) -> dict[str, Any]:
         raise SandboxUnavailable(f"sandbox mode must be one of {MODES}, got {mode!r}")
     applied: dict[str, Any] = {"session": True, "mode": mode}
     missing: list[str] = []
+    if opts.get("cgroup"):
+        try:
+            from evaluator_worker import cgroup
+
+            cgroup.join(opts["cgroup"])
+            applied["memory_cgroup"] = True
+        except OSError as e:
+            missing.append(f"the child's memory cgroup ({e})")
     uid, gid, drop = _ids(opts)
     work = Path(_namespaces(opts, (uid, gid), applied, missing))
     _limit(resource.RLIMIT_CORE, 0)
