@@ -38,7 +38,7 @@ from evaluator_worker import (
 from evaluator_worker.config import EvalConfig
 from evaluator_worker.errors import CandidateFileError, KernelmapError, TaskError
 from evaluator_worker.process import CandidateProcess, Failure
-from evaluator_worker.result import EvalResult, Stats, Timing
+from evaluator_worker.result import OUTPUT_CHARS, EvalResult, Stats, Timing
 from evaluator_worker.sandbox import hand_over, service_uid
 from evaluator_worker.task import TaskInfo
 from evaluator_worker.verdict import Verdict
@@ -423,6 +423,8 @@ class _Run:
         for p in self.procs:
             if p.alive:
                 self.collect_memory(p, p.role)
+            if p.role == "candidate":
+                self.result.output = p.output(OUTPUT_CHARS) or None
             p.close()
 
     def collect_memory(self, proc: CandidateProcess, role: str) -> None:

@@ -58,9 +58,17 @@ class Timing:
         return out
 
 
+#: Characters of a candidate's own output kept with its result.
+OUTPUT_CHARS = 2000
+
+
 @dataclasses.dataclass
 class EvalResult:
-    """What an evaluation found. ``messages`` are the human-readable reasons."""
+    """What an evaluation found. ``messages`` are the human-readable reasons.
+
+    ``output`` is the end of what the candidate process itself printed (at most
+    :data:`OUTPUT_CHARS` characters): the candidate's own text, shown as such, never parsed.
+    """
 
     verdict: Verdict
     messages: list[str] = dataclasses.field(default_factory=list)
@@ -73,6 +81,7 @@ class EvalResult:
     stages_s: dict[str, float] = dataclasses.field(default_factory=dict)
     params: dict[str, Any] = dataclasses.field(default_factory=dict)
     cpu_interpreter_ratio: float | None = None
+    output: str | None = None
 
     @property
     def correct(self) -> bool:
@@ -94,4 +103,5 @@ class EvalResult:
             "stages_s": self.stages_s,
             "params": self.params,
             "cpu_interpreter_ratio": self.cpu_interpreter_ratio,
+            "output": self.output,
         }

@@ -87,8 +87,15 @@ def _child(req: dict[str, Any], chan_fd: int, capture_fd: int) -> None:
             protocol.send(chan, {"error": {"kind": "SANDBOX_UNAVAILABLE", "message": why}})
             code = 78
         else:
+            for stream in (sys.stdout, sys.stderr):  # the capture file gets each line as printed
+                stream.reconfigure(line_buffering=True, write_through=True)
             code = child.serve(chan, applied)
     finally:
+        for stream in (sys.stdout, sys.stderr):
+            try:
+                stream.flush()
+            except (OSError, ValueError):
+                pass
         os._exit(code)
 
 

@@ -59,7 +59,15 @@ def render(result: EvalResult, title: str = "") -> str:
     if result.messages:
         lines.append("messages")
         lines.extend(f"  - {m}" for m in result.messages)
+    if result.output:
+        lines.append("output    (what the candidate printed, control characters escaped)")
+        lines.extend(f"  | {_printable(ln)}" for ln in result.output.splitlines()[-20:])
     st = result.stages_s
     if st:
         lines.append("stages    " + ", ".join(f"{k[:-2]} {v:.2f} s" for k, v in st.items()))
     return "\n".join(lines)
+
+
+def _printable(text: str) -> str:
+    """``text`` with every non-printable character escaped (no terminal escape gets through)."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
