@@ -18,6 +18,7 @@ WORKER_ONLY = (
     "max_processes",
     "cuda_memory_fraction",
     "pass_env",
+    "sandbox_read_only",
 )
 
 
@@ -62,6 +63,10 @@ class EvalConfig:
         Processes (and threads) a child may have at once.
     cuda_memory_fraction:
         Share of the GPU's memory one child process may allocate through PyTorch.
+    sandbox_read_only:
+        Further host paths the children see read-only (a CUDA installation outside ``/usr``,
+        say); the Python installation, ``site-packages``, ``PYTHONPATH`` and
+        ``LD_LIBRARY_PATH`` entries are shown anyway.
     pass_env:
         Names of further environment variables the children get from the worker (the
         benchmarks' size knobs); every other variable outside the sandbox's allow-list is
@@ -95,6 +100,7 @@ class EvalConfig:
     max_processes: int = 512
     cuda_memory_fraction: float = 0.9
     pass_env: tuple[str, ...] = ()
+    sandbox_read_only: tuple[str, ...] = ()
     quarantine_factor: float = 10.0
     floor_margin: float = 0.9
     static_gate: bool = True

@@ -136,9 +136,11 @@ def read_only_paths(extra: list[str]) -> list[str]:
         p = Path(entry or ".").resolve()
         if any(part in ("site-packages", "dist-packages") for part in p.parts):
             paths.append(str(p))
-    for entry in os.environ.get("LD_LIBRARY_PATH", "").split(":"):
-        if entry and os.path.isabs(entry):
-            paths.append(entry)
+    project = str(here.parent)  # its source checkout: only the package itself is shown
+    for var in ("LD_LIBRARY_PATH", "PYTHONPATH"):
+        for entry in os.environ.get(var, "").split(":"):
+            if entry and os.path.isabs(entry) and os.path.normpath(entry) != project:
+                paths.append(entry)
     paths += extra
     out: list[str] = []
     for p in sorted({os.path.normpath(p) for p in paths if os.path.lexists(p)}, key=len):

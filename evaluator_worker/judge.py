@@ -264,6 +264,7 @@ class Evaluator:
             "disk_mb": cfg.sandbox_disk_mb,
             "shm_mb": cfg.sandbox_shm_mb,
             "binds": binds,
+            "extra_read_only": list(cfg.sandbox_read_only),
             "cuda_memory_fraction": cfg.cuda_memory_fraction,
             "pass_env": {k: os.environ[k] for k in cfg.pass_env if k in os.environ},
             **opts,

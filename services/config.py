@@ -36,6 +36,11 @@ class Settings(BaseSettings):
         " the benchmarks' size knobs). Everything outside the sandbox's allow-list is dropped:"
         " never name a secret here",
     )
+    sandbox_read_only: list[str] = Field(
+        default_factory=list,
+        description="Further host paths sandboxed children see read-only (JSON list), e.g. a"
+        " CUDA installation outside /usr",
+    )
     database_url: str | None = Field(
         default=None, description="SQLAlchemy URL; default: SQLite in the data directory"
     )
@@ -80,6 +85,7 @@ class Settings(BaseSettings):
             "memory_limit_mb": self.memory_limit_mb,
             "sandbox": self.sandbox,
             "pass_env": tuple(self.pass_env),
+            "sandbox_read_only": tuple(self.sandbox_read_only),
         }
         base.update({k: v for k, v in overrides.items() if v is not None})
         return EvalConfig(**base)
