@@ -45,23 +45,23 @@ class Need:
 
     @property
     def correctness_bytes(self) -> int:
-        """Judge and candidate during the correctness trials."""
+        """Reference child (float64 forward), judge (its copies) and candidate, in the trials."""
         i, o = self.input_bytes, self.output_bytes
-        return (3 * i + 2 * o) + (i + 3 * o) + 2 * CUDA_CONTEXT_BYTES
+        return (3 * i + 2 * o) + (i + 2 * o) + (i + 3 * o) + 3 * CUDA_CONTEXT_BYTES
 
     @property
     def timing_bytes(self) -> int:
         """Candidate and baseline processes during timing (the judge holds no tensors)."""
         i, o = self.input_bytes, self.output_bytes
         per_process = self.pool_sets * i + 2 * o + FLUSH_BYTES + CUDA_CONTEXT_BYTES
-        return 2 * per_process + CUDA_CONTEXT_BYTES
+        return 2 * per_process + 2 * CUDA_CONTEXT_BYTES  # judge and the idle reference child
 
     @property
     def recheck_bytes(self) -> int:
-        """The judge's float64 reference for the re-check, the candidate holding its pool."""
+        """The float64 reference of the re-check and the judge's copy, the candidate's pool."""
         i, o = self.input_bytes, self.output_bytes
         cand = self.pool_sets * i + 2 * o + FLUSH_BYTES
-        return (3 * i + 2 * o) + cand + 2 * CUDA_CONTEXT_BYTES
+        return (3 * i + 2 * o) + 2 * o + cand + 3 * CUDA_CONTEXT_BYTES
 
     @property
     def peak_bytes(self) -> int:
@@ -75,7 +75,7 @@ class Need:
         return (
             f"{self.peak_bytes / g:.1f} GiB at its peak (inputs {self.input_bytes / g:.2f} GiB,"
             f" outputs {self.output_bytes / g:.2f} GiB, a timing pool of {self.pool_sets}"
-            f" input sets; judge, candidate and baseline processes together)"
+            f" input sets; judge, reference, candidate and baseline processes together)"
         )
 
 
