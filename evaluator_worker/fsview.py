@@ -106,12 +106,22 @@ def split(rootdir: str | None = None) -> None:
 
     The child returns as PID 1 of its namespace. The parent closes every descriptor, so the
     judge's channel and the capture file stay open only in the child, and removes the (empty)
-    mount point ``rootdir`` once the child is gone.
+    mount point ``rootdir`` once the child is gone (through a descriptor of its parent
+    directory opened now: after ``pivot_root`` the host's tree is no longer in view).
     """
+    keep = -1
+    if rootdir:
+        keep = os.open(os.path.dirname(os.path.abspath(rootdir)), os.O_RDONLY | os.O_DIRECTORY)
     pid = os.fork()
     if pid == 0:
+        if keep >= 0:
+            os.close(keep)  # a host directory's descriptor must never reach untrusted code
         return
-    os.closerange(0, 1 << 16)
+    if keep >= 0:
+        os.closerange(0, keep)
+        os.closerange(keep + 1, 1 << 16)
+    else:
+        os.closerange(0, 1 << 16)
     while True:
         try:
             _, status = os.waitpid(pid, 0)
@@ -120,9 +130,9 @@ def split(rootdir: str | None = None) -> None:
             os._exit(70)
         except InterruptedError:
             continue
-    if rootdir:
+    if keep >= 0:
         try:
-            os.rmdir(rootdir)
+            os.rmdir(os.path.basename(os.path.abspath(rootdir)), dir_fd=keep)
         except OSError:
             pass
     os._exit(max(0, os.waitstatus_to_exitcode(status)) if os.WIFEXITED(status) else 1)

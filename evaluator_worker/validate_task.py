@@ -1,9 +1,13 @@
-"""Validate a task file in a process of its own and print the verdict as one JSON object.
+"""Validate a task file in a sandboxed process of its own and print the verdict as one JSON object.
 
-``python -m evaluator_worker.validate_task PATH [--device cpu] [--memory-mb N]`` prints
-``{"ok": true, "meta": {...}}`` and exits 0, or ``{"ok": false, "error": "...", "line": N}``
-and exits 1 (``line`` is null when the problem has no line). The API runs this as a
-subprocess with a timeout, so a submitted task's code never runs in the API process.
+``python -m evaluator_worker.validate_task PATH|- [--device cpu] [--memory-mb N]
+[--sandbox strict|relaxed] [--scratch DIR]`` prints ``{"ok": true, "meta": {...}}`` and exits
+0, or ``{"ok": false, "error": "...", "line": N}`` and exits 1 (``line`` is null when the
+problem has no line), or, when strict mode cannot set up the sandbox, ``{"ok": false,
+"error": "...", "sandbox": true}`` and exits 3. With ``-`` the source is read from stdin. The
+API and ``kernelmap run`` run this as a subprocess with a timeout
+(:mod:`services.task_validation`), so a submitted task's code never runs in their process;
+here it runs only inside the sandbox (:mod:`evaluator_worker.task_child`).
 
 Anything the task itself prints goes to stderr: stdout carries only the JSON line. A task
 whose input set exceeds ``evaluator_worker.task.VALUE_CHECK_BYTES`` has its structure checked
@@ -13,11 +17,10 @@ on the ``meta`` device only (``values_checked: false``); workers check its value
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
 import sys
 from typing import Any
+
+from evaluator_worker import task_child
 
 
 def task_meta(task: Any) -> dict[str, Any]:
@@ -48,27 +51,20 @@ def validate(path: str, device: str = "cpu") -> dict[str, Any]:
     return {"ok": True, "meta": task_meta(task)}
 
 
+def _prepare() -> None:
+    """Import the loader (and torch) while the host's Python installation is in view."""
+    import evaluator_worker.task  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: 0 for a valid task, 1 for an invalid one."""
+    """Entry point: 0 for a valid task, 1 for an invalid one, 3 when the sandbox is missing."""
     parser = argparse.ArgumentParser(prog="python -m evaluator_worker.validate_task")
-    parser.add_argument("path", help="the task file")
+    task_child.add_arguments(parser)
     parser.add_argument("--device", default="cpu", help="where to run the reference (cpu)")
-    parser.add_argument(
-        "--memory-mb", type=int, default=None, help="address-space limit of this process (MiB)"
-    )
     args = parser.parse_args(argv)
-    if args.memory_mb:
-        limit = args.memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    # The task may print (even from C code); keep stdout for the verdict alone.
-    out = os.fdopen(os.dup(1), "w")
-    sys.stdout.flush()
-    os.dup2(2, 1)
-    verdict = validate(args.path, args.device)
-    sys.stdout.flush()
-    out.write(json.dumps(verdict) + "\n")
-    out.flush()
-    return 0 if verdict["ok"] else 1
+    return task_child.run(
+        args, lambda path: validate(path, args.device), device=args.device, prepare=_prepare
+    )
 
 
 if __name__ == "__main__":

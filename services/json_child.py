@@ -1,14 +1,18 @@
-"""Running a submitted task's code in a child process that answers with one JSON line.
+"""Running a submitted task's code in a sandboxed child process that answers with one JSON line.
 
-Used wherever the service must run a task it did not write (validating an upload, matching it
-against the template library): the child runs ``python -m MODULE task.py ARGS`` in a temporary
-directory, in its own process group (killed whole past the timeout), with no GPU unless the
-work needs one, and prints its verdict as the last line of stdout.
+Used wherever the service must run a task it did not write (validating an upload or the task
+of ``kernelmap run``, matching it against the template library): the child runs
+``python -m MODULE - --sandbox MODE --scratch DIR ARGS`` with the task's source on its stdin
+(the source is never written to the host's disk), in its own session (killed whole past the
+timeout), with an allow-listed environment (no ``KERNELMAP_*`` secrets), no GPU unless the
+work needs one, and dies with this process. The child confines itself before it imports the
+task (:mod:`evaluator_worker.task_child`) and prints its verdict as the last line of stdout.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import json
 import os
 import signal
@@ -17,6 +21,9 @@ import sys
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from evaluator_worker import sandbox as sandbox_mod
+from evaluator_worker.task_child import die_with
 
 #: The project root, put on the child's PYTHONPATH (it may run from a source checkout).
 _ROOT = Path(__file__).resolve().parents[1]
@@ -33,8 +40,9 @@ class ChildAnswer:
 
 
 def child_env(device: str) -> dict[str, str]:
-    """The child's environment: the project importable; no GPU for CPU work."""
-    env = dict(os.environ)
+    """The child's environment: the sandbox's allow-list, the project importable, no GPU for
+    CPU work."""
+    env = sandbox_mod.environment(os.environ)
     env["PYTHONPATH"] = os.pathsep.join(p for p in (str(_ROOT), env.get("PYTHONPATH")) if p)
     if device == "cpu":
         env["CUDA_VISIBLE_DEVICES"] = ""  # the host's GPU, if any, is not the task's
@@ -42,31 +50,52 @@ def child_env(device: str) -> dict[str, str]:
 
 
 def run_json_child(
-    module: str, source: str, args: list[str], *, device: str, timeout_s: float
+    module: str,
+    source: str,
+    args: list[str],
+    *,
+    device: str,
+    timeout_s: float,
+    sandbox: str = "strict",
 ) -> ChildAnswer:
-    """Run ``python -m module <task file> *args`` on ``source`` and read its JSON verdict."""
-    with tempfile.TemporaryDirectory(prefix="kernelmap-task-") as tmp:
-        path = Path(tmp) / "task.py"
-        path.write_text(source, encoding="utf-8")
+    """Run ``python -m module - *args`` with ``source`` on stdin and read its JSON verdict.
+
+    ``sandbox`` is the child's sandbox mode (``strict`` or ``relaxed``, see
+    :mod:`evaluator_worker.sandbox`).
+    """
+    # The sandbox's mount point and fallback directory: removed here, whatever the child did.
+    with tempfile.TemporaryDirectory(prefix="kernelmap-job-", ignore_cleanup_errors=True) as tmp:
+        os.chmod(tmp, 0o711)  # the child's unprivileged user may need to pass through it
+        cmd = [sys.executable, "-m", module, "-", "--sandbox", sandbox, "--scratch", tmp, *args]
         proc = subprocess.Popen(
-            [sys.executable, "-m", module, str(path), *args],
+            cmd,
             cwd=tmp,
             env=child_env(device),
-            stdin=subprocess.DEVNULL,
+            stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
-            text=True,
+            encoding="utf-8",
+            errors="replace",
             start_new_session=True,
+            # SIGKILL when we go. PR_SET_PDEATHSIG follows the *thread* that forked the child,
+            # not the process: this thread waits in communicate() until the child is gone, so
+            # the signal fires only when this whole process dies (a crash, a SIGKILL).
+            preexec_fn=functools.partial(die_with, os.getpid()),
         )
         try:
-            out, err = proc.communicate(timeout=timeout_s)
+            out, err = proc.communicate(source, timeout=timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             _, err = proc.communicate()
             return ChildAnswer(None, None, err, timed_out=True)
+    return ChildAnswer(proc.returncode, _last_json(out), err)
+
+
+def _last_json(out: str) -> dict[str, Any] | None:
+    """The JSON object on the last non-empty line of ``out``, if there is one."""
     lines = [ln for ln in out.splitlines() if ln.strip()]
     try:
         verdict = json.loads(lines[-1])
     except (IndexError, json.JSONDecodeError):
-        verdict = None
-    return ChildAnswer(proc.returncode, verdict if isinstance(verdict, dict) else None, err)
+        return None
+    return verdict if isinstance(verdict, dict) else None

@@ -10,6 +10,7 @@ killed run loses at most the evaluations in flight and ``--resume`` continues it
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import random
 import signal
@@ -24,10 +25,8 @@ from archive import db, repository, run_control
 from archive.run_store import RunStore
 from evaluator_worker import static_gate
 from evaluator_worker.config import EvalConfig
-from evaluator_worker.errors import KernelmapError
+from evaluator_worker.errors import KernelmapError, TaskError
 from evaluator_worker.judge import resolve_device
-from evaluator_worker.task import load_task
-from evaluator_worker.validate_task import task_meta
 from evolution.candidate import CandidateSpec
 from evolution.descriptors import default_dims, parse_dims
 from evolution.emitters import ParamEmitter, SeedEmitter
@@ -36,7 +35,8 @@ from evolution.loop import Progress, SearchLoop
 from services.config import Settings
 from services.local_pool import LocalPool, failure
 from services.run_config import objective_label, run_config
-from services.seeds import Seed, SeedError, check_seed, load_seed, reference_seed
+from services.seeds import Seed, load_seed, reference_seed
+from services.task_validation import validate_source
 
 RESUMABLE = {"running", "interrupted", "queued", "failed"}
 
@@ -70,25 +70,36 @@ class RunOptions:
     notify: Callable[[str], None] = print_note
 
 
-def template_seeds(task, device: str, notify: Callable[[str], None]) -> list[Seed]:
+def template_seeds(
+    source: str, device: str, notify: Callable[[str], None], *, sandbox: str = "strict"
+) -> list[Seed]:
     """Seeds from the template library for what the reference computes.
 
-    What no template covers is said, and the run goes on with its other emitters.
+    Matched in a sandboxed child (:func:`services.template_probe.probe_templates`): this
+    process never imports the task. What no template covers is said, and the run goes on with
+    its other emitters.
     """
-    from evolution.templates import analyse, instantiate_all
+    from services.template_probe import probe_templates
 
-    found, declined = instantiate_all(analyse(task.module, task.source), device)
-    seeds = []
-    for c in found:
-        try:
-            seeds.append(check_seed(c.label, c.source))
-        except SeedError as e:  # a template bug: said, never hidden, and the run goes on
-            notify(f"template {c.label} skipped: {e}")
+    seeds, notes = probe_templates(source, device, sandbox=sandbox)
     if seeds:
+        for note in notes:  # a template bug: said, never hidden, and the run goes on
+            if note.startswith("template ") and " skipped: " in note:
+                notify(note)
         notify("templates: " + ", ".join(s.label for s in seeds))
     else:
-        notify("templates: none applies; " + "; ".join(declined[:6]))
+        notify("templates: none applies; " + "; ".join(notes[:6]))
     return seeds
+
+
+def _read_task(path: Path) -> str:
+    """The task file's source (the task is validated in a sandboxed child, never imported)."""
+    if not path.is_file():
+        raise TaskError("task file not found", str(path))
+    try:
+        return path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as e:
+        raise TaskError(f"cannot read the task file: {e}", str(path)) from None
 
 
 def database_url(settings: Settings, override: str | None) -> str:
@@ -237,15 +248,22 @@ def _create(settings: Settings, sessions, opts: RunOptions):
     if opts.budget < 1:
         raise RunError(f"--budget must be at least 1, got {opts.budget}")
     device = resolve_device(opts.device or settings.device)
-    # Never on the GPU here: the workers own it (and check the values there when the inputs
-    # are too large to check on this machine's CPU).
-    task = load_task(opts.task, "cpu", check_values="auto")
+    source = _read_task(Path(opts.task))
+    # In a sandboxed child, never on the GPU here: the workers own it (and check the values
+    # there when the inputs are too large to check on this machine's CPU).
+    meta = validate_source(
+        source,
+        device="cpu",
+        memory_mb=settings.memory_limit_mb,
+        sandbox=settings.sandbox,
+        path=str(opts.task),
+    )
     seeds = [load_seed(Path(p)) for p in opts.seeds]
-    ref = reference_seed(task.source)
+    ref = reference_seed(source)
     if ref is not None:
         seeds.insert(0, ref)
     if opts.templates:
-        seeds += template_seeds(task, device.type, opts.notify)
+        seeds += template_seeds(source, device.type, opts.notify, sandbox=settings.sandbox)
     dims_spec = opts.dims or ",".join(default_dims(device.type))
     try:
         parse_dims(dims_spec, device.type)  # refuses bad dimensions before anything starts
@@ -274,9 +292,9 @@ def _create(settings: Settings, sessions, opts: RunOptions):
         task_row = repository.add_task(
             s,
             name=_task_name(Path(opts.task)),
-            source=task.source,
-            meta=task_meta(task),
-            validation={"ok": True, "device": "cpu", "values_checked": task.values_checked},
+            source=source,
+            meta=meta,
+            validation={"ok": True, "device": "cpu", "values_checked": meta["values_checked"]},
         )
         run = repository.create_run(
             s,
@@ -289,7 +307,7 @@ def _create(settings: Settings, sessions, opts: RunOptions):
         )
         s.commit()
         run_id, task_id = run.id, task_row.id
-    return run_id, _task_file(settings, task_id, task.source), seeds, config
+    return run_id, _task_file(settings, task_id, source), seeds, config
 
 
 def _resume(settings: Settings, sessions, opts: RunOptions):
@@ -328,7 +346,9 @@ def search_stored_run(
         config, device, source, task_id = dict(run.config), run.device, task.source, task.id
     if config.get("templates", True) and not config.get("templates_added"):
         if probe_templates is None:
-            from services.template_probe import probe_templates
+            from services.template_probe import probe_templates as probe
+
+            probe_templates = functools.partial(probe, sandbox=settings.sandbox)
         found, notes = probe_templates(source, "cpu" if device == "cpu" else "cuda")
         config["seeds"] = list(config["seeds"]) + [t.to_dict() for t in found]
         config["templates_added"] = True

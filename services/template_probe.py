@@ -1,16 +1,17 @@
-"""Template seeds for a stored task, matched in a sandboxed child (the controller's side).
+"""Template seeds for a task, matched in a sandboxed child (the controller and ``kernelmap run``).
 
 A run created through the API carries only the reference and the user's seeds: the API never
-runs a task's code. When the controller starts such a run it asks
-:mod:`evolution.templates.probe`, in a child process, which templates match, checks each
-template candidate like any seed, and stores them in the run's configuration so a resumed run
-keeps the same emitters.
+runs a task's code. When the controller starts such a run (and when ``kernelmap run`` creates
+one) it asks :mod:`evolution.templates.probe`, in a sandboxed child process, which templates
+match, checks each template candidate like any seed, and stores them in the run's
+configuration so a resumed run keeps the same emitters.
 """
 
 from __future__ import annotations
 
 import logging
 
+from evaluator_worker.task_child import SANDBOX_EXIT
 from services.json_child import run_json_child
 from services.seeds import Seed, SeedError, check_seed
 
@@ -21,20 +22,33 @@ PROBE_MEMORY_MB = 8192
 
 
 def probe_templates(
-    source: str, device: str, *, timeout_s: float = PROBE_TIMEOUT_S
+    source: str, device: str, *, timeout_s: float = PROBE_TIMEOUT_S, sandbox: str = "strict"
 ) -> tuple[list[Seed], list[str]]:
     """The template seeds for a task's ``source`` on ``device``, and notes on what declined.
 
-    Never raises for a task's fault: a task that cannot be matched yields no seeds and a note
-    saying why (the run goes on with its other emitters).
+    ``sandbox`` is the child's sandbox mode (``Settings.sandbox``). Never raises for a task's
+    fault: a task that cannot be matched yields no seeds and a note saying why (the run goes
+    on with its other emitters); so does a host where strict mode cannot set up the sandbox
+    (the note says so; no code of the task ran).
     """
     args = ["--device", device, "--memory-mb", str(PROBE_MEMORY_MB)]
     answer = run_json_child(
-        "evolution.templates.probe", source, args, device="cpu", timeout_s=timeout_s
+        "evolution.templates.probe",
+        source,
+        args,
+        device="cpu",
+        timeout_s=timeout_s,
+        sandbox=sandbox,
     )
     if answer.timed_out:
         return [], [f"template matching took longer than {timeout_s:g} s: skipped"]
     verdict = answer.verdict
+    if answer.returncode == SANDBOX_EXIT and verdict and verdict.get("sandbox"):
+        log.error("template matching skipped: %s", verdict.get("error"))
+        return [], [
+            "template matching skipped: the sandbox cannot be set up on this host, so the"
+            " task's code was not run (the log says what the host lacks)"
+        ]
     if verdict is None:
         log.warning("template probe exited with %s: %s", answer.returncode, answer.stderr[-2000:])
         return [], [f"template matching crashed (exit code {answer.returncode}): skipped"]

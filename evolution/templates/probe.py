@@ -1,21 +1,24 @@
-"""Match a task against the template library in a process of its own; print one JSON object.
+"""Match a task against the template library in a sandboxed process; print one JSON object.
 
-``python -m evolution.templates.probe PATH [--device cuda] [--memory-mb N]`` prints
-``{"ok": true, "templates": [{"label", "source"}...], "declined": [...]}`` and exits 0, or
-``{"ok": false, "error": "..."}`` and exits 1. Matching imports the task and traces its
-``Model`` (on the meta device: no input is allocated), so it runs the task's own code: the
-controller runs this as a sandboxed subprocess (:mod:`services.template_probe`) and never
-imports a submitted task itself.
+``python -m evolution.templates.probe PATH|- [--device cuda] [--memory-mb N]
+[--sandbox strict|relaxed] [--scratch DIR]`` prints ``{"ok": true, "templates": [{"label",
+"source"}...], "declined": [...]}`` and exits 0, or ``{"ok": false, "error": "..."}`` and
+exits 1, or ``{"ok": false, "error": "...", "sandbox": true}`` and exits 3 when strict mode
+cannot set up the sandbox. With ``-`` the source is read from stdin. Matching imports the
+task and traces its ``Model`` (on the meta device: no input is allocated), so it runs the
+task's own code: the controller and ``kernelmap run`` run this as a subprocess
+(:mod:`services.template_probe`) and never import a submitted task themselves; here the task
+runs only inside the sandbox (:mod:`evaluator_worker.task_child`).
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import resource
 import sys
+from pathlib import Path
 from typing import Any
+
+from evaluator_worker import task_child
 
 
 def probe(path: str, device: str) -> dict[str, Any]:
@@ -37,24 +40,24 @@ def probe(path: str, device: str) -> dict[str, Any]:
     }
 
 
+def _prepare() -> None:
+    """Import the matcher (and torch) while the host's Python installation is in view."""
+    import evaluator_worker.modules  # noqa: F401
+    import evolution.templates  # noqa: F401
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Entry point: 0 when matching ran (whatever it found), 1 when the task could not be read."""
+    """Entry point: 0 when matching ran (whatever it found), 1 when the task could not be
+    read, 3 when the sandbox is missing."""
     parser = argparse.ArgumentParser(prog="python -m evolution.templates.probe")
-    parser.add_argument("path", help="the task file")
+    task_child.add_arguments(parser)
     parser.add_argument("--device", default="cuda", help="device class the kernels target")
-    parser.add_argument("--memory-mb", type=int, default=None, help="address-space limit (MiB)")
     args = parser.parse_args(argv)
-    if args.memory_mb:
-        limit = args.memory_mb * 1024 * 1024
-        resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
-    out = os.fdopen(os.dup(1), "w")  # stdout carries only the verdict; the task may print
-    sys.stdout.flush()
-    os.dup2(2, 1)
-    verdict = probe(args.path, args.device)
-    sys.stdout.flush()
-    out.write(json.dumps(verdict) + "\n")
-    out.flush()
-    return 0 if verdict["ok"] else 1
+    # The template library imports its parts lazily: the sandbox shows this package too.
+    package = Path(__file__).resolve().parents[1]
+    return task_child.run(
+        args, lambda path: probe(path, args.device), prepare=_prepare, read_only=[str(package)]
+    )
 
 
 if __name__ == "__main__":

@@ -1,7 +1,8 @@
 """Errors a client can cause, and how every :class:`KernelmapError` becomes a JSON response.
 
 The body is always ``{"detail": "<what was wrong and how to fix it>", ...}``; some errors add
-fields (``line`` for an invalid task, ``field`` for the request field at fault).
+fields (``line`` for an invalid task, ``field`` for the request field at fault). Errors are
+4xx, except :class:`SandboxUnavailable` (503): the server, not the client, is at fault.
 """
 
 from __future__ import annotations
@@ -68,6 +69,13 @@ class InvalidTask(Unprocessable):
     def __init__(self, reason: str, line: int | None = None) -> None:
         where = f" (line {line})" if line else ""
         super().__init__(f"invalid task{where}: {reason}", line=line, field="file")
+
+
+class SandboxUnavailable(ApiError):
+    """The server cannot run a submitted task's code safely: its sandbox cannot be set up on
+    this host (503). Not the client's fault; the server's log says what the host lacks."""
+
+    status_code = 503
 
 
 def status_of(exc: KernelmapError) -> int:

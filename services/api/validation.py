@@ -1,7 +1,9 @@
-"""Validating an uploaded task in a child process, so its code never runs in the API.
+"""Validating an uploaded task in a sandboxed child process, so its code never runs in the API.
 
-The child is ``python -m evaluator_worker.validate_task`` in a temporary directory, with a
-wall-clock timeout (its whole process group is killed past it) and, on the CPU, a memory limit.
+The child is ``python -m evaluator_worker.validate_task`` (see
+:mod:`services.task_validation`); this module turns its verdicts into the API's errors: an
+invalid task is 422 (:class:`InvalidTask`), a server whose sandbox cannot be set up is 503
+(:class:`SandboxUnavailable`).
 """
 
 from __future__ import annotations
@@ -9,16 +11,22 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from services.api.errors import InvalidTask
-from services.json_child import run_json_child
+from evaluator_worker.errors import SandboxError, TaskError
+from services.api.errors import InvalidTask, SandboxUnavailable
+from services.task_validation import DEFAULT_TIMEOUT_S, validate_source
 
 log = logging.getLogger(__name__)
 
 
 def validate_task_source(
-    source: str, *, device: str = "cpu", timeout_s: float = 120.0, memory_mb: int | None = None
+    source: str,
+    *,
+    device: str = "cpu",
+    timeout_s: float = DEFAULT_TIMEOUT_S,
+    memory_mb: int | None = None,
+    sandbox: str = "strict",
 ) -> dict[str, Any]:
-    """Validate a task's source in a child process and return its metadata.
+    """Validate a task's source in a sandboxed child process and return its metadata.
 
     Parameters
     ----------
@@ -30,33 +38,32 @@ def validate_task_source(
         Wall-clock bound on the child, torch's import included (about 1 s).
     memory_mb:
         Address-space limit of the child (CPU only; CUDA reserves more than it uses).
+    sandbox:
+        The child's sandbox mode (``strict`` or ``relaxed``; ``Settings.sandbox``).
 
     Returns
     -------
     dict
-        ``dtype``, ``atol``, ``rtol``, ``allow_tf32``, ``n_shapes``.
+        ``dtype``, ``atol``, ``rtol``, ``allow_tf32``, ``n_shapes``, ``input_bytes``,
+        ``output_bytes``, ``values_checked``.
 
     Raises
     ------
     InvalidTask
         The task is invalid, timed out, or made the validator crash.
+    SandboxUnavailable
+        Strict mode cannot set up the sandbox on this host: no task can be validated safely.
     """
-    args = ["--device", device]
-    if memory_mb and device == "cpu":
-        args += ["--memory-mb", str(memory_mb)]
-    answer = run_json_child(
-        "evaluator_worker.validate_task", source, args, device=device, timeout_s=timeout_s
-    )
-    if answer.timed_out:
-        raise InvalidTask(
-            f"validating the task took longer than {timeout_s:g} s: make Model and"
-            " get_inputs() cheaper (small inputs are enough to validate)"
+    try:
+        return validate_source(
+            source, device=device, timeout_s=timeout_s, memory_mb=memory_mb, sandbox=sandbox
         )
-    verdict = answer.verdict
-    if answer.returncode not in (0, 1) or verdict is None:
-        tail = " ".join(answer.stderr.strip().splitlines()[-3:])[-400:]
-        log.warning("task validator exited with %s: %s", answer.returncode, answer.stderr[-2000:])
-        raise InvalidTask(f"validating the task crashed (exit code {answer.returncode}): {tail}")
-    if not verdict.get("ok"):
-        raise InvalidTask(str(verdict.get("error")), verdict.get("line"))
-    return dict(verdict["meta"])
+    except TaskError as e:
+        raise InvalidTask(e.reason, e.line) from None
+    except SandboxError as e:
+        log.error("cannot validate uploaded tasks: %s", e)
+        raise SandboxUnavailable(
+            "the server cannot validate tasks safely: its sandbox cannot be set up on this"
+            " host. This is not a problem with your task: the server's operator must fix the"
+            " host (the server's log says how); try again later"
+        ) from None

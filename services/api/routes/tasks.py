@@ -1,4 +1,4 @@
-"""``/tasks``: upload a task file (validated in a child process), list and read your tasks."""
+"""``/tasks``: upload a task file (validated in a sandboxed child process), list and read yours."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ from services.api.deps import (
     SessionDep,
     owner_filter,
 )
-from services.api.errors import PayloadTooLarge, Unprocessable
+from services.api.errors import ErrorBody, PayloadTooLarge, Unprocessable
 from services.api.schemas import Page, TaskDetail, TaskOut, storable
 from services.api.validation import validate_task_source
 
@@ -38,7 +38,15 @@ def _task_name(name: str | None, filename: str | None) -> str:
         raise Unprocessable(msg, field="file") from None
 
 
-@router.post("", status_code=201, response_model=TaskOut)
+_SANDBOX = {
+    503: {
+        "model": ErrorBody,
+        "description": "The server cannot validate tasks safely (its sandbox is unavailable)",
+    }
+}
+
+
+@router.post("", status_code=201, response_model=TaskOut, responses=_SANDBOX)
 def create_task(
     user: BriefUser,
     config: ConfigDep,
@@ -64,6 +72,7 @@ def create_task(
         device="cpu",
         timeout_s=config.validate_timeout_s,
         memory_mb=config.settings.memory_limit_mb,
+        sandbox=config.settings.sandbox,
     )
     # Its own short session: validating took up to validate_timeout_s, holding none.
     with config.session_factory() as session:
