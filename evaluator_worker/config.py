@@ -57,8 +57,9 @@ class EvalConfig:
         (:mod:`evaluator_worker.sandbox`); ``"relaxed"`` evaluates with what the host allows
         and every result says what was missing.
     sandbox_disk_mb, sandbox_shm_mb:
-        Sizes of a child's private writable directory (``/work``: tmp, home, compiler caches)
-        and of its private ``/dev/shm``.
+        Sizes of a child's private writable directory (``/home/sandbox``: home, ``/tmp``,
+        compiler caches) and of its private ``/dev/shm``. Both are RAM-backed (tmpfs) and
+        counted by no address-space limit: at most their sum of host memory per child.
     max_processes:
         Processes (and threads) a child may have at once.
     cuda_memory_fraction:
@@ -96,7 +97,7 @@ class EvalConfig:
     memory_limit_mb: int = 16384
     sandbox: Literal["strict", "relaxed"] = "strict"
     sandbox_disk_mb: int = 2048
-    sandbox_shm_mb: int = 4096
+    sandbox_shm_mb: int = 512
     max_processes: int = 512
     cuda_memory_fraction: float = 0.9
     pass_env: tuple[str, ...] = ()

@@ -4,14 +4,15 @@
 namespaces (as root directly; otherwise inside a new user namespace that maps only the
 caller's own ids). The PID namespace applies to the caller's next child, so :func:`split`
 forks once more: the parent stays outside and only relays the child's exit status; the child
-is PID 1 of a namespace in which it is the only process, and when it dies the kernel kills
-everything it started.
+is PID 1 of the new namespace, sets the view up and, through :func:`stay_init`, forks the
+process that runs the work and stays init, so that the namespace (and everything the work
+started) dies with it, which the work cannot prevent.
 
 :func:`build` then mounts a tmpfs as the new root and bind-mounts into it, read-only and at
 the same paths, what the interpreter needs (the system's ``/usr`` and libraries, the Python
 installation and its ``site-packages``, this package) and the job's own files; a private,
-size-limited tmpfs for :data:`WORK` (home, tmp, compiler caches), for ``/tmp`` and for
-``/dev/shm``; ``/dev`` with only ``null``, ``zero``, ``full``, ``random``,
+size-limited tmpfs for :data:`WORK` (home, tmp, compiler caches; ``/tmp`` is its ``tmp``)
+and one for ``/dev/shm``; ``/dev`` with only ``null``, ``zero``, ``full``, ``random``,
 ``urandom`` and the GPU's nodes; a fresh ``/proc`` of the new PID namespace. After
 ``pivot_root`` the host's tree is detached: nothing else of it exists for the child (not the
 data directory, other candidates' directories, ``/root``, ``/home`` or the rest of ``/etc``).
@@ -55,6 +56,8 @@ ETC_FILES = (
 )
 DEVICES = ("null", "zero", "full", "random", "urandom")
 GPU_DEVICES = ("nvidia*", "nvidia-caps")
+#: What of /sys a GPU child sees (not /sys/fs, /sys/kernel: the host's cgroups and knobs).
+SYS_GPU = ("/sys/devices", "/sys/bus", "/sys/class", "/sys/module")
 #: The child's private, writable directory (a fresh tmpfs); ``/tmp`` links into it.
 WORK = "/home/sandbox"
 
@@ -85,6 +88,7 @@ def _write(path: str, text: str) -> None:
 def unshare() -> str:
     """Enter new namespaces; returns ``"root"`` or ``"user"`` (how), or raises :class:`Refused`."""
     if os.geteuid() == 0 and _libc.unshare(NAMESPACES) == 0:
+        _rename()
         return "root"
     first = os.strerror(ctypes.get_errno()) if os.geteuid() == 0 else None
     uid, gid = os.geteuid(), os.getegid()
@@ -98,7 +102,41 @@ def unshare() -> str:
         _write("/proc/self/gid_map", f"{gid} {gid} 1")
     except OSError as e:
         raise Refused(f"writing the user namespace's id maps: {e}") from None
+    _rename()
     return "user"
+
+
+def _rename() -> None:
+    """The new UTS namespace starts with the host's name: give it one of its own."""
+    name = b"sandbox"
+    _check(_libc.sethostname(name, len(name)), "sethostname in the new UTS namespace")
+
+
+def stay_init() -> None:
+    """Fork the process that runs the work; this one stays PID 1 of the namespace.
+
+    When PID 1 of a PID namespace dies, the kernel kills every other process in it. Staying
+    init (and reaping whatever is reparented to it), this process makes the namespace's life
+    the judge's to end: killing its process group kills it, and with it everything the work
+    started, whatever the work did to detach itself (a new session, a cleared parent-death
+    signal, a fake exit). The work's process returns; this one exits with its status.
+    """
+    pid = os.fork()
+    if pid == 0:
+        return
+    os.closerange(0, 1 << 16)
+    code = 1
+    while True:
+        try:
+            done, status = os.waitpid(-1, 0)
+        except ChildProcessError:
+            break
+        except InterruptedError:
+            continue
+        if done == pid:
+            code = os.waitstatus_to_exitcode(status) if os.WIFEXITED(status) else 1
+            break
+    os._exit(max(0, code))
 
 
 def split(rootdir: str | None = None) -> None:
@@ -228,9 +266,14 @@ def build(opts: dict[str, Any], uid: int, gid: int) -> list[str]:
     root = str(opts["rootdir"])
     _mount("tmpfs", root, "tmpfs", MS_NOSUID | MS_NODEV, "size=16m,mode=755")
     size = int(opts.get("disk_mb") or 2048)
-    # A private /tmp first: binds of host paths under /tmp (the job's files) go on top of it.
-    tmp = _place(root, "/tmp", True)
-    _mount("tmpfs", tmp, "tmpfs", MS_NOSUID | MS_NODEV, f"size={size}m,mode=1777")
+    # One private, size-limited tmpfs for the home and /tmp (which is its tmp/), mounted
+    # first: binds of host paths under /tmp (the job's files) go on top of it.
+    work = _place(root, WORK, True)
+    options = f"size={size}m,mode=700,uid={uid},gid={gid}"
+    _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, options)
+    os.mkdir(work + "/tmp")
+    os.chmod(work + "/tmp", 0o1777)
+    _mount(work + "/tmp", _place(root, "/tmp", True), None, MS_BIND)
     ro = read_only_paths(list(opts.get("extra_read_only") or []))
     clash = [p for p in ro if p == WORK or p.startswith(WORK + "/")]
     if clash:
@@ -238,15 +281,14 @@ def build(opts: dict[str, Any], uid: int, gid: int) -> list[str]:
     for path in ro:
         _bind(root, path, writable=False)
     gpu = opts.get("device") == "cuda"
-    if gpu and os.path.isdir("/sys"):
-        _bind(root, "/sys", writable=False)  # the driver and NVML read the PCI tree
+    if gpu:
+        for part in SYS_GPU:  # the driver and NVML read the PCI tree and the module's state
+            if os.path.isdir(part):
+                _bind(root, part, writable=False)
     for path, writable in opts.get("binds") or []:
         if os.path.lexists(path):
             _bind(root, os.path.normpath(path), bool(writable))
-    _devices(root, gpu, int(opts.get("shm_mb") or 1024))
-    work = _place(root, WORK, True)
-    options = f"size={size}m,mode=700,uid={uid},gid={gid}"
-    _mount("tmpfs", work, "tmpfs", MS_NOSUID | MS_NODEV, options)
+    _devices(root, gpu, int(opts.get("shm_mb") or 512))
     _etc(root, uid, gid)
     os.makedirs(root + "/proc")
     _mount("proc", root + "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)

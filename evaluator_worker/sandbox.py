@@ -260,6 +260,8 @@ def confine(opts: dict[str, Any]) -> dict[str, Any]:
             + ". To fix: "
             + HOW_TO
         )
+    if applied.get("pid_namespace"):
+        fsview.stay_init()
     os.chdir(work)
     applied["setup_ms"] = round((time.perf_counter() - t0) * 1e3, 2)
     return applied

@@ -111,6 +111,35 @@ CASES: list[Case] = [
          dedicated=True),
     # Never returns: TIMEOUT, then the next candidate must evaluate normally.
     Case("infinite_loop", SOFTMAX, _c("infinite_loop"), _s("TIMEOUT"), dedicated=True, timeout_s=5.0),
+    # Sandbox escapes (issue 10), with the gate off: the OS sandbox alone must hold. The verdict is
+    # the least of it: tests/test_sandbox_escape.py checks that nothing was written, read, seen or
+    # leaked. Templates (``template`` names the file the test fills in: a host directory, the
+    # judge's pid, a marker) are run only there; "TASK_ERROR" means the task is refused.
+    Case("escape_env", SOFTMAX, _c("escape_env"), REJECT),
+    Case("escape_env_nogate", SOFTMAX, _c("escape_env"), _s("LOAD_ERROR"), gate=False),
+    Case("escape_kill_parent", SOFTMAX, _c("escape_kill_parent"), REJECT),
+    Case("escape_kill_parent_nogate", SOFTMAX, _c("escape_kill_parent"),
+         _s("LOAD_ERROR", "RUNTIME_ERROR"), gate=False),
+    Case("escape_write", SOFTMAX, _c("escape_write"), _s("LOAD_ERROR", "OK"), gate=False,
+         template="escape_write", dedicated=True),
+    Case("escape_read", SOFTMAX, _c("escape_read"), _s("RUNTIME_ERROR"), gate=False,
+         template="escape_read", dedicated=True),
+    Case("escape_list", SOFTMAX, _c("escape_list"), _s("LOAD_ERROR"), gate=False,
+         template="escape_list", dedicated=True),
+    Case("escape_carry", SOFTMAX, _c("escape_carry"), _s("LOAD_ERROR"), gate=False,
+         template="escape_carry", dedicated=True),
+    Case("escape_signal", SOFTMAX, _c("escape_signal"), _s("LOAD_ERROR"), gate=False,
+         template="escape_signal", dedicated=True),
+    Case("escape_proc", SOFTMAX, _c("escape_proc"), _s("LOAD_ERROR"), gate=False,
+         template="escape_proc", dedicated=True),
+    Case("escape_linger", SOFTMAX, _c("escape_linger"), _s("OK", "TIMEOUT"), gate=False,
+         template="escape_linger", dedicated=True),
+    Case("escape_task_report", f"{TASKS}/escape_task_report.py", _c("softmax_torch"),
+         _s("TASK_ERROR"), gate=False, template="escape_task_report", dedicated=True),
+    Case("escape_task_import_write", f"{TASKS}/escape_task_import_write.py", _c("softmax_torch"),
+         OK, gate=False, template="escape_task_import_write", dedicated=True),
+    Case("escape_task_forward", f"{TASKS}/escape_task_forward.py", _c("softmax_torch"),
+         _s("RUNTIME_ERROR"), gate=False, template="escape_task_forward", dedicated=True),
     # GPU only.
     Case("softmax_triton_gpu", SOFTMAX, _c("softmax_triton"), OK, gpu=True),
     Case("reference_softmax_gpu", SOFTMAX, None, OK, gpu=True, from_reference=True),
