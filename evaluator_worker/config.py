@@ -20,6 +20,9 @@ WORKER_ONLY = (
     "pass_env",
     "sandbox_read_only",
 )
+#: Resource limits a job may lower but never raise above the worker's own (its time limit
+#: is the run's: the queue's own time limit is derived from it).
+CAPPED = ("memory_limit_mb", "pool_bytes")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -123,3 +126,17 @@ class EvalConfig:
             )
         if self.device not in ("auto", "cpu", "cuda"):
             raise ValueError(f"device must be auto, cpu or cuda, got {self.device!r}")
+
+
+def job_config(worker: EvalConfig, asked: dict) -> EvalConfig:
+    """The configuration a job runs under: the worker's, with what the job may change.
+
+    Unknown fields and :data:`WORKER_ONLY` ones are ignored; :data:`CAPPED` limits are the
+    smaller of the job's and the worker's.
+    """
+    known = {f.name for f in dataclasses.fields(EvalConfig)}
+    changes = {k: v for k, v in asked.items() if k in known and k not in WORKER_ONLY}
+    for key in CAPPED:
+        if key in changes and isinstance(changes[key], (int, float)):
+            changes[key] = min(changes[key], getattr(worker, key))
+    return dataclasses.replace(worker, **changes)

@@ -64,7 +64,7 @@ class Reference:
                 )
                 for e in reply["expected"]
             ]
-        except (KeyError, TypeError, ValueError) as e:
+        except (KeyError, TypeError, ValueError, OverflowError) as e:
             raise Failure(
                 Verdict.RUNTIME_ERROR, f"the reference process sent a malformed answer ({e})"
             ) from None

@@ -217,12 +217,31 @@ def _bind(root: str, path: str, writable: bool) -> None:
     target = _place(root, path, os.path.isdir(path))
     _mount(path, target, None, MS_BIND | MS_REC)
     if not writable:
-        keep = os.statvfs(target).f_flag
-        flags = MS_BIND | MS_REMOUNT | MS_RDONLY
-        for st, ms in _KEEP.items():
-            if keep & st:
-                flags |= ms
-        _mount(None, target, None, flags)
+        # The remount is per mount: every mount the recursive bind brought along too.
+        for point in [target, *_submounts(target)]:
+            _read_only(point)
+
+
+def _read_only(point: str) -> None:
+    keep = os.statvfs(point).f_flag
+    flags = MS_BIND | MS_REMOUNT | MS_RDONLY | MS_NOSUID
+    for st, ms in _KEEP.items():
+        if keep & st:
+            flags |= ms
+    _mount(None, point, None, flags)
+
+
+def _submounts(target: str) -> list[str]:
+    """Mount points strictly below ``target`` (from ``/proc/self/mountinfo``)."""
+    prefix = target.rstrip("/") + "/"
+    points = []
+    with open("/proc/self/mountinfo") as f:
+        for line in f:
+            fields = line.split()
+            point = fields[4].encode().decode("unicode_escape") if len(fields) > 4 else ""
+            if point.startswith(prefix):
+                points.append(point)
+    return points
 
 
 def _devices(root: str, gpu: bool, shm_mb: int) -> None:

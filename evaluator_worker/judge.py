@@ -176,7 +176,8 @@ class Evaluator:
                     {**msg, "device": str(self.device)}, self.config.timeout_s, "loading the task"
                 )
                 task = TaskInfo.from_dict(reply["info"])
-                task.path = str(p)
+                # The child reports on the text it was given; what runs later is ours.
+                task.path, task.source = str(p), source
                 self.check_fits(task)
                 proc.request({"op": "check_values"}, self.config.timeout_s, "checking the task")
             except TaskError as e:
@@ -287,7 +288,7 @@ class Evaluator:
         if group is not None:
             sandbox["cgroup"] = str(group)
         proc = CandidateProcess(self.zygote(), sandbox)
-        proc.workdir, proc.files = work, copies
+        proc.role, proc.workdir, proc.files = role, work, copies
         proc.cgroup, proc.cgroup_limit_mb = group, cfg.memory_limit_mb
         return proc
 
@@ -455,7 +456,7 @@ class _Run:
             files["candidate.py"] = self.source
         opts = {"inductor_cache": self.ev.inductor_cache(self.task)} if role == "baseline" else {}
         proc = self.ev._spawn(interpret, files=files, role=role, **opts)
-        proc.role = role
+        proc.max_reply_bytes = self.reply_cap()
         self.procs.append(proc)
         msg = {
             "op": "setup",
@@ -491,7 +492,7 @@ class _Run:
         cand, info = self._setup("candidate", self.interpret, params=res.params)
         stages["spawn_s"] = info["spawn_s"]
         stages["load_s"] = info["setup_s"]
-        self._note_sandbox(info.get("sandbox", {}))
+        self._note_sandbox(cand.applied or {})
         t1 = time.monotonic()
         ref_proc, _ = self._setup("reference", False)
         reference = correctness.Reference(ref_proc, self.task, self.device, cfg.timeout_s)
@@ -550,6 +551,16 @@ class _Run:
         if res.verdict == Verdict.QUARANTINE:
             measure.remeasure(self, cand, pool, timing)
 
+    def reply_cap(self) -> int:
+        """Most bytes one reply of a child may carry: a few times the task's inputs and outputs.
+
+        A child announces its tensors' sizes before sending them; without a bound, an
+        announcement alone would make the judge allocate what it says.
+        """
+        i = self.task.set_bytes or self.task.input_bytes or 0
+        o = self.task.output_bytes if self.task.output_bytes is not None else i
+        return 8 * (i + o) + (256 << 20)
+
     def _note_sandbox(self, applied: dict[str, Any]) -> None:
         """Record how the candidate was confined; a relaxed sandbox says what was missing."""
         res = self.result
@@ -558,11 +569,11 @@ class _Run:
         res.features["network_isolated"] = bool(applied.get("network_isolated"))
         res.features["sandbox"] = {
             "level": applied.get("level", "relaxed"),
-            "missing": list(applied.get("missing") or []),
+            "missing": [str(m)[:500] for m in list(applied.get("missing") or [])[:20]],
         }
         if self.ev.cgroup_note:
             res.features["sandbox"]["memory_cgroup"] = self.ev.cgroup_note
-        for what in applied.get("missing") or []:
+        for what in res.features["sandbox"]["missing"]:
             res.messages.append(f"sandbox: relaxed, missing {what}")
 
     def _pool_size(self, per_round: int) -> int:

@@ -48,6 +48,10 @@ class CandidateProcess:
         self.workdir: Path | None = None
         self.cgroup: Path | None = None
         self.cgroup_limit_mb = 0
+        #: What the sandbox applied, from the child's first message (before untrusted code).
+        self.applied: dict[str, Any] | None = None
+        #: Bound on the bytes of one reply (the judge sets it from the task's sizes).
+        self.max_reply_bytes = 1 << 36
 
     def stage(self, name: str, budget_s: float) -> None:
         """Start a stage: its requests together may take at most ``budget_s`` seconds."""
@@ -63,8 +67,10 @@ class CandidateProcess:
         limit = timeout_s if self.stage_left is None else min(timeout_s, self.stage_left)
         t0 = time.monotonic()
         try:
+            if self.applied is None:
+                self._hello(t0 + max(limit, 0.0))
             protocol.send(self.sock, {**msg, "ipc": self.ipc}, cuda_ipc=False)
-            reply = protocol.recv(self.sock, t0 + max(limit, 0.0))
+            reply = protocol.recv(self.sock, t0 + max(limit, 0.0), self.max_reply_bytes)
         except protocol.PeerTimeout:
             self.kill()
             stage = f" (the {self.stage_name} stage's limit)" if self.stage_name else ""
@@ -102,20 +108,32 @@ class CandidateProcess:
         err = reply.get("error")
         if err:
             text = str(err.get("message", ""))[:MAX_MESSAGE]
-            if err.get("kind") == "SANDBOX_UNAVAILABLE":
-                self.kill()
-                raise SandboxError(text)
-            if err.get("kind") == "TASK_ERROR":
+            if err.get("kind") == "TASK_ERROR" and self.role in ("task", "reference"):
                 line = err.get("line")
                 raise TaskError(text, None, line if isinstance(line, int) else None)
             try:
                 verdict = Verdict(err.get("kind"))
             except ValueError:
                 verdict = Verdict.RUNTIME_ERROR
+            if verdict.correct:  # a child's error can only fail it, never pass it
+                verdict = Verdict.RUNTIME_ERROR
             if verdict == Verdict.CUDA_FATAL:
                 self.kill()
             raise Failure(verdict, f"{what}: {text}")
         return reply
+
+    def _hello(self, deadline: float) -> None:
+        """Read the child's first message: what its sandbox applied, or why it could not."""
+        first = protocol.recv(self.sock, deadline, 1 << 20)
+        if not isinstance(first, dict):
+            raise protocol.ProtocolError("the child's first message is malformed")
+        if "sandbox_error" in first:
+            self.kill()
+            raise SandboxError(str(first["sandbox_error"])[:MAX_MESSAGE])
+        applied = first.get("sandbox")
+        if not isinstance(applied, dict):
+            raise protocol.ProtocolError("the child's first message is malformed")
+        self.applied = applied
 
     def _oom_killed(self) -> bool:
         if self.cgroup is None:

@@ -217,11 +217,14 @@ def recv(sock: socket.socket, deadline: float | None = None, max_bytes: int = 1 
         header = json.loads(_recv_exact(sock, n, deadline))
         sizes = header["blobs"]
         body = header["body"]
-    except (ValueError, KeyError, TypeError) as e:
-        raise ProtocolError(f"malformed header: {e}") from e
+    except (ValueError, KeyError, TypeError, RecursionError) as e:
+        raise ProtocolError(f"malformed header: {type(e).__name__}") from e
     if not isinstance(sizes, list) or not all(isinstance(s, int) and s >= 0 for s in sizes):
         raise ProtocolError("malformed blob sizes")
     if sum(sizes) > max_bytes:
         raise ProtocolError(f"message of {sum(sizes)} bytes exceeds the limit of {max_bytes}")
     blobs = [_recv_exact(sock, s, deadline) for s in sizes]
-    return decode(body, blobs)
+    try:
+        return decode(body, blobs)
+    except (KeyError, TypeError, ValueError, OverflowError, RecursionError, IndexError) as e:
+        raise ProtocolError(f"malformed message: {type(e).__name__}: {e}"[:300]) from e

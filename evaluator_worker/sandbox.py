@@ -217,6 +217,8 @@ def confine(opts: dict[str, Any]) -> dict[str, Any]:
     if mode not in MODES:
         raise SandboxUnavailable(f"sandbox mode must be one of {MODES}, got {mode!r}")
     applied: dict[str, Any] = {"session": True, "mode": mode}
+    if opts.get("cuda_memory_fraction"):  # child.py sets it before any untrusted code runs
+        applied["cuda_memory_fraction"] = float(opts["cuda_memory_fraction"])
     missing: list[str] = []
     if opts.get("cgroup"):
         try:
@@ -249,7 +251,7 @@ def confine(opts: dict[str, Any]) -> dict[str, Any]:
     nproc = int(opts.get("max_processes") or 512)
     _limit(resource.RLIMIT_NPROC, nproc)
     applied["max_processes"] = nproc
-    _environment(opts, work)
+    _environment(opts, work, shared=bool(applied.get("file_system")))
     _seccomp(applied, missing)
     applied["missing"] = missing
     applied["level"] = "strict" if not missing else "relaxed"
@@ -267,8 +269,12 @@ def confine(opts: dict[str, Any]) -> dict[str, Any]:
     return applied
 
 
-def _environment(opts: dict[str, Any], work: Path) -> None:
-    """Replace the environment with the allow-list and the child's own directories."""
+def _environment(opts: dict[str, Any], work: Path, shared: bool) -> None:
+    """Replace the environment with the allow-list and the child's own directories.
+
+    ``shared``: whether the per-worker caches may be used. Without a private file-system view
+    (relaxed mode) every child could write them, so each child gets private ones instead.
+    """
     env = environment()
     env.update({str(k): str(v) for k, v in (opts.get("pass_env") or {}).items()})
     dirs = {
@@ -277,7 +283,9 @@ def _environment(opts: dict[str, Any], work: Path) -> None:
         "TRITON_CACHE_DIR": work / "triton",
         "CUPY_CACHE_DIR": work / "cupy",
         "TORCH_EXTENSIONS_DIR": work / "torch_extensions",
-        "TORCHINDUCTOR_CACHE_DIR": Path(opts.get("inductor_cache") or work / "inductor"),
+        "TORCHINDUCTOR_CACHE_DIR": Path(
+            (shared and opts.get("inductor_cache")) or work / "inductor"
+        ),
     }
     if opts.get("triton_cache_dir"):  # the evaluator's own prebuild process only
         dirs["TRITON_CACHE_DIR"] = Path(opts["triton_cache_dir"])
@@ -286,7 +294,7 @@ def _environment(opts: dict[str, Any], work: Path) -> None:
         env[key] = str(path)
     env.update(USER="sandbox", LOGNAME="sandbox", PYTHONDONTWRITEBYTECODE="1")
     env["TRITON_INTERPRET"] = "1" if opts.get("interpret") else "0"
-    if opts.get("triton_shared_cache"):
+    if shared and opts.get("triton_shared_cache"):
         # Driver utilities and launchers built once per worker, read-only (triton_cache.py).
         env["TRITON_CACHE_MANAGER"] = "evaluator_worker.triton_cache:LayeredCacheManager"
         env["KERNELMAP_TRITON_SHARED_CACHE"] = str(opts["triton_shared_cache"])

@@ -25,6 +25,7 @@ DENIED: tuple[str, ...] = (
     "iopl", "ioperm", "open_by_handle_at", "name_to_handle_at", "userfaultfd", "io_uring_setup",
     "io_uring_enter", "io_uring_register", "fanotify_init", "kcmp", "pidfd_getfd", "quotactl",
     "lookup_dcookie", "move_mount", "open_tree", "fsopen", "fsmount", "fspick", "mount_setattr",
+    "syslog",
     # Not refused outright: glibc, Python and sanitizers query it with personality(0xffffffff).
     # Only the query and PER_LINUX (0) are allowed, as in Docker's default profile.
     "personality",
@@ -53,7 +54,7 @@ _X86_64: dict[str, int] = {
     "clock_settime": 227, "clock_adjtime": 305, "adjtimex": 159, "iopl": 172, "ioperm": 173,
     "open_by_handle_at": 304, "name_to_handle_at": 303, "userfaultfd": 323,
     "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-    "fanotify_init": 300, "kcmp": 312, "pidfd_getfd": 438, "quotactl": 179,
+    "fanotify_init": 300, "kcmp": 312, "pidfd_getfd": 438, "quotactl": 179, "syslog": 103,
     "lookup_dcookie": 212, "move_mount": 429, "open_tree": 428, "fsopen": 430, "fsmount": 432,
     "fspick": 433, "mount_setattr": 442, "personality": 135, "clone": 56, "clone3": 435,
     "socket": 41, "socketpair": 53, "seccomp": 317,
@@ -67,7 +68,7 @@ _AARCH64: dict[str, int] = {
     "clock_settime": 112, "clock_adjtime": 266, "adjtimex": 171,
     "open_by_handle_at": 265, "name_to_handle_at": 264, "userfaultfd": 282,
     "io_uring_setup": 425, "io_uring_enter": 426, "io_uring_register": 427,
-    "fanotify_init": 262, "kcmp": 272, "pidfd_getfd": 438, "quotactl": 60,
+    "fanotify_init": 262, "kcmp": 272, "pidfd_getfd": 438, "quotactl": 60, "syslog": 116,
     "lookup_dcookie": 18, "move_mount": 429, "open_tree": 428, "fsopen": 430, "fsmount": 432,
     "fspick": 433, "mount_setattr": 442, "personality": 92, "clone": 220, "clone3": 435,
     "socket": 198, "socketpair": 199, "seccomp": 277,

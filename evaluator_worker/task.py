@@ -31,6 +31,9 @@ from evaluator_worker import compare, inputs
 from evaluator_worker.errors import TaskError
 from evaluator_worker.modules import describe, error_line, import_file
 
+#: Most held-out ``SHAPES`` a task may declare (each is one more correctness trial).
+MAX_SHAPES = 32
+
 REQUIRED = (
     ("Model", ast.ClassDef, "class Model(nn.Module)"),
     ("get_inputs", ast.FunctionDef, "def get_inputs()"),
@@ -137,19 +140,26 @@ class TaskInfo:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> TaskInfo:
         """Parse what a child sent; raises ``ValueError`` when a field is malformed."""
-        dtype = getattr(torch, str(d["dtype"]), None)
-        if not isinstance(dtype, torch.dtype):
-            raise ValueError(f"bad dtype {d['dtype']!r}")
+        from evaluator_worker.protocol import DTYPES
+
+        dtype = DTYPES.get(str(d["dtype"]))
+        if dtype is None:
+            raise ValueError(f"bad dtype {str(d['dtype'])[:40]!r}")
         sizes = [d.get(k) for k in ("input_bytes", "output_bytes", "set_bytes")]
-        if not all(v is None or (isinstance(v, int) and v >= 0) for v in sizes):
+        if not all(v is None or (isinstance(v, int) and 0 <= v < 1 << 50) for v in sizes):
             raise ValueError("bad sizes")
+        atol, rtol, n_shapes = float(d["atol"]), float(d["rtol"]), d["n_shapes"]
+        if not (0 <= atol < 1 and 0 <= rtol < 1):  # NaN fails both
+            raise ValueError("bad tolerances")
+        if not isinstance(n_shapes, int) or not 0 <= n_shapes <= MAX_SHAPES:
+            raise ValueError("bad n_shapes")
         return cls(
             str(d["path"]),
             str(d["source"]),
             dtype,
-            compare.Tolerance(float(d["atol"]), float(d["rtol"])),
+            compare.Tolerance(atol, rtol),
             bool(d["allow_tf32"]),
-            int(d["n_shapes"]),
+            n_shapes,
             *sizes[:2],
             bool(d["values_checked"]),
             sizes[2],
@@ -198,6 +208,11 @@ def _metadata(
     if not isinstance(shapes, (list, tuple)) or not all(callable(s) for s in shapes):
         raise TaskError(
             "SHAPES must be a list of functions that each return an inputs list like get_inputs()",
+            str(path),
+        )
+    if len(shapes) > MAX_SHAPES:
+        raise TaskError(
+            f"SHAPES has {len(shapes)} entries; at most {MAX_SHAPES} held-out shapes are checked",
             str(path),
         )
     return compare.Tolerance(tol["ATOL"], tol["RTOL"]), allow_tf32, len(shapes)

@@ -81,12 +81,14 @@ def _child(req: dict[str, Any], chan_fd: int, capture_fd: int) -> None:
             why = (
                 str(e)
                 if isinstance(e, sandbox.SandboxUnavailable)
-                else (f"setting up the sandbox failed: {type(e).__name__}: {e}")
+                else f"setting up the sandbox failed: {type(e).__name__}: {e}"
             )
-            protocol.recv(chan)
-            protocol.send(chan, {"error": {"kind": "SANDBOX_UNAVAILABLE", "message": why}})
+            protocol.send(chan, {"sandbox_error": why})
             code = 78
         else:
+            # The first message, sent before any untrusted code runs: the only word on the
+            # sandbox the judge believes (later messages may be the candidate's forgeries).
+            protocol.send(chan, {"sandbox": applied})
             for stream in (sys.stdout, sys.stderr):  # the capture file gets each line as printed
                 stream.reconfigure(line_buffering=True, write_through=True)
             code = child.serve(chan, applied)

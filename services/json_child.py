@@ -67,28 +67,45 @@ def run_json_child(
     with tempfile.TemporaryDirectory(prefix="kernelmap-job-", ignore_cleanup_errors=True) as tmp:
         os.chmod(tmp, 0o711)  # the child's unprivileged user may need to pass through it
         cmd = [sys.executable, "-m", module, "-", "--sandbox", sandbox, "--scratch", tmp, *args]
-        proc = subprocess.Popen(
-            cmd,
-            cwd=tmp,
-            env=child_env(device),
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            encoding="utf-8",
-            errors="replace",
-            start_new_session=True,
-            # SIGKILL when we go. PR_SET_PDEATHSIG follows the *thread* that forked the child,
-            # not the process: this thread waits in communicate() until the child is gone, so
-            # the signal fires only when this whole process dies (a crash, a SIGKILL).
-            preexec_fn=functools.partial(die_with, os.getpid()),
-        )
-        try:
-            out, err = proc.communicate(source, timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            _, err = proc.communicate()
-            return ChildAnswer(None, None, err, timed_out=True)
+        # Output goes to files, of which only the tails are read: a task that prints
+        # gigabytes costs this process nothing (the child's RLIMIT_FSIZE bounds the files).
+        with tempfile.TemporaryFile(dir=tmp) as out_f, tempfile.TemporaryFile(dir=tmp) as err_f:
+            proc = subprocess.Popen(
+                cmd,
+                cwd=tmp,
+                env=child_env(device),
+                stdin=subprocess.PIPE,
+                stdout=out_f,
+                stderr=err_f,
+                start_new_session=True,
+                # SIGKILL when we go. PR_SET_PDEATHSIG follows the *thread* that forked the
+                # child, not the process: this thread waits in communicate() until the child
+                # is gone, so the signal fires only when this whole process dies.
+                preexec_fn=functools.partial(die_with, os.getpid()),
+            )
+            timed_out = False
+            try:
+                proc.communicate(source.encode("utf-8"), timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.communicate()
+                timed_out = True
+            out, err = _tail(out_f, OUT_TAIL), _tail(err_f, ERR_TAIL)
+    if timed_out:
+        return ChildAnswer(None, None, err, timed_out=True)
     return ChildAnswer(proc.returncode, _last_json(out), err)
+
+
+#: Bytes read back from the end of the child's stdout (the verdict line) and stderr.
+OUT_TAIL = 1 << 20
+ERR_TAIL = 1 << 14
+
+
+def _tail(f: Any, n: int) -> str:
+    """The last ``n`` bytes of an output file, as text."""
+    f.seek(0, os.SEEK_END)
+    f.seek(max(0, f.tell() - n))
+    return f.read().decode("utf-8", errors="replace")
 
 
 def _last_json(out: str) -> dict[str, Any] | None:

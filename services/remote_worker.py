@@ -352,14 +352,12 @@ class _RemoteWorker:
 
     def evaluator(self, config: dict[str, Any]):
         """The evaluator, rebuilt only when a job asks for another configuration."""
-        from evaluator_worker.config import WORKER_ONLY, EvalConfig
+        from evaluator_worker.config import job_config
         from evaluator_worker.judge import Evaluator
         from services.config import Settings
 
-        known = {f.name for f in dataclasses.fields(EvalConfig)}
-        # This worker's own device, gate and sandbox: no job may switch them.
-        asked = {k: v for k, v in config.items() if k in known and k not in WORKER_ONLY}
-        wanted = dataclasses.replace(Settings().eval_config(device=self.device), **asked)
+        # This worker's own device, gate, sandbox and limits: no job may loosen them.
+        wanted = job_config(Settings().eval_config(device=self.device), config)
         if self._evaluator is None or self._evaluator.config != wanted:
             self.close_evaluator()
             self._evaluator = Evaluator(wanted)

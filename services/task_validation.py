@@ -73,5 +73,37 @@ def _meta(answer: ChildAnswer, timeout_s: float, path: str | None) -> dict[str, 
             f"validating the task crashed (exit code {answer.returncode}): {tail}", path
         )
     if not verdict.get("ok"):
-        raise TaskError(str(verdict.get("error")), path, verdict.get("line"))
-    return dict(verdict["meta"])
+        line = verdict.get("line")
+        raise TaskError(
+            str(verdict.get("error"))[:2000], path, line if isinstance(line, int) else None
+        )
+    return checked_meta(verdict.get("meta"), path)
+
+
+def checked_meta(meta: Any, path: str | None = None) -> dict[str, Any]:
+    """The validator's metadata, checked field by field (the task ran in that process).
+
+    A task can only misdescribe itself; workers validate it again in their own sandbox
+    before they evaluate anything. Raises :class:`TaskError` for a malformed answer.
+    """
+    from evaluator_worker.protocol import DTYPES
+    from evaluator_worker.task import MAX_SHAPES
+
+    def size(v: Any) -> bool:
+        return v is None or (type(v) is int and 0 <= v < 1 << 50)
+
+    ok = (
+        isinstance(meta, dict)
+        and str(meta.get("dtype", "")).removeprefix("torch.") in DTYPES
+        and all(type(meta.get(k)) in (int, float) and 0 <= meta[k] < 1 for k in ("atol", "rtol"))
+        and type(meta.get("allow_tf32")) is bool
+        and type(meta.get("n_shapes")) is int
+        and 0 <= meta["n_shapes"] <= MAX_SHAPES
+        and size(meta.get("input_bytes"))
+        and size(meta.get("output_bytes"))
+        and type(meta.get("values_checked")) is bool
+    )
+    if not ok:
+        raise TaskError("the task validator sent malformed metadata", path)
+    keys = ("dtype", "atol", "rtol", "allow_tf32", "n_shapes", "input_bytes", "output_bytes")
+    return {k: meta[k] for k in (*keys, "values_checked")}

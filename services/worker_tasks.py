@@ -17,7 +17,6 @@ again after :data:`MAX_DELIVERIES` starts that never finished is reported failed
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 import os
@@ -85,15 +84,12 @@ def _workdir() -> Path:
 
 def _evaluator(config: dict[str, Any]):
     """This process's evaluator, rebuilt only when a job asks for another configuration."""
-    from evaluator_worker.config import WORKER_ONLY
+    from evaluator_worker.config import job_config
     from evaluator_worker.judge import Evaluator
     from services.config import Settings
 
-    settings = Settings()
-    # The worker's own device, gate and sandbox: no message may switch them.
-    config = {k: v for k, v in config.items() if k not in WORKER_ONLY}
-    config["device"] = settings.device
-    wanted = dataclasses.replace(settings.eval_config(), **config)
+    # The worker's own device, gate, sandbox and limits: no message may loosen them.
+    wanted = job_config(Settings().eval_config(), config)
     current = _process.get("ev")
     if current is None or current.config != wanted:
         if current is not None:

@@ -45,3 +45,50 @@ def test_printed_output_is_bounded_kept_apart_and_escaped(tmp_path):
     text = render(res, "cand")
     assert "\x1b" not in text and "last line of the candidate" in text
     assert res.to_dict()["output"] == res.output
+
+
+FORGER = """
+import os, socket
+from evaluator_worker import protocol
+
+for fd in range(3, 64):
+    try:
+        s = socket.socket(fileno=os.dup(fd))
+    except OSError:
+        continue
+    if s.family == socket.AF_UNIX:
+        protocol.send(s, {"error": {"kind": "__KIND__", "message": "forged"}})
+        protocol.send(s, {"sandbox": {"level": "strict", "missing": []}})
+        break
+"""
+
+
+def test_a_forged_reply_can_only_fail_the_candidate(tmp_path):
+    for kind in ("SANDBOX_UNAVAILABLE", "TASK_ERROR", "OK", "QUARANTINE"):
+        cand = tmp_path / f"forge_{kind}.py"
+        cand.write_text(FORGER.replace("__KIND__", kind) + BODY)
+        cfg = EvalConfig(device="cpu", timeout_s=60, static_gate=False)
+        res = evaluate(str(TASK), str(cand), cfg)  # no SandboxError, no TaskError raised
+        assert not res.correct and res.verdict.value != "OK", (kind, res.verdict, res.messages)
+
+
+def test_the_sandbox_report_comes_from_before_untrusted_code(tmp_path):
+    from evaluator_worker.judge import Evaluator
+
+    with Evaluator(EvalConfig(device="cpu", cuda_memory_fraction=0.5)) as ev:
+        proc = ev._spawn(False, files={"task.py": TASK.read_text()}, role="task")
+        try:
+            proc.request(
+                {
+                    "op": "setup",
+                    "role": "task",
+                    "task_path": proc.files["task.py"],
+                    "device": "cpu",
+                },
+                60,
+                "loading the task",
+            )
+            assert proc.applied["level"] == "strict" and proc.applied["missing"] == []
+            assert proc.applied["cuda_memory_fraction"] == 0.5  # what child.py applies on CUDA
+        finally:
+            proc.close()

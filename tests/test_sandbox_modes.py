@@ -125,3 +125,53 @@ def test_the_environment_comes_from_an_allow_list():
         "LC_ALL": "C",
         "CUDA_VISIBLE_DEVICES": "0",
     }
+
+
+def test_a_job_cannot_loosen_the_workers_sandbox_or_limits():
+    from evaluator_worker.config import EvalConfig, job_config
+
+    worker = EvalConfig(device="cpu", memory_limit_mb=4096, pool_bytes=1 << 30)
+    asked = {
+        "sandbox": "relaxed",
+        "static_gate": False,
+        "device": "cuda",
+        "max_processes": 10**6,
+        "pass_env": ["KERNELMAP_DATABASE_URL"],
+        "sandbox_read_only": ["/"],
+        "memory_limit_mb": 10**7,
+        "pool_bytes": 1 << 40,
+        "trials": 7,
+    }
+    got = job_config(worker, asked)
+    assert (got.sandbox, got.static_gate, got.device) == ("strict", True, "cpu")
+    assert got.max_processes == worker.max_processes and got.pass_env == ()
+    assert got.sandbox_read_only == () and got.memory_limit_mb == 4096
+    assert got.pool_bytes == 1 << 30 and got.trials == 7  # what a job may choose, it gets
+    assert job_config(worker, {"memory_limit_mb": 1024}).memory_limit_mb == 1024
+
+
+def test_the_validators_metadata_is_checked_field_by_field():
+    from evaluator_worker.errors import TaskError
+    from services.task_validation import checked_meta
+
+    good = {
+        "dtype": "torch.float32",
+        "atol": 1e-5,
+        "rtol": 0,
+        "allow_tf32": False,
+        "n_shapes": 2,
+        "input_bytes": 256,
+        "output_bytes": None,
+        "values_checked": True,
+    }
+    assert checked_meta(dict(good, extra="dropped")) == good
+    for bad in (
+        {"dtype": "torch.evil"},
+        {"atol": float("nan")},
+        {"rtol": 5},
+        {"n_shapes": 10**15},
+        {"input_bytes": -1},
+        {"allow_tf32": "yes"},
+    ):
+        with pytest.raises(TaskError):
+            checked_meta(dict(good, **bad))
