@@ -82,9 +82,11 @@ class ReferenceRole:
         self.kept: Any = None
 
     @torch.no_grad()
-    def _expected(self, xs: list[Any]) -> list[compare.Expected]:
-        # The float64 forward first, its inputs freed before the task-dtype forward.
-        x64 = to_double(xs)
+    def _expected(self, spec: inputs.InputSpec) -> tuple[list[Any], list[compare.Expected]]:
+        # The float64 forward first, on float64 inputs made from a task-dtype draw that is
+        # freed at once; the task-dtype inputs are drawn again (the same values: the draw is
+        # seeded) for the task-dtype forward. Peak: the float64 inputs and outputs alone.
+        x64 = to_double(inputs.generate(self.module, spec, self.device))
         try:
             ref64 = compare.flatten(self.model64(*x64))
         except Exception as e:  # an op without float64 support: fall back, and say so
@@ -93,18 +95,18 @@ class ReferenceRole:
             )
             ref64 = None
         del x64
+        xs = inputs.generate(self.module, spec, self.device)
         ref = compare.flatten(self.model(*xs))
         if ref64 is None or len(ref64) != len(ref):
-            return [compare.Expected(r, tuple(r.shape), r.dtype) for r in ref]
+            return xs, [compare.Expected(r, tuple(r.shape), r.dtype) for r in ref]
         out = [compare.expect(y64, yr) for y64, yr in zip(ref64, ref, strict=True)]
         del ref, ref64
-        return out
+        return xs, out
 
     def expected(self, req: dict[str, Any]) -> dict[str, Any]:
         """Inputs (when asked) and expected outputs for one input spec."""
         self.release({})
-        xs = inputs.generate(self.module, inputs.InputSpec.from_dict(req["spec"]), self.device)
-        exp = self._expected(xs)
+        xs, exp = self._expected(inputs.InputSpec.from_dict(req["spec"]))
         reply: dict[str, Any] = {
             "expected": [
                 {
