@@ -5,8 +5,8 @@ What it measures
 One evaluation of an honest candidate (the reference submitted as a candidate) against a
 task of one elementwise op (ReLU) whose single fp32 input takes ``--size-mib`` MiB
 (default 1024). The judge runs in a fresh process of its own, so its figures are this
-evaluation's alone. Per process (judge, candidate, baseline; the reference runs in the
-judge today):
+evaluation's alone. Per process (judge, candidate, baseline, and the reference child that
+makes the float64 expected outputs the judge used to make itself):
 
 * CPU: peak RSS above the process's RSS once its imports were done (``VmHWM`` after a reset
   through ``/proc/self/clear_refs``, minus ``VmRSS`` then); the children report theirs over
