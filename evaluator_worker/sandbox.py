@@ -62,9 +62,10 @@ ALLOWED_ENV = (
     "MKL_NUM_THREADS",
 )
 ALLOWED_PREFIXES = ("LC_",)
-#: A child's user id when the worker runs as root: ``UID_BASE`` plus a per-child offset.
+#: A child's user id when the worker runs as root: ``UID_BASE`` plus its pid outside the PID
+#: namespace (pids are at most 2**22: no two live children of the host share a user id).
 UID_BASE = 200000
-UID_SPAN = 100000
+UID_SPAN = 1 << 22
 MODES = ("strict", "relaxed")
 HOW_TO = (
     "run the worker as root with namespaces allowed (in Docker: cap_add SYS_ADMIN and"
