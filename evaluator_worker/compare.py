@@ -35,7 +35,7 @@ class Tolerance:
 
 
 def default_tolerance(dtype: torch.dtype) -> Tolerance:
-    """architecture.md defaults: fp32 1e-4, fp16/bf16 1e-2 (float64 1e-7)."""
+    """docs/architecture.md defaults: fp32 1e-4, fp16/bf16 1e-2 (float64 1e-7)."""
     if dtype in (torch.float16, torch.bfloat16):
         return Tolerance(1e-2, 1e-2)
     if dtype == torch.float64:

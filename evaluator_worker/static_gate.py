@@ -5,7 +5,7 @@ to the reference op, subclassing the reference or ``torch.Tensor``, patching tim
 reaching interpreter internals, exiting or starting processes and threads, switching CUDA streams
 or capturing graphs, touching the RNG or precision settings, and persisting-L2 or timer tricks in
 CUDA sources. It also reports what the candidate declares: whether it uses Triton or CuPy, which
-custom kernels it defines and its ``SEARCH_SPACE`` (evaluator.md, "Static gate").
+custom kernels it defines and its ``SEARCH_SPACE`` (README, "How the evaluator decides").
 
 It is a filter, not a proof. Python is too dynamic for a syntactic check to be complete, so the
 sandbox, the correctness checks and the timing cross-checks still stand behind it. The rules lean

@@ -1,4 +1,4 @@
-"""The verdicts an evaluation can end with (architecture.md, "Contracts")."""
+"""The verdicts an evaluation can end with (docs/architecture.md, "Contracts")."""
 
 from __future__ import annotations
 

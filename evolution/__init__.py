@@ -1,1 +1,1 @@
-"""evolution: see architecture.md."""
+"""evolution: the search core (docs/architecture.md, "Search core")."""

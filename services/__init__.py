@@ -1,1 +1,1 @@
-"""services: see architecture.md."""
+"""services: the CLI, run wiring, controller, dispatchers, workers and API (docs/architecture.md, "Components")."""
