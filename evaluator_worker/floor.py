@@ -1,8 +1,8 @@
 """Speed-of-light floors: ``max(bytes / peak bandwidth, flops / peak throughput)``.
 
 Peaks are datasheet figures (dense, no sparsity), never the measured copy bandwidth: honest
-read-heavy kernels beat the copy figure (measured on an H200; docs/architecture.md). A GPU not in the table gets no floor,
-and no ``IMPOSSIBLE`` check.
+read-heavy kernels beat the copy figure (measured on an H200). A GPU not in the table gets no
+floor, and no ``IMPOSSIBLE`` check.
 """
 
 from __future__ import annotations

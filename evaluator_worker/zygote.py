@@ -1,10 +1,10 @@
 """The zygote: a process that imported torch and triton but never touched CUDA.
 
 Starting an interpreter and importing torch costs seconds; forking a child from a process
-that already imported them costs well under one (measured on the GPU hosts). CUDA cannot survive a fork,
-so the zygote never initialises it: each child initialises its own context. The judge runs
-the zygote as a separate interpreter and asks it over a Unix socket for one child per
-candidate; the child's channel and capture file travel as file descriptors (SCM_RIGHTS).
+that already imported them costs well under one (measured on the GPU hosts). CUDA cannot
+survive a fork, so the zygote never initialises it: each child initialises its own context.
+The judge runs the zygote as a separate interpreter and asks it over a Unix socket for one
+child per candidate; the child's channel and capture file travel as file descriptors (SCM_RIGHTS).
 
 Run as ``python -m evaluator_worker.zygote FD``.
 """

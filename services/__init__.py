@@ -1,1 +1,1 @@
-"""services: the CLI, run wiring, controller, dispatchers, workers and API (docs/architecture.md, "Components")."""
+"""services: CLI, run wiring, controller, dispatchers, workers, API (docs/architecture.md)."""
