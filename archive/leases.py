@@ -31,6 +31,9 @@ from sqlalchemy.orm import Session
 from archive.errors import NotFoundError
 from archive.models import RemoteJob, Worker, utcnow
 from evaluator_worker.errors import KernelmapError
+from evaluator_worker.result import EvalResult
+from evaluator_worker.verdict import Verdict
+from evolution.ports import UNVERIFIED
 
 TOKEN_PREFIX = "kmw_"
 #: Leading characters of a worker token stored in clear, to tell workers apart in listings.
@@ -40,7 +43,7 @@ MAX_TOKEN_LEN = 128
 #: What a hardware class (the queue a worker serves) may look like.
 HARDWARE_CLASS_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 #: Keys of a posted result that only the server may set.
-SERVER_KEYS = ("unverified", "trusted")
+SERVER_KEYS = (UNVERIFIED, "trusted")
 #: Times a job's lease may expire before the job is failed rather than queued again.
 MAX_ATTEMPTS = 3
 _EARLIEST = dt.datetime.min.replace(tzinfo=dt.UTC)
@@ -272,7 +275,7 @@ def stored_result(worker: Worker, result: dict[str, Any]) -> dict[str, Any]:
     worker cannot vouch for itself.
     """
     out = {k: v for k, v in result.items() if k not in SERVER_KEYS}
-    out["unverified"] = True
+    out[UNVERIFIED] = True
     out["worker"] = f"remote:{worker.name}"
     out["remote_worker_id"] = worker.id
     return out
@@ -335,16 +338,12 @@ def complete(
 
 def lost_result(max_attempts: int) -> dict[str, Any]:
     """The failure stored for a job whose leases expired ``max_attempts`` times."""
-    # Imported here: services/ imports archive/, and the failure shape is defined once there.
-    from services.job_eval import failure
-
-    result = failure(
-        "RUNTIME_ERROR",
+    return EvalResult.failure(
+        Verdict.RUNTIME_ERROR,
         f"its remote workers kept losing it: {max_attempts} leases expired without a result"
         " (workers died, lost the network, or evaluated past the lease without heartbeats)",
+        worker=None,
     )
-    result["worker"] = None
-    return result
 
 
 def reap(session: Session, now: dt.datetime | None = None, max_attempts: int = MAX_ATTEMPTS) -> int:

@@ -23,6 +23,7 @@ import torch
 
 from evaluator_worker import features, inputs, memory, protocol, reference_role, timing
 from evaluator_worker.modules import describe, error_line, import_file
+from evaluator_worker.verdict import Verdict
 
 MAX_MESSAGE = 4000
 OOM_MARKERS = ("out of memory", "can't allocate memory", "Cannot allocate memory")
@@ -41,9 +42,9 @@ CUDA_FATAL_MARKERS = (
 class CandidateFailure(Exception):
     """A failure the judge turns into a verdict; ``kind`` is the verdict name."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: Verdict | str, message: str) -> None:
         super().__init__(message)
-        self.kind = kind
+        self.kind = str(kind)
 
 
 class Child:
@@ -111,16 +112,16 @@ class Child:
             mod = import_file(self.candidate_path, "kernelmap_candidate", inject=req.get("params"))
         except SyntaxError as e:
             raise CandidateFailure(
-                "COMPILE_ERROR", self._where(e, f"syntax error: {e.msg}")
+                Verdict.COMPILE_ERROR, self._where(e, f"syntax error: {e.msg}")
             ) from None
         except Exception as e:
             raise CandidateFailure(
-                "LOAD_ERROR", self._where(e, f"importing the candidate raised {describe(e)}")
+                Verdict.LOAD_ERROR, self._where(e, f"importing the candidate raised {describe(e)}")
             ) from None
         cls = getattr(mod, "ModelNew", None)
         if not isinstance(cls, type) or not issubclass(cls, torch.nn.Module):
             raise CandidateFailure(
-                "LOAD_ERROR", "the candidate defines no class ModelNew(nn.Module)"
+                Verdict.LOAD_ERROR, "the candidate defines no class ModelNew(nn.Module)"
             )
         try:
             with torch.device(self.device):
@@ -128,7 +129,8 @@ class Child:
             model = model.to(self.device)
         except Exception as e:
             raise CandidateFailure(
-                "LOAD_ERROR", self._where(e, f"ModelNew(*get_init_inputs()) raised {describe(e)}")
+                Verdict.LOAD_ERROR,
+                self._where(e, f"ModelNew(*get_init_inputs()) raised {describe(e)}"),
             ) from None
         want = ref.state_dict()
         have = model.state_dict()
@@ -137,7 +139,7 @@ class Child:
             extra = sorted(set(have) - set(want))
             if missing or extra:
                 raise CandidateFailure(
-                    "LOAD_ERROR",
+                    Verdict.LOAD_ERROR,
                     "ModelNew's parameters and buffers must have the reference Model's state_dict"
                     f" keys (they are loaded from it): missing {missing[:8]},"
                     f" unexpected {extra[:8]}",
@@ -146,7 +148,7 @@ class Child:
                 model.load_state_dict(want, strict=True)
             except Exception as e:
                 raise CandidateFailure(
-                    "LOAD_ERROR",
+                    Verdict.LOAD_ERROR,
                     f"loading the reference parameters into ModelNew failed: {describe(e)}",
                 ) from None
         del ref, want
@@ -177,12 +179,13 @@ class Child:
         for k, y in enumerate(flat):
             if type(y) is not torch.Tensor:
                 raise CandidateFailure(
-                    "INCORRECT",
+                    Verdict.INCORRECT,
                     f"forward output {k} is a {type(y).__name__}, not exactly a torch.Tensor",
                 )
             if y.device != self.device and not (y.device.type == self.device.type):
                 raise CandidateFailure(
-                    "INCORRECT", f"forward output {k} is on {y.device}, expected {self.device}"
+                    Verdict.INCORRECT,
+                    f"forward output {k} is on {y.device}, expected {self.device}",
                 )
         return flat
 
@@ -223,7 +226,7 @@ class Child:
     def outputs(self, req: dict[str, Any]) -> dict[str, Any]:
         """The outputs of the last :meth:`call`, one list per repeat."""
         if not isinstance(self.kept, list):
-            raise CandidateFailure("RUNTIME_ERROR", "no call to return the outputs of")
+            raise CandidateFailure(Verdict.RUNTIME_ERROR, "no call to return the outputs of")
         return {"outputs": self.kept}
 
     def memory(self, req: dict[str, Any]) -> dict[str, Any]:
@@ -349,7 +352,9 @@ class Child:
         flat = list(out) if type(out) in (tuple, list) else [out]
         for k, y in enumerate(flat):
             if type(y) is not torch.Tensor:
-                raise CandidateFailure("INCORRECT", f"timed output {k} is a {type(y).__name__}")
+                raise CandidateFailure(
+                    Verdict.INCORRECT, f"timed output {k} is a {type(y).__name__}"
+                )
         if self.cuda:
             torch.cuda.synchronize()
         self.kept = flat
@@ -382,7 +387,9 @@ class Child:
         def handle(req: dict[str, Any]) -> dict[str, Any]:
             method = getattr(self.task_role, name, None)
             if method is None:
-                raise CandidateFailure("RUNTIME_ERROR", f"{name!r} is not a request of this role")
+                raise CandidateFailure(
+                    Verdict.RUNTIME_ERROR, f"{name!r} is not a request of this role"
+                )
             return method(req)
 
         return handle
@@ -397,10 +404,10 @@ def classify(exc: BaseException, stage: str) -> tuple[str, str]:
         text = f"out of memory (the process hit its memory limit): {text}"
     name, mod = type(exc).__name__, type(exc).__module__
     if any(m in str(exc) for m in CUDA_FATAL_MARKERS) or name == "AcceleratorError":
-        return "CUDA_FATAL", text
+        return Verdict.CUDA_FATAL.value, text
     if (mod.startswith("triton") and "Compil" in name) or name == "CompileException":
-        return "COMPILE_ERROR", text
-    return ("LOAD_ERROR" if stage == "setup" else "RUNTIME_ERROR"), text
+        return Verdict.COMPILE_ERROR.value, text
+    return (Verdict.LOAD_ERROR if stage == "setup" else Verdict.RUNTIME_ERROR).value, text
 
 
 def serve(sock: socket.socket, sandbox: dict[str, Any]) -> int:
@@ -434,7 +441,7 @@ def serve(sock: socket.socket, sandbox: dict[str, Any]) -> int:
             reply = handlers[op](req)
         except BaseException as e:  # every failure of candidate code becomes a report
             kind, text = classify(e, op)
-            if op != "setup" and child.candidate_path and kind != "CUDA_FATAL":
+            if op != "setup" and child.candidate_path and kind != Verdict.CUDA_FATAL:
                 line = error_line(e, child.candidate_path)
                 text = f"line {line}: {text}" if line else text
             if len(text) > MAX_MESSAGE:
@@ -446,7 +453,8 @@ def serve(sock: socket.socket, sandbox: dict[str, Any]) -> int:
             protocol.send(sock, reply, cuda_ipc=bool(req.get("ipc", True)))
         except protocol.ProtocolError as e:
             protocol.send(
-                sock, {"error": {"kind": "RUNTIME_ERROR", "message": f"cannot report: {e}"}}
+                sock,
+                {"error": {"kind": Verdict.RUNTIME_ERROR.value, "message": f"cannot report: {e}"}},
             )
-        if "error" in reply and reply["error"]["kind"] == "CUDA_FATAL":
+        if "error" in reply and reply["error"]["kind"] == Verdict.CUDA_FATAL:
             return 3

@@ -83,6 +83,19 @@ class EvalResult:
     cpu_interpreter_ratio: float | None = None
     output: str | None = None
 
+    @classmethod
+    def failure(cls, verdict: Verdict | str, message: str, **extra: Any) -> dict[str, Any]:
+        """The result dict of a job that produced no evaluation, with one message.
+
+        Shaped exactly like :meth:`to_dict` (``verdict`` as its string), except that
+        ``device`` is ``None``: no device evaluated it. ``extra`` adds keys (``worker``,
+        ``task_refused``, ...) or overrides them.
+        """
+        result = cls(verdict=Verdict(verdict), messages=[message]).to_dict()
+        result["device"] = None
+        result.update(extra)
+        return result
+
     @property
     def correct(self) -> bool:
         """Whether the candidate computed the right answer (see ``Verdict.correct``)."""

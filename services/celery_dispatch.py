@@ -50,6 +50,7 @@ from kombu.utils.url import maybe_sanitize_url
 from redis.exceptions import RedisError, ResponseError
 
 from evaluator_worker.errors import KernelmapError
+from evaluator_worker.verdict import Verdict
 from evolution.ports import Job, JobResult
 from services.celery_app import (
     EVALUATE,
@@ -522,7 +523,7 @@ class CeleryDispatcher:
                     job.job_id,
                     job.candidate_id,
                     failure(
-                        "RUNTIME_ERROR",
+                        Verdict.RUNTIME_ERROR,
                         f"no worker returned a result for this job: it was sent {sent.sends}"
                         f" times to {self.queue} and each time no result came within"
                         f" {self.result_deadline_s:.0f} s, and the broker no longer held it"

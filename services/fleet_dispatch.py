@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 
 from archive.models import utcnow
 from archive.service_stats import live_remote_workers
-from evolution.ports import Job, JobResult
+from evolution.ports import UNVERIFIED, Job, JobResult
 
 log = logging.getLogger(__name__)
 
@@ -136,7 +136,7 @@ class FleetDispatcher:
                 break
         for r in out:
             self._route.pop(r.job_id, None)
-            if r.result.get("unverified"):
+            if r.result.get(UNVERIFIED):
                 self._unverified[r.candidate_id] = r.result
         return out
 

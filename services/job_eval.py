@@ -12,27 +12,17 @@ import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from evaluator_worker.result import EvalResult
+from evaluator_worker.verdict import Verdict
 from evolution.ports import Job
 
 if TYPE_CHECKING:  # the evaluator imports torch: only where a job is actually evaluated
     from evaluator_worker.judge import Evaluator
 
 
-def failure(verdict: str, message: str) -> dict[str, Any]:
-    """A result dict for a job that produced no evaluation (shaped like ``EvalResult.to_dict``)."""
-    return {
-        "verdict": verdict,
-        "correct": False,
-        "speedup_vs_eager": None,
-        "speedup_vs_compile": None,
-        "timing": None,
-        "features": {},
-        "messages": [message],
-        "device": None,
-        "hardware": {},
-        "stages_s": {},
-        "params": {},
-    }
+def failure(verdict: Verdict | str, message: str, **extra: Any) -> dict[str, Any]:
+    """A result dict for a job that produced no evaluation: :meth:`EvalResult.failure`."""
+    return EvalResult.failure(verdict, message, **extra)
 
 
 def evaluate_job(
@@ -54,17 +44,17 @@ def evaluate_job(
     except TaskError as e:
         # The task itself cannot be evaluated here (invalid on the device, too large for
         # its memory): the run stops with this reason instead of failing every candidate.
-        result = failure("LOAD_ERROR", str(e))
-        result["task_refused"] = str(e)
+        result = failure(Verdict.LOAD_ERROR, str(e), task_refused=str(e))
     except SandboxError as e:
         # This worker cannot confine untrusted code (strict mode): no candidate ran, and the
         # run stops with the reason rather than charge every candidate with it.
-        result = failure("LOAD_ERROR", str(e))
-        result["task_refused"] = f"the worker refused the job: {e}"
+        result = failure(
+            Verdict.LOAD_ERROR, str(e), task_refused=f"the worker refused the job: {e}"
+        )
     except KernelmapError as e:
-        result = failure("LOAD_ERROR", str(e))
+        result = failure(Verdict.LOAD_ERROR, str(e))
     except Exception as e:  # an evaluator bug: reported with context, never silently dropped
-        result = failure("RUNTIME_ERROR", f"evaluator error: {type(e).__name__}: {e}")
+        result = failure(Verdict.RUNTIME_ERROR, f"evaluator error: {type(e).__name__}: {e}")
         result["internal_error"] = traceback.format_exc(limit=8)
     finally:
         path.unlink(missing_ok=True)

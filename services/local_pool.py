@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluator_worker.config import EvalConfig
+from evaluator_worker.verdict import Verdict
 from evolution.ports import Job, JobResult
 from services.job_eval import evaluate_job, failure
 
@@ -88,7 +89,8 @@ class LocalPool:
                 broken = True
                 log.error("evaluation worker died while evaluating job %s: %s", job.job_id, e)
                 result = failure(
-                    "RUNTIME_ERROR", "the evaluation worker process died during this evaluation"
+                    Verdict.RUNTIME_ERROR,
+                    "the evaluation worker process died during this evaluation",
                 )
             out.append(JobResult(job.job_id, job.candidate_id, result))
         if broken:

@@ -38,6 +38,7 @@ import httpx
 from archive.leases import HARDWARE_CLASS_RE
 from evaluator_worker import sandbox
 from evaluator_worker.errors import KernelmapError
+from evaluator_worker.verdict import Verdict
 from evolution.ports import Job
 from services.job_eval import evaluate_job, failure
 
@@ -319,7 +320,9 @@ class _RemoteWorker:
         _say(f"job {job_id}: {why}")
         if fallback and response.status_code in (413, 422):
             # Say so in the job's place: otherwise it would be leased again, to the same end.
-            return self._post(job_id, failure("RUNTIME_ERROR", f"remote worker: {why}"), False)
+            return self._post(
+                job_id, failure(Verdict.RUNTIME_ERROR, f"remote worker: {why}"), False
+            )
         return None
 
     def deliver(self, job_id: str, result: dict[str, Any]) -> bool | None:
@@ -387,12 +390,12 @@ class _RemoteWorker:
         )
         task_path = self._task_file(message)
         if task_path is None:
-            return failure("LOAD_ERROR", "the task source does not match its sha256")
+            return failure(Verdict.LOAD_ERROR, "the task source does not match its sha256")
         try:
             ev = self.evaluator(dict(message.get("config") or {}))
         except Exception as e:  # e.g. a configuration this evaluator refuses: say so
             log.exception("job %s: no evaluator for its configuration", job.job_id)
-            return failure("RUNTIME_ERROR", f"remote worker error: {type(e).__name__}: {e}")
+            return failure(Verdict.RUNTIME_ERROR, f"remote worker error: {type(e).__name__}: {e}")
         return evaluate_job(ev, task_path, job, self.workdir, self.name)
 
     # -- the loop ------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from evaluator_worker import static_gate
 from evaluator_worker.config import EvalConfig
 from evaluator_worker.errors import KernelmapError, TaskError
 from evaluator_worker.judge import resolve_device
+from evaluator_worker.verdict import Verdict
 from evolution.candidate import CandidateSpec
 from evolution.descriptors import default_dims, parse_dims
 from evolution.emitters import ParamEmitter, SeedEmitter
@@ -121,9 +122,9 @@ def _prefilter(cache: dict[str, dict | None]) -> Callable[[CandidateSpec], dict 
             gate = static_gate.check_source(spec.source)
             cache[key] = None
             if gate.syntax_error:
-                cache[key] = failure("COMPILE_ERROR", gate.syntax_error)
+                cache[key] = failure(Verdict.COMPILE_ERROR, gate.syntax_error)
             elif not gate.ok:
-                cache[key] = failure("STATIC_REJECT", "; ".join(gate.reasons))
+                cache[key] = failure(Verdict.STATIC_REJECT, "; ".join(gate.reasons))
         return cache[key]
 
     return check

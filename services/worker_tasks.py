@@ -30,6 +30,7 @@ from celery.exceptions import SoftTimeLimitExceeded, TimeLimitExceeded
 from kombu.exceptions import KombuError
 from redis.exceptions import RedisError
 
+from evaluator_worker.verdict import Verdict
 from evolution.ports import Job
 from services.celery_app import EVALUATE, REPORT, broker_client, key_prefix
 from services.job_eval import evaluate_job, failure
@@ -154,7 +155,7 @@ def forget_deliveries(app: Celery, job_id: str) -> None:
 def quarantined(starts: int) -> dict[str, Any]:
     """The result of a job whose worker died on each of its ``starts`` starts."""
     return failure(
-        "RUNTIME_ERROR",
+        Verdict.RUNTIME_ERROR,
         f"evaluated {starts} times, each time its worker died: the candidate is quarantined"
         " (it was not evaluated again; look for what kills the worker, e.g. the host's OOM"
         " killer, in the worker's log)",
@@ -204,16 +205,16 @@ def evaluate(self: Task, message: dict[str, Any], reply_to: str) -> None:
     task_path = _task_file(message)
     try:
         if task_path is None:
-            result = failure("LOAD_ERROR", "the task source does not match its sha256")
+            result = failure(Verdict.LOAD_ERROR, "the task source does not match its sha256")
         else:
             ev = _evaluator(message.get("config") or {})
             result = evaluate_job(ev, task_path, job, _workdir(), worker)
     except SoftTimeLimitExceeded:
-        result = failure("TIMEOUT", "the evaluation exceeded the worker's time limit")
+        result = failure(Verdict.TIMEOUT, "the evaluation exceeded the worker's time limit")
         _close_evaluator()  # its candidate processes may still run: start afresh
     except Exception as e:  # e.g. an invalid configuration: the controller must hear of it
         log.exception("job %s could not be evaluated", job.job_id)
-        result = failure("RUNTIME_ERROR", f"worker error: {type(e).__name__}: {e}")
+        result = failure(Verdict.RUNTIME_ERROR, f"worker error: {type(e).__name__}: {e}")
     if _send(self, message, reply_to, result):
         forget_deliveries(self.app, job.job_id)
     log.info(
@@ -272,10 +273,10 @@ def _report_failure(
     if "message" not in call or "reply_to" not in call:
         return
     if isinstance(exception, TimeLimitExceeded):
-        result = failure("TIMEOUT", "the evaluation exceeded the worker's hard time limit")
+        result = failure(Verdict.TIMEOUT, "the evaluation exceeded the worker's hard time limit")
     else:
         result = failure(
-            "RUNTIME_ERROR",
+            Verdict.RUNTIME_ERROR,
             f"the worker could not evaluate this job: {type(exception).__name__}: {exception}",
         )
     try:
