@@ -14,9 +14,7 @@ only when asked to compute on it, and expected outputs never exist in its proces
 
 from __future__ import annotations
 
-import math
 import os
-import platform
 import random
 import tempfile
 import time
@@ -36,7 +34,8 @@ from evaluator_worker import (
     static_gate,
 )
 from evaluator_worker.config import EvalConfig
-from evaluator_worker.errors import CandidateFileError, KernelmapError, TaskError
+from evaluator_worker.device import choose_params, hardware, resolve_device
+from evaluator_worker.errors import CandidateFileError, TaskError
 from evaluator_worker.process import CandidateProcess, Failure
 from evaluator_worker.result import OUTPUT_CHARS, EvalResult, Stats, Timing
 from evaluator_worker.sandbox import hand_over, service_uid
@@ -48,64 +47,6 @@ INTERPRETED = (
     "Triton ran in Triton's interpreter on the CPU (TRITON_INTERPRET=1): its time is"
     " not performance, so speedups are null"
 )
-
-
-def resolve_device(device: str) -> torch.device:
-    """``auto`` -> CUDA when a GPU is visible, else the CPU."""
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
-        raise KernelmapError("--device cuda was asked for, but no CUDA GPU is visible")
-    return (
-        torch.device("cuda", torch.cuda.current_device())
-        if device == "cuda"
-        else torch.device("cpu")
-    )
-
-
-def choose_params(space: dict | None, given: dict[str, Any] | None) -> dict[str, Any]:
-    """The ``SEARCH_SPACE`` values to inject: ``given`` (checked), else the first of each."""
-    space = space or {}
-    given = dict(given or {})
-    for name, value in given.items():
-        if name not in space:
-            raise KernelmapError(
-                f"parameter {name!r} is not in the candidate's SEARCH_SPACE {sorted(space)}"
-            )
-        if value not in space[name]:
-            raise KernelmapError(f"parameter {name}={value!r} is not one of {space[name]}")
-    for name, values in space.items():
-        if not isinstance(values, (list, tuple)) or not values:
-            raise KernelmapError(f"SEARCH_SPACE[{name!r}] must be a non-empty list of choices")
-        given.setdefault(name, values[0])
-    return given
-
-
-def hardware(device: torch.device) -> dict[str, Any]:
-    """What ran the evaluation: device name, versions."""
-    hw: dict[str, Any] = {
-        "device": device.type,
-        "torch": torch.__version__,
-        "python": platform.python_version(),
-        "machine": platform.machine(),
-    }
-    try:
-        import triton
-
-        hw["triton"] = triton.__version__
-    except ImportError:
-        hw["triton"] = None
-    if device.type == "cuda":
-        props = torch.cuda.get_device_properties(device)
-        hw.update(
-            name=props.name,
-            sms=props.multi_processor_count,
-            memory_gb=round(props.total_memory / 2**30, 1),
-            cuda=torch.version.cuda,
-        )
-    else:
-        hw["name"] = platform.processor() or "cpu"
-    return hw
 
 
 class Evaluator:
@@ -193,27 +134,16 @@ class Evaluator:
 
     def need(self, task: TaskInfo) -> memory.Need | None:
         """The device memory an evaluation of ``task`` needs (None where the size is unknown)."""
-        if task.input_bytes is None:
-            return None
-        per_round = math.ceil(self.config.samples / self.config.rounds)
-        return memory.Need(
-            task.input_bytes,
-            task.output_bytes if task.output_bytes is not None else task.input_bytes,
-            memory.pool_sets(task.input_bytes, self.config.pool_bytes, per_round),
+        cfg = self.config
+        return memory.evaluation_need(
+            task.input_bytes, task.output_bytes, cfg.samples, cfg.rounds, cfg.pool_bytes
         )
 
     def check_fits(self, task: TaskInfo) -> None:
         """Refuse a task whose evaluation cannot fit in the device's free memory."""
-        need, free = self.need(task), memory.free_bytes(self.device)
-        if need is None or free is None or need.peak_bytes <= free:
-            return
-        name = hardware(self.device).get("name", self.device.type)
-        raise TaskError(
-            f"the task does not fit on this GPU: an evaluation needs about {need.describe()},"
-            f" but {name} has {free / 2**30:.1f} GiB free. Use smaller inputs in get_inputs(),"
-            " or a GPU with more memory (a hardware class whose workers have it)",
-            task.path,
-        )
+        why = memory.does_not_fit(self.need(task), self.device, hardware(self.device))
+        if why:
+            raise TaskError(why, task.path)
 
     def close(self) -> None:
         """Stop the zygote and remove the private directories."""

@@ -24,6 +24,7 @@ hundred MB on H100/H200-class GPUs).
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any
 
 import torch
@@ -137,3 +138,30 @@ def stats(device: torch.device | None) -> dict[str, Any]:
         out["cuda_peak_allocated_bytes"] = int(torch.cuda.max_memory_allocated(device))
         out["cuda_peak_reserved_bytes"] = int(torch.cuda.max_memory_reserved(device))
     return out
+
+
+def evaluation_need(
+    input_bytes: int | None, output_bytes: int | None, samples: int, rounds: int, pool_bytes: int
+) -> Need | None:
+    """The :class:`Need` of one evaluation (None where the task's input size is unknown)."""
+    if input_bytes is None:
+        return None
+    per_round = math.ceil(samples / rounds)
+    return Need(
+        input_bytes,
+        output_bytes if output_bytes is not None else input_bytes,
+        pool_sets(input_bytes, pool_bytes, per_round),
+    )
+
+
+def does_not_fit(need: Need | None, device: Any, facts: dict[str, Any]) -> str | None:
+    """Why an evaluation with ``need`` cannot fit in ``device``'s free memory (None if it can)."""
+    free = free_bytes(device)
+    if need is None or free is None or need.peak_bytes <= free:
+        return None
+    name = facts.get("name", getattr(device, "type", "the device"))
+    return (
+        f"the task does not fit on this GPU: an evaluation needs about {need.describe()},"
+        f" but {name} has {free / 2**30:.1f} GiB free. Use smaller inputs in get_inputs(),"
+        " or a GPU with more memory (a hardware class whose workers have it)"
+    )
