@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from evaluator_worker.errors import KernelmapError
+from kernelmap_errors import KernelmapError
 
 
 class NotFoundError(KernelmapError, LookupError):

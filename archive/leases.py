@@ -30,10 +30,10 @@ from sqlalchemy.orm import Session
 
 from archive.errors import NotFoundError
 from archive.models import RemoteJob, Worker, utcnow
-from evaluator_worker.errors import KernelmapError
 from evaluator_worker.result import EvalResult
 from evaluator_worker.verdict import Verdict
 from evolution.ports import UNVERIFIED
+from kernelmap_errors import KernelmapError
 
 TOKEN_PREFIX = "kmw_"
 #: Leading characters of a worker token stored in clear, to tell workers apart in listings.

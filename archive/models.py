@@ -298,7 +298,7 @@ class Worker(Base):
     only the sha256 is stored. ``hardware`` is what it reported (GPU, memory, driver, torch and
     triton versions); ``hardware_class`` the queue it serves. Results from remote workers are
     unverified until a trusted cluster worker re-measures them. Celery workers inside the
-    cluster are not rows here: they heartbeat into Redis (:mod:`services.fleet`).
+    cluster are not rows here: they heartbeat into Redis (:mod:`services.workers.fleet`).
     """
 
     __tablename__ = "workers"
@@ -319,7 +319,7 @@ class RemoteJob(Base):
     """An evaluation job offered to remote workers, claimed with a lease.
 
     The controller's lease dispatcher inserts the row (``payload`` is the job message of
-    :func:`services.worker_tasks.job_message`); a worker claims it (``leased``, with
+    :func:`services.workers.tasks.job_message`); a worker claims it (``leased``, with
     ``lease_expires_at``), extends the lease by heartbeats and posts the result once
     (``done``, ``result`` set; a second post is ignored). A reaper puts expired leases back to
     ``queued`` and counts ``attempts``. ``delivered`` marks a result the controller has taken.

@@ -18,7 +18,7 @@ from sqlalchemy.orm import Session
 
 from archive import repository
 from archive.models import Run
-from evaluator_worker.errors import KernelmapError
+from kernelmap_errors import KernelmapError
 
 #: Statuses the controller searches (or resumes after a restart).
 ACTIVE = ("queued", "running")

@@ -71,7 +71,7 @@ from evolution.fakes import bowl_ms, fake_result  # noqa: E402
 from evolution.grid import MapArchive  # noqa: E402
 from evolution.loop import SearchLoop  # noqa: E402
 from evolution.ports import Job, JobResult  # noqa: E402
-from services.seeds import check_seed  # noqa: E402
+from services.runs.seeds import check_seed  # noqa: E402
 
 DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
 TARGET = 500.0

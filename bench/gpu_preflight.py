@@ -9,7 +9,7 @@ Probes
 ``env``
     Facts about the host: Python, kernel, GPU, driver, CUDA, the versions of torch, triton,
     cupy, numpy and httpx, whether gcc, nvcc and the Python headers are there (Triton builds its
-    launchers with gcc), and whether the search path (``services.search``: ribs, sqlalchemy,
+    launchers with gcc), and whether the search path (``services.runs.search``: ribs, sqlalchemy,
     alembic, pydantic-settings) imports, i.e. whether the carried wheels are installed.
 ``fork_cuda``
     Imports what the zygote imports (torch, triton, cupy when present, ``evaluator_worker.child``),
@@ -184,7 +184,7 @@ def probe_env(dry: bool) -> dict[str, Any]:
         )
     t0 = time.monotonic()
     try:
-        import services.search  # noqa: F401  (ribs, sqlalchemy, alembic, pydantic-settings)
+        import services.runs.search  # noqa: F401  (ribs, sqlalchemy, alembic, pydantic-settings)
 
         facts["search_imports"] = True
     except Exception as e:

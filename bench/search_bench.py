@@ -43,7 +43,7 @@ def bench_task(task: Path, budget: int, device: str, workers: int, data_dir: Pat
     """Run one search and read back what it found."""
     from archive import repository
     from services.config import Settings
-    from services.search import RunOptions, open_database, run_search
+    from services.runs.search import RunOptions, open_database, run_search
 
     # The task files read their size knobs from the environment: passed to the sandbox.
     settings = Settings(

@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from evaluator_worker.errors import KernelmapError
+from kernelmap_errors import KernelmapError
 
 
 def resolve_device(device: str) -> torch.device:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from kernelmap_errors import KernelmapError
 
-class KernelmapError(Exception):
-    """Base class of every error a user can cause (bad file, bad request, bad option)."""
+__all__ = ["CandidateFileError", "KernelmapError", "SandboxError", "TaskError"]
 
 
 class TaskError(KernelmapError):

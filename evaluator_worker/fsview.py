@@ -31,6 +31,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import kernelmap_errors
+
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWIPC = 0x08000000
@@ -177,9 +179,13 @@ def split(rootdir: str | None = None) -> None:
 
 
 def read_only_paths(extra: list[str]) -> list[str]:
-    """What the child sees read-only: system dirs, the Python installation, this package."""
+    """What the child sees read-only: system dirs, the Python installation, this package.
+
+    Also ``kernelmap_errors.py``, the one module outside this package that it imports.
+    """
     here = Path(__file__).resolve().parent
     paths = [*SYSTEM_DIRS, *ETC_FILES, sys.prefix, sys.base_prefix, sys.exec_prefix, str(here)]
+    paths.append(str(Path(kernelmap_errors.__file__).resolve()))  # the shared error base class
     for entry in sys.path:
         p = Path(entry or ".").resolve()
         if any(part in ("site-packages", "dist-packages") for part in p.parts):

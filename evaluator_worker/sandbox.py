@@ -207,7 +207,7 @@ def confine(opts: dict[str, Any]) -> dict[str, Any]:
     """The sandbox of :func:`enter` for a process whose output is already where it belongs.
 
     Used by the fresh interpreters that validate a task or match it against the templates
-    (:mod:`services.json_child`): ``opts`` as for :func:`enter`; the process must already
+    (:mod:`services.runs.json_child`): ``opts`` as for :func:`enter`; the process must already
     lead its own session. In the namespaces, the calling process is replaced by a child of it
     (PID 1 of the new PID namespace); the caller's original process only waits, removes
     ``rootdir`` and exits with the child's status.

@@ -5,7 +5,7 @@ Task validation (:mod:`evaluator_worker.validate_task`) and template matching
 with one JSON line. This module does what they share, in this order:
 
 1. keep stdout for the verdict alone (whatever the task prints goes to stderr);
-2. read the task's source, from stdin when the path is ``-`` (as :mod:`services.json_child`
+2. read the task's source, from stdin when the path is ``-`` (as :mod:`services.runs.json_child`
    sends it: the task is never copied onto the host's disk) or from a file (direct use);
 3. import the trusted modules the work needs (the sandbox may hide where they come from);
 4. enter the sandbox (:func:`evaluator_worker.sandbox.confine`): new namespaces, a private

@@ -6,7 +6,7 @@
 problem has no line), or, when strict mode cannot set up the sandbox, ``{"ok": false,
 "error": "...", "sandbox": true}`` and exits 3. With ``-`` the source is read from stdin. The
 API and ``kernelmap run`` run this as a subprocess with a timeout
-(:mod:`services.task_validation`), so a submitted task's code never runs in their process;
+(:mod:`services.runs.task_validation`), so a submitted task's code never runs in their process;
 here it runs only inside the sandbox (:mod:`evaluator_worker.task_child`).
 
 Anything the task itself prints goes to stderr: stdout carries only the JSON line. A task

@@ -59,7 +59,7 @@ class Settings(BaseSettings):
         default=None,
         gt=0,
         description="Seconds before a job taken by a worker that died is delivered again;"
-        " default: longer than the longest evaluation (see services.celery_app)",
+        " default: longer than the longest evaluation (see services.workers.celery_app)",
     )
 
     max_active_runs: int = Field(

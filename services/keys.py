@@ -17,7 +17,7 @@ from sqlalchemy.orm import Session
 
 from archive import repository
 from archive.models import USER_ROLES, ApiKey, User
-from evaluator_worker.errors import KernelmapError
+from kernelmap_errors import KernelmapError
 
 KEY_PREFIX = "km_"
 #: How many leading characters of a key are stored in clear, to tell keys apart in listings.

@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from services.celery_app import create_app
-from services.celery_dispatch import CeleryDispatcher
 from services.config import Settings
+from services.dispatch.celery_queue import CeleryDispatcher
+from services.workers.celery_app import create_app
 
 ROOT = Path(__file__).resolve().parent.parent
 DATA = ROOT / "tests" / "data"
@@ -88,7 +88,7 @@ class Worker:
         self.log = log
         self._out = log.open("wb")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "services.cli", "worker", "--queue", queue],
+            [sys.executable, "-m", "services.cli.main", "worker", "--queue", queue],
             cwd=ROOT,
             env=env,
             stdout=self._out,

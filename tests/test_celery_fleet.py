@@ -23,7 +23,7 @@ import sqlalchemy as sa
 from fleet_fixtures import REDIS_URL, ROOT, SEED, TASK, celery_dispatcher, new_queue
 
 from evolution.ports import Job
-from services import celery_dispatch
+from services.dispatch import celery_queue as celery_dispatch
 
 pytestmark = pytest.mark.redis
 
@@ -67,7 +67,7 @@ def test_no_worker_on_the_queue_is_said_once(env, monkeypatch):
 
 def _run(env: dict[str, str], *args: str) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "run", *args],
+        [sys.executable, "-m", "services.cli.main", "run", *args],
         cwd=ROOT,
         env=env,
         stdout=subprocess.PIPE,

@@ -14,7 +14,7 @@ EX = ROOT / "examples" / "softmax"
 
 def run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "services.cli.main", *args],
         cwd=ROOT,
         capture_output=True,
         text=True,

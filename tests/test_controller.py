@@ -1,4 +1,4 @@
-"""The controller (services.controller) on SQLite and PostgreSQL, with instant fake workers.
+"""The controller (services.runs.controller) on SQLite and PostgreSQL, with instant fake workers.
 
 Runs are made the API's way (:func:`services.api.launch.create_queued_run`); the controller
 starts them, honours pause, resume and cancel, the per-user limit, and resumes the runs a
@@ -21,8 +21,8 @@ from evolution.fakes import FakeDispatcher, bowl_ms, fake_result
 from evolution.ports import Job as JobSpec
 from services.api.launch import create_queued_run
 from services.config import Settings
-from services.controller import Controller
-from services.seeds import check_seed
+from services.runs.controller import Controller
+from services.runs.seeds import check_seed
 
 DATA = Path(__file__).parent / "data"
 TASK_SOURCE = (DATA / "softmax_task.py").read_text()

@@ -27,7 +27,7 @@ DATA = Path(__file__).parent / "data"
 
 def _controller(env: dict[str, str], log: Path) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "controller"],
+        [sys.executable, "-m", "services.cli.main", "controller"],
         cwd=ROOT,
         env=env,
         stdout=log.open("ab"),

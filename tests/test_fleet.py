@@ -1,4 +1,4 @@
-"""services.fleet on the real Redis at 127.0.0.1:6379: heartbeats, live workers, queue depths.
+"""services.workers.fleet on the real Redis at 127.0.0.1:6379: heartbeats, live workers, queues.
 
 Each test has its own Redis key prefix, so its records and queues are private even when several
 test runs share the server; its keys are deleted afterwards. Workers started as
@@ -20,9 +20,9 @@ from pathlib import Path
 import pytest
 import redis
 
-from services import fleet
-from services.celery_app import EVALUATE, create_app
 from services.config import Settings
+from services.workers import fleet
+from services.workers.celery_app import EVALUATE, create_app
 
 pytestmark = pytest.mark.redis
 
@@ -242,7 +242,7 @@ def _start_worker(settings: Settings, interval_s: float, log: Path) -> subproces
     )
     env.pop("KERNELMAP_DATABASE_URL", None)
     return subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "worker", "--queue", "cpu"],
+        [sys.executable, "-m", "services.cli.main", "worker", "--queue", "cpu"],
         cwd=ROOT,
         env=env,
         stdout=log.open("wb"),

@@ -1,4 +1,4 @@
-"""Routing a run's jobs between the Celery fleet and remote workers (services.fleet_dispatch),
+"""Routing a run's jobs between the Celery fleet and remote workers (services.dispatch.fleet),
 and a remote worker serving a controller's run end to end."""
 
 from __future__ import annotations
@@ -16,13 +16,15 @@ from archive import db, leases, repository, run_control
 from archive.models import Evaluation, utcnow
 from evolution.fakes import FakeDispatcher, fake_result
 from evolution.ports import Job
-from services import fleet_dispatch, keys, views
+from services import keys
 from services.api import create_app
 from services.api.launch import create_queued_run
 from services.config import Settings
-from services.controller import Controller
-from services.fleet_dispatch import NO_TRUSTED_WORKER, FleetDispatcher
-from services.remote_worker import run_remote_worker
+from services.dispatch import fleet as fleet_dispatch
+from services.dispatch.fleet import NO_TRUSTED_WORKER, FleetDispatcher
+from services.runs import views
+from services.runs.controller import Controller
+from services.workers.remote import run_remote_worker
 
 DATA = Path(__file__).parent / "data"
 

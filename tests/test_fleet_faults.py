@@ -44,9 +44,9 @@ from evolution.fakes import fake_result
 from evolution.grid import MapArchive
 from evolution.loop import SearchLoop
 from evolution.ports import Job
-from services import worker_tasks
-from services.celery_app import REPORT, create_app
-from services.celery_dispatch import CeleryDispatcher
+from services.dispatch.celery_queue import CeleryDispatcher
+from services.workers import tasks as worker_tasks
+from services.workers.celery_app import REPORT, create_app
 
 pytestmark = pytest.mark.redis
 
@@ -227,7 +227,7 @@ def test_a_run_survives_a_redis_restart_that_loses_everything(
     env = _env(tmp_path, private_redis.url, KERNELMAP_VISIBILITY_TIMEOUT_S="10")
     start_worker(env, "cpu")
     run = subprocess.Popen(
-        [sys.executable, "-m", "services.cli", "run", str(TASK), "--seed-candidate", str(SEED)]
+        [sys.executable, "-m", "services.cli.main", "run", str(TASK), "--seed-candidate", str(SEED)]
         + ["--budget", str(budget), "--no-templates", "--workers", "2", "--json"]
         + ["--redis", private_redis.url],
         cwd=ROOT,

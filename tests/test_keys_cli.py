@@ -20,7 +20,7 @@ def test_keys_create_prints_only_the_key_and_stores_its_hash(tmp_path):
         [
             sys.executable,
             "-m",
-            "services.cli",
+            "services.cli.main",
             "keys",
             "create",
             "--role",
@@ -45,7 +45,7 @@ def test_keys_create_prints_only_the_key_and_stores_its_hash(tmp_path):
         assert user is not None and user.role == "user" and user.name == "alice"
     engine.dispose()
     bad = subprocess.run(
-        [sys.executable, "-m", "services.cli", "keys", "create", "--role", "root"],
+        [sys.executable, "-m", "services.cli.main", "keys", "create", "--role", "root"],
         cwd=ROOT,
         env=env,
         capture_output=True,

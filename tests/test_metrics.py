@@ -26,11 +26,12 @@ from archive.run_store import RunStore
 from evaluator_worker.verdict import Verdict
 from evolution.candidate import CandidateSpec
 from evolution.ports import Job, JobResult
-from services import fleet, keys
+from services import keys
 from services.api import create_app
-from services.celery_app import EVALUATE
-from services.celery_app import create_app as create_celery_app
 from services.config import Settings
+from services.workers import fleet
+from services.workers.celery_app import EVALUATE
+from services.workers.celery_app import create_app as create_celery_app
 
 REDIS_URL = "redis://127.0.0.1:6379/0"
 TASK_SOURCE = (Path(__file__).parent / "data" / "softmax_task.py").read_text()

@@ -2,8 +2,8 @@
 
 Covers enrolment (worker key only), the lease protocol (claim, heartbeat, idempotent result),
 the reaper, token separation, revocation, the admin list, long-polls that hold no thread or
-connection, and a real CPU evaluation by :func:`services.remote_worker.run_remote_worker` of a
-job offered by :class:`services.lease_dispatch.LeaseDispatcher`.
+connection, and a real CPU evaluation by :func:`services.workers.remote.run_remote_worker` of a
+job offered by :class:`services.dispatch.leases.LeaseDispatcher`.
 """
 
 from __future__ import annotations
@@ -34,13 +34,14 @@ from archive.models import RemoteJob, Worker
 from archive.run_store import RunStore
 from evolution.candidate import CandidateSpec
 from evolution.ports import Job
-from services import keys, remote_worker
+from services import keys
 from services.api import create_app
 from services.api.routes import remote
 from services.config import Settings
-from services.lease_dispatch import LeaseDispatcher
-from services.remote_worker import RemoteWorkerError, check_url, run_remote_worker
-from services.worker_tasks import job_message
+from services.dispatch.leases import LeaseDispatcher
+from services.workers import remote as remote_worker
+from services.workers.remote import RemoteWorkerError, check_url, run_remote_worker
+from services.workers.tasks import job_message
 
 DATA = Path(__file__).parent / "data"
 TASK_SOURCE = (DATA / "softmax_task.py").read_text()
@@ -384,7 +385,7 @@ def test_an_unreachable_redis_still_lists_the_remote_workers(make_server):
 
 @pytest.mark.redis
 def test_live_celery_workers_are_listed_from_redis(make_server):
-    from services import fleet
+    from services.workers import fleet
 
     prefix = f"kernelmap-test-{uuid.uuid4().hex[:12]}:"
     settings = Settings(redis_url="redis://127.0.0.1:6379/0", redis_key_prefix=prefix)

@@ -8,7 +8,7 @@ from evaluator_worker.config import EvalConfig
 from evaluator_worker.judge import evaluate
 from evaluator_worker.process import MAX_MESSAGE
 from evaluator_worker.result import OUTPUT_CHARS
-from services.report import render
+from services.cli.report import render
 
 ROOT = Path(__file__).resolve().parents[1]
 TASK = ROOT / "examples/softmax/task.py"

@@ -22,7 +22,7 @@ TASK = ROOT / "examples/softmax/task.py"
 CAND = ROOT / "examples/softmax/torch_softmax.py"
 REFUSING = (
     "import sys; from evaluator_worker import seccomp; seccomp.install(denied=('unshare',));"
-    " from services.cli import main; sys.exit(main(sys.argv[1:]))"
+    " from services.cli.main import main; sys.exit(main(sys.argv[1:]))"
 )
 
 
@@ -30,7 +30,7 @@ def _kernelmap(*args: str, refusing: bool, **env: str) -> subprocess.CompletedPr
     cmd = (
         [sys.executable, "-c", REFUSING, *args]
         if refusing
-        else [sys.executable, "-m", "services.cli", *args]
+        else [sys.executable, "-m", "services.cli.main", *args]
     )
     full = {**os.environ, "PYTHONPATH": str(ROOT), "KERNELMAP_DEVICE": "cpu", **env}
     return subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=full, cwd=ROOT)
@@ -152,7 +152,7 @@ def test_a_job_cannot_loosen_the_workers_sandbox_or_limits():
 
 def test_the_validators_metadata_is_checked_field_by_field():
     from evaluator_worker.errors import TaskError
-    from services.task_validation import checked_meta
+    from services.runs.task_validation import checked_meta
 
     good = {
         "dtype": "torch.float32",

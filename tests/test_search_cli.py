@@ -21,7 +21,7 @@ SEED = DATA / "chunked_softmax.py"
 
 def kernelmap(env: dict, *args: str, timeout: float = 600) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "services.cli", *args],
+        [sys.executable, "-m", "services.cli.main", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,
@@ -46,7 +46,7 @@ def _start_run(env: dict, budget: str, output=subprocess.DEVNULL) -> subprocess.
     args = [
         sys.executable,
         "-m",
-        "services.cli",
+        "services.cli.main",
         "run",
         str(TASK),
         "--seed-candidate",

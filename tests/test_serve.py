@@ -21,7 +21,7 @@ pytestmark = [pytest.mark.slow, pytest.mark.redis]
 
 DATA = Path(__file__).parent / "data"
 ROOT = Path(__file__).resolve().parents[1]
-CLI = "import sys; from services.cli import main; sys.exit(main(sys.argv[1:]))"
+CLI = "import sys; from services.cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 def _free_port() -> int:

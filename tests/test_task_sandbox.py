@@ -116,7 +116,7 @@ def get_inputs():
 
 PARENT = """
 import sys
-from services.json_child import run_json_child
+from services.runs.json_child import run_json_child
 
 source = sys.stdin.read()
 run_json_child(
@@ -302,7 +302,7 @@ def test_a_valid_task_validates_with_the_same_meta_as_before():
 
 
 def test_template_matching_runs_in_the_sandbox_too():
-    from services.template_probe import probe_templates
+    from services.runs.template_probe import probe_templates
 
     seeds, _notes = probe_templates(TASK.read_text(), "cuda")
     assert any(s.label.startswith("template:softmax/") for s in seeds), _notes

@@ -19,8 +19,9 @@ from pydantic import BaseModel, Field
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from archive.errors import NotFoundError
-from evaluator_worker.errors import KernelmapError, TaskError
-from services.seeds import SeedError
+from evaluator_worker.errors import TaskError
+from kernelmap_errors import KernelmapError
+from services.runs.seeds import SeedError
 
 
 class ApiError(KernelmapError):

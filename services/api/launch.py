@@ -1,6 +1,6 @@
 """Creating a queued run from an API request: seeds checked, configuration filled in.
 
-The configuration is built by :func:`services.run_config.run_config`, as for a CLI run, so a
+The configuration is built by :func:`services.runs.config.run_config`, as for a CLI run, so a
 controller can start either the same way: the task's reference as the first seed, then the
 request's seed candidates, the hardware class's default descriptor dimensions, a Gaussian
 parameter emitter over a grid archive. Template seeds are not added here: matching them runs the
@@ -20,9 +20,9 @@ from archive.models import Run, Task, User, Worker
 from evolution.descriptors import default_dims, parse_dims
 from services.api.errors import Unprocessable
 from services.config import Settings
-from services.run_config import objective_label, run_config
-from services.search import VARIATIONS
-from services.seeds import Seed, SeedError, check_seed, reference_seed
+from services.runs.config import objective_label, run_config
+from services.runs.search import VARIATIONS
+from services.runs.seeds import Seed, SeedError, check_seed, reference_seed
 
 log = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def check_hardware(session: Session, settings: Settings, hardware: str) -> None:
         session.scalars(sa.select(Worker.hardware_class).where(Worker.revoked_at.is_(None)))
     )
     if settings.redis_url:
-        from services.fleet import FleetError, live_workers
+        from services.workers.fleet import FleetError, live_workers
 
         try:
             known |= {str(w.get("hardware_class")) for w in live_workers(settings)}

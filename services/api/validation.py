@@ -1,7 +1,7 @@
 """Validating an uploaded task in a sandboxed child process, so its code never runs in the API.
 
 The child is ``python -m evaluator_worker.validate_task`` (see
-:mod:`services.task_validation`); this module turns its verdicts into the API's errors: an
+:mod:`services.runs.task_validation`); this module turns its verdicts into the API's errors: an
 invalid task is 422 (:class:`InvalidTask`), a server whose sandbox cannot be set up is 503
 (:class:`SandboxUnavailable`).
 """
@@ -13,7 +13,7 @@ from typing import Any
 
 from evaluator_worker.errors import SandboxError, TaskError
 from services.api.errors import InvalidTask, SandboxUnavailable
-from services.task_validation import DEFAULT_TIMEOUT_S, validate_source
+from services.runs.task_validation import DEFAULT_TIMEOUT_S, validate_source
 
 log = logging.getLogger(__name__)
 

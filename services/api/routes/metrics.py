@@ -10,7 +10,7 @@ Metrics
     1 when the fleet's Redis answered, 0 when it did not (then no queue depth and no Celery
     worker is reported); absent when no Redis is configured (``KERNELMAP_REDIS_URL``).
 ``kernelmap_queue_depth{queue}``
-    Jobs waiting in each ``eval.*`` queue (:func:`services.fleet.queue_depths`).
+    Jobs waiting in each ``eval.*`` queue (:func:`services.workers.fleet.queue_depths`).
 ``kernelmap_evaluations_total{verdict}``
     Evaluations stored, by verdict (every known verdict, 0 included).
 ``kernelmap_evaluations_per_second``
@@ -50,9 +50,9 @@ from archive.service_stats import (
     runs_by_status,
 )
 from evaluator_worker.verdict import Verdict
-from services import fleet
 from services.api.deps import AdminUser, ConfigDep, SessionDep
 from services.config import Settings
+from services.workers import fleet
 
 log = logging.getLogger(__name__)
 

@@ -183,7 +183,7 @@ class ClaimOut(BaseModel):
     job_id: str
     lease_s: float
     lease_expires_at: dt.datetime
-    job: dict[str, Any] = Field(description="The job message (services.worker_tasks.job_message)")
+    job: dict[str, Any] = Field(description="The job message (services.workers.tasks.job_message)")
 
 
 class LeaseOut(BaseModel):
@@ -219,7 +219,7 @@ class WorkerList(Page[RemoteWorkerOut]):
     """A page of remote workers, plus every Celery worker alive now (not paginated)."""
 
     celery: list[dict[str, Any]] = Field(
-        default_factory=list, description="Live Celery workers (services.fleet.live_workers)"
+        default_factory=list, description="Live Celery workers (workers.fleet.live_workers)"
     )
     celery_error: str | None = Field(
         default=None, description="Why the Celery workers could not be listed"
@@ -506,7 +506,7 @@ def _celery_workers(config) -> tuple[list[dict[str, Any]], str | None]:
     if settings.redis_url is None:
         return [], None
     try:
-        from services import fleet
+        from services.workers import fleet
 
         return fleet.live_workers(settings), None
     except Exception as e:  # Redis away or misconfigured: the remote list is still useful

@@ -9,7 +9,6 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from archive import repository, run_control
-from services import views
 from services.api.deps import (
     ConfigDep,
     CurrentUser,
@@ -32,7 +31,8 @@ from services.api.schemas import (
     RunSummary,
     Text,
 )
-from services.seeds import bake_params
+from services.runs import views
+from services.runs.seeds import bake_params
 
 log = logging.getLogger(__name__)
 

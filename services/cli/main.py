@@ -12,7 +12,7 @@ import json
 import sys
 from typing import Any, NoReturn
 
-from evaluator_worker.errors import KernelmapError
+from kernelmap_errors import KernelmapError
 
 
 class UsageError(KernelmapError):
@@ -207,8 +207,8 @@ def _progress(text: str) -> None:
 
 def cmd_eval(args: argparse.Namespace) -> int:
     from evaluator_worker.judge import Evaluator
+    from services.cli.report import render
     from services.config import Settings
-    from services.report import render
 
     if args.timeout is not None and args.timeout <= 0:
         raise UsageError(f"--timeout must be positive, got {args.timeout:g}")
@@ -228,7 +228,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kernelmap`` console script."""
     try:
         args = build_parser().parse_args(argv)
-        from services import commands, serve
+        from services.cli import runs as commands
+        from services.cli import serve
 
         handlers = {
             "eval": cmd_eval,

@@ -37,10 +37,10 @@ import httpx
 
 from archive.leases import HARDWARE_CLASS_RE
 from evaluator_worker import sandbox
-from evaluator_worker.errors import KernelmapError
 from evaluator_worker.verdict import Verdict
 from evolution.ports import Job
-from services.job_eval import evaluate_job, failure
+from kernelmap_errors import KernelmapError
+from services.dispatch.job_eval import evaluate_job, failure
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def _device(device: str | None) -> str:
 
 def _hardware(device: str) -> dict[str, Any]:
     try:
-        from services.fleet import hardware_info
+        from services.workers.fleet import hardware_info
     except ImportError:  # a worker host without the Redis client: the basics
         import platform
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from evaluator_worker import static_gate
 from evolution.descriptors import default_dims
-from services.seeds import Seed
+from services.runs.seeds import Seed
 
 
 def objective_label(device: str, seeds: list[Seed]) -> str:

@@ -2,7 +2,7 @@
 
 The controller (this process) owns the run's pyribs archive; a :class:`LocalPool` of evaluator
 processes evaluates (with a Redis broker: the Celery fleet, through
-:class:`services.celery_dispatch.CeleryDispatcher`); :class:`archive.run_store.RunStore`
+:class:`services.dispatch.celery_queue.CeleryDispatcher`); :class:`archive.run_store.RunStore`
 persists every proposal, job, evaluation, elite change and progress point as it happens, so a
 killed run loses at most the evaluations in flight and ``--resume`` continues it.
 """
@@ -25,7 +25,7 @@ from archive import db, repository, run_control
 from archive.run_store import RunStore
 from evaluator_worker import static_gate
 from evaluator_worker.config import EvalConfig
-from evaluator_worker.errors import KernelmapError, TaskError
+from evaluator_worker.errors import TaskError
 from evaluator_worker.judge import resolve_device
 from evaluator_worker.verdict import Verdict
 from evolution.candidate import CandidateSpec
@@ -33,11 +33,12 @@ from evolution.descriptors import default_dims, parse_dims
 from evolution.emitters import ParamEmitter, SeedEmitter
 from evolution.grid import MapArchive
 from evolution.loop import Progress, SearchLoop
+from kernelmap_errors import KernelmapError
 from services.config import Settings
-from services.local_pool import LocalPool, failure
-from services.run_config import objective_label, run_config
-from services.seeds import Seed, load_seed, reference_seed
-from services.task_validation import validate_source
+from services.dispatch.local import LocalPool, failure
+from services.runs.config import objective_label, run_config
+from services.runs.seeds import Seed, load_seed, reference_seed
+from services.runs.task_validation import validate_source
 
 RESUMABLE = {"running", "interrupted", "queued", "failed"}
 
@@ -76,11 +77,11 @@ def template_seeds(
 ) -> list[Seed]:
     """Seeds from the template library for what the reference computes.
 
-    Matched in a sandboxed child (:func:`services.template_probe.probe_templates`): this
+    Matched in a sandboxed child (:func:`services.runs.template_probe.probe_templates`): this
     process never imports the task. What no template covers is said, and the run goes on with
     its other emitters.
     """
-    from services.template_probe import probe_templates
+    from services.runs.template_probe import probe_templates
 
     seeds, notes = probe_templates(source, device, sandbox=sandbox)
     if seeds:
@@ -337,7 +338,7 @@ def search_stored_run(
     """Search (or resume) a run stored by the API, as the controller does.
 
     The first time, the template library's seeds are matched in a sandboxed child
-    (:func:`services.template_probe.probe_templates`) and stored in the run's configuration,
+    (:func:`services.runs.template_probe.probe_templates`) and stored in the run's configuration,
     so a resumed run rebuilds the same emitters. At least ``settings.run_jobs_in_flight`` jobs
     are kept in flight. A run its owner paused or cancelled before it started is left alone.
     """
@@ -347,7 +348,7 @@ def search_stored_run(
         config, device, source, task_id = dict(run.config), run.device, task.source, task.id
     if config.get("templates", True) and not config.get("templates_added"):
         if probe_templates is None:
-            from services.template_probe import probe_templates as probe
+            from services.runs.template_probe import probe_templates as probe
 
             probe_templates = functools.partial(probe, sandbox=settings.sandbox)
         found, notes = probe_templates(source, "cpu" if device == "cpu" else "cuda")
@@ -408,8 +409,8 @@ def _dispatcher(
     """
     if not settings.redis_url:
         return LocalPool(eval_config, str(task_file), workers)
-    from services.celery_app import create_app
-    from services.celery_dispatch import CeleryDispatcher
+    from services.dispatch.celery_queue import CeleryDispatcher
+    from services.workers.celery_app import create_app
 
     return CeleryDispatcher(
         create_app(settings),

@@ -23,7 +23,7 @@ from sqlalchemy.orm import Session
 from archive import leases
 from archive.models import utcnow
 from evolution.ports import Job, JobResult
-from services.worker_tasks import job_message
+from services.workers.tasks import job_message
 
 log = logging.getLogger(__name__)
 

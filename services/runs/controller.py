@@ -2,7 +2,7 @@
 
 It owns every active run made through the API (runs with an owner): it starts ``queued`` runs
 (in order, at most ``max_runs_per_user`` at once per owner and ``max_active_runs`` in all),
-searches each in a thread of its own with :func:`services.search.search_stored_run` (one
+searches each in a thread of its own with :func:`services.runs.search.search_stored_run` (one
 pyribs archive per run, owned by that thread), notices when an owner pauses or cancels a run,
 and when it starts it resumes the runs a previous controller left ``running``: their archives
 are rebuilt from the database and the jobs that were in flight are dispatched again under
@@ -27,7 +27,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from archive import repository, run_control
 from services.config import Settings
-from services.seeds import Seed
+from services.runs.seeds import Seed
 
 log = logging.getLogger(__name__)
 
@@ -51,15 +51,15 @@ def device_of(hardware_class: str) -> str:
 def fleet_dispatchers(
     settings: Settings, session_factory: sessionmaker[Session]
 ) -> Callable[..., Any]:
-    """``make_dispatcher`` for the controller: a :class:`services.fleet_dispatch.FleetDispatcher`
+    """``make_dispatcher`` for the controller: a :class:`services.dispatch.fleet.FleetDispatcher`
     over the run's Celery queue and its remote workers."""
 
     def make(*, run_id: int, device: str, task_file: Path, eval_config: Any, workers: int):
-        from services.celery_app import create_app
-        from services.celery_dispatch import CeleryDispatcher
-        from services.fleet import live_workers
-        from services.fleet_dispatch import FleetDispatcher
-        from services.lease_dispatch import LeaseDispatcher
+        from services.dispatch.celery_queue import CeleryDispatcher
+        from services.dispatch.fleet import FleetDispatcher
+        from services.dispatch.leases import LeaseDispatcher
+        from services.workers.celery_app import create_app
+        from services.workers.fleet import live_workers
 
         source = task_file.read_text()
         config = dataclasses.asdict(eval_config)
@@ -104,7 +104,7 @@ class Controller:
         workers).
     probe_templates:
         ``probe_templates(task_source, device)`` -> (seeds, notes); default: the sandboxed
-        template matcher of :mod:`services.template_probe`.
+        template matcher of :mod:`services.runs.template_probe`.
     """
 
     def __init__(
@@ -194,7 +194,7 @@ class Controller:
         log.info("run %s started", run_id)
 
     def _search(self, run_id: int, stop: threading.Event) -> None:
-        from services.search import search_stored_run
+        from services.runs.search import search_stored_run
 
         try:
             summary = search_stored_run(

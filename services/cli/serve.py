@@ -2,7 +2,7 @@
 
 Embedded mode (no ``KERNELMAP_REDIS_URL``): ``serve`` runs everything on this machine with
 nothing installed: SQLite in the data directory, a private redis-server on a unix socket
-(:class:`services.embedded_redis.EmbeddedRedis`), one evaluation worker on the local device (a
+(:class:`services.broker.redis_server.EmbeddedRedis`), one evaluation worker on the local device (a
 ``kernelmap worker`` child), the controller in a thread and the API under uvicorn. Cluster
 mode (``KERNELMAP_DATABASE_URL`` and ``KERNELMAP_REDIS_URL`` set): ``serve`` is the API (plus
 the controller unless ``--no-controller``; run exactly one controller per database, either
@@ -26,13 +26,13 @@ import sys
 import threading
 from pathlib import Path
 
-from evaluator_worker.errors import KernelmapError
+from kernelmap_errors import KernelmapError
 from services.config import Settings
 
 log = logging.getLogger(__name__)
 
 #: How the local worker child is started: the CLI of this very installation.
-_CLI = "import sys; from services.cli import main; sys.exit(main(sys.argv[1:]))"
+_CLI = "import sys; from services.cli.main import main; sys.exit(main(sys.argv[1:]))"
 
 
 def _logging() -> None:
@@ -79,7 +79,7 @@ def _print_admin_key(sessions) -> None:
 
 
 def _start_worker(settings: Settings, hardware_class: str) -> subprocess.Popen:
-    from services.embedded_redis import death_signal
+    from services.broker.redis_server import death_signal
 
     cmd = [sys.executable, "-c", _CLI, "worker", "--queue", hardware_class]
     env = dict(os.environ)
@@ -124,8 +124,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from services.api import create_app
-    from services.controller import Controller
-    from services.search import open_database
+    from services.runs.controller import Controller
+    from services.runs.search import open_database
 
     if not 0 < args.port < 65536:
         raise KernelmapError(f"--port must be between 1 and 65535, got {args.port}")
@@ -134,7 +134,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     embedded = settings.redis_url is None
     with contextlib.ExitStack() as stack:
         if embedded:
-            from services.embedded_redis import EmbeddedRedis
+            from services.broker.redis_server import EmbeddedRedis
 
             broker = stack.enter_context(EmbeddedRedis(settings.data_dir))
             settings = settings.model_copy(update={"redis_url": broker.url})
@@ -198,8 +198,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_controller(args: argparse.Namespace) -> int:
     """``kernelmap controller``: the cluster's controller, until SIGTERM or Ctrl-C."""
-    from services.controller import Controller
-    from services.search import open_database
+    from services.runs.controller import Controller
+    from services.runs.search import open_database
 
     _logging()
     settings = _settings(args)
@@ -222,7 +222,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 def run_remote(args: argparse.Namespace) -> int:
     """``kernelmap worker --join URL --token KEY``: a remote worker pulling jobs over HTTPS."""
-    from services.remote_worker import run_remote_worker
+    from services.workers.remote import run_remote_worker
 
     if not (args.join and args.token):
         raise KernelmapError("a remote worker needs both --join URL and --token KEY")

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from evaluator_worker import static_gate
-from evaluator_worker.errors import KernelmapError
+from kernelmap_errors import KernelmapError
 
 
 @dataclasses.dataclass(frozen=True)

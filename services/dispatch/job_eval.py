@@ -34,7 +34,8 @@ def evaluate_job(
     Returns the result dict with ``worker`` set; an invalid task or unreadable candidate is
     ``LOAD_ERROR``, an evaluator bug ``RUNTIME_ERROR`` with its traceback in ``internal_error``.
     """
-    from evaluator_worker.errors import KernelmapError, SandboxError, TaskError
+    from evaluator_worker.errors import SandboxError, TaskError
+    from kernelmap_errors import KernelmapError
 
     path = Path(workdir) / f"candidate_{job.candidate_id}_{job.job_id[:8]}.py"
     path.write_text(job.source)

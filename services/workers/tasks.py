@@ -1,4 +1,4 @@
-"""The Celery tasks of an evaluation worker: thin adapters around :mod:`services.job_eval`.
+"""The Celery tasks of an evaluation worker: thin adapters around :mod:`services.dispatch.job_eval`.
 
 ``evaluate(job, reply_to)`` takes a job as JSON (see :func:`job_message`), evaluates it with
 this process's :class:`evaluator_worker.judge.Evaluator` (one zygote per worker process, started
@@ -32,8 +32,8 @@ from redis.exceptions import RedisError
 
 from evaluator_worker.verdict import Verdict
 from evolution.ports import Job
-from services.celery_app import EVALUATE, REPORT, broker_client, key_prefix
-from services.job_eval import evaluate_job, failure
+from services.dispatch.job_eval import evaluate_job, failure
+from services.workers.celery_app import EVALUATE, REPORT, broker_client, key_prefix
 
 log = logging.getLogger(__name__)
 

@@ -9,7 +9,7 @@ import os
 import sys
 from pathlib import Path
 
-from evaluator_worker.errors import KernelmapError
+from kernelmap_errors import KernelmapError
 from services.config import Settings
 
 EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
@@ -31,8 +31,8 @@ def _finish(
     as_json: bool,
     stopped_reason: str | None = None,
 ) -> int:
-    from services.search import open_database
-    from services.views import archive_table, format_table, run_summary, write_report
+    from services.runs.search import open_database
+    from services.runs.views import archive_table, format_table, run_summary, write_report
 
     engine, sessions = open_database(settings, db_url)
     try:
@@ -81,7 +81,7 @@ def _finish(
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``kernelmap run``: search, then print the summary and the report's path."""
-    from services.search import ProgressLine, RunOptions, run_search
+    from services.runs.search import ProgressLine, RunOptions, run_search
 
     if args.task is None and args.resume is None:
         raise KernelmapError("give a task file, or --resume RUN_ID (see kernelmap run --help)")
@@ -113,7 +113,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     """``kernelmap demo``: a short search on the shipped softmax example."""
-    from services.search import ProgressLine, RunOptions, run_search
+    from services.runs.search import ProgressLine, RunOptions, run_search
 
     if not EXAMPLES.is_dir():
         raise KernelmapError(f"the shipped examples are not at {EXAMPLES}: run from a checkout")
@@ -143,8 +143,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 def cmd_runs(args: argparse.Namespace) -> int:
     """``kernelmap runs``: list runs."""
-    from services.search import open_database
-    from services.views import format_table, runs_table
+    from services.runs.search import open_database
+    from services.runs.views import format_table, runs_table
 
     engine, sessions = open_database(Settings(), args.db)
     try:
@@ -179,8 +179,8 @@ def cmd_runs(args: argparse.Namespace) -> int:
 
 def cmd_show(args: argparse.Namespace) -> int:
     """``kernelmap show RUN_ID``: the archive as a table."""
-    from services.search import open_database
-    from services.views import archive_table, format_table, run_summary
+    from services.runs.search import open_database
+    from services.runs.views import archive_table, format_table, run_summary
 
     engine, sessions = open_database(Settings(), args.db)
     try:
@@ -208,8 +208,8 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``kernelmap export``: a standalone candidate file with its parameters baked in."""
-    from services.search import open_database
-    from services.views import export_candidate
+    from services.runs.search import open_database
+    from services.runs.views import export_candidate
 
     engine, sessions = open_database(Settings(), args.db)
     try:
@@ -229,7 +229,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_db(args: argparse.Namespace) -> int:
     """``kernelmap db upgrade``: apply the migrations."""
     from archive import db
-    from services.search import database_url
+    from services.runs.search import database_url
 
     url = database_url(Settings(), args.db)
     db.upgrade(url)
@@ -250,7 +250,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """``kernelmap worker``: a Celery worker evaluating jobs from ``eval.<CLASS>``; with
     ``--join URL --token KEY``, a remote worker pulling jobs from a server over HTTPS."""
     if args.join or args.token:
-        from services.serve import run_remote
+        from services.cli.serve import run_remote
 
         return run_remote(args)
     from kombu.utils.url import maybe_sanitize_url
@@ -276,8 +276,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     import socket
 
     from evaluator_worker.sandbox import refusal
-    from services.celery_app import create_app, eval_queue
-    from services.fleet import Heartbeat, hardware_info
+    from services.workers.celery_app import create_app, eval_queue
+    from services.workers.fleet import Heartbeat, hardware_info
 
     app = create_app(settings)
     queue = eval_queue(hardware)
@@ -324,7 +324,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_keys(args: argparse.Namespace) -> int:
     """``kernelmap keys create --role R``: prints only the new key on stdout (stored hashed)."""
     from services.keys import create_key
-    from services.search import open_database
+    from services.runs.search import open_database
 
     engine, sessions = open_database(Settings(), args.db)
     try:

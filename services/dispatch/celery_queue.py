@@ -49,10 +49,11 @@ from kombu.exceptions import OperationalError
 from kombu.utils.url import maybe_sanitize_url
 from redis.exceptions import RedisError, ResponseError
 
-from evaluator_worker.errors import KernelmapError
 from evaluator_worker.verdict import Verdict
 from evolution.ports import Job, JobResult
-from services.celery_app import (
+from kernelmap_errors import KernelmapError
+from services.dispatch.job_eval import failure
+from services.workers.celery_app import (
     EVALUATE,
     REPORT,
     broker_client,
@@ -62,8 +63,7 @@ from services.celery_app import (
     soft_time_limit_s,
     time_limit_s,
 )
-from services.job_eval import failure
-from services.worker_tasks import job_message
+from services.workers.tasks import job_message
 
 log = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class CeleryDispatcher:
     Parameters
     ----------
     app:
-        The Celery app (:func:`services.celery_app.create_app`).
+        The Celery app (:func:`services.workers.celery_app.create_app`).
     hardware_class:
         Jobs go to ``eval.<hardware_class>``.
     run_id:

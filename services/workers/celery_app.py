@@ -3,7 +3,7 @@
 Queues: jobs go to ``eval.<hardware-class>`` (``eval.cuda``, ``eval.cpu``, ``eval.h100``...),
 consumed by ``kernelmap worker`` processes, one per GPU. Each worker sends its result back as a
 ``kernelmap.report`` message on the queue the job names, ``controller.<run_id>``, which the run's
-:class:`services.celery_dispatch.CeleryDispatcher` drains.
+:class:`services.dispatch.celery_queue.CeleryDispatcher` drains.
 
 Delivery is at least once: ``task_acks_late`` keeps a job unacknowledged until it is evaluated,
 so a job whose worker died is delivered again (at once when only the pool process died, after
@@ -14,14 +14,14 @@ time limits, or a slow job would be handed to a second worker while the first st
 Broker faults: a worker whose connection to Redis breaks (Redis restarted, network cut) keeps
 evaluating the job it holds, reconnects by itself with Celery's backoff (2, 4, 6... up to 30 s
 between tries) and waits for the broker for as long as it takes; a result it cannot send waits
-up to about 40 s for the broker (:data:`services.worker_tasks.REPORT_RETRY_POLICY`). A Redis that
+up to about 40 s for the broker (:data:`services.workers.tasks.REPORT_RETRY_POLICY`). A Redis that
 restarts without persistence forgets every queued and unacknowledged job and every unread
 result: the controller sends again each job whose result has not come back
-(:class:`services.celery_dispatch.CeleryDispatcher`). A job whose whole worker dies on every
-delivery is delivered a bounded number of times (:data:`services.worker_tasks.MAX_DELIVERIES`).
+(:class:`services.dispatch.celery_queue.CeleryDispatcher`). A job whose whole worker dies on every
+delivery is delivered a bounded number of times (:data:`services.workers.tasks.MAX_DELIVERIES`).
 
-``celery -A services.celery_app worker -Q eval.cuda -c 1`` works too; ``kernelmap worker`` sets
-the device, the queue and the worker options for you.
+``celery -A services.workers.celery_app worker -Q eval.cuda -c 1`` works too;
+``kernelmap worker`` sets the device, the queue and the worker options for you.
 """
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ from celery import Celery
 from services.config import Settings
 
 EVALUATE = "kernelmap.evaluate"
-"""Task name of an evaluation job (``services.worker_tasks.evaluate``)."""
+"""Task name of an evaluation job (``services.workers.tasks.evaluate``)."""
 
 REPORT = "kernelmap.report"
 """Task name of a result sent back to the controller's queue."""
@@ -101,7 +101,7 @@ def broker_client(app: Celery) -> redis.Redis:
     Keys are not prefixed for you: put :func:`key_prefix` in front of every key. (kombu's own
     client prefixes only the commands its transport uses.) Connects lazily.
     """
-    from services.embedded_redis import redis_py_url
+    from services.broker.redis_server import redis_py_url
 
     return redis.Redis.from_url(
         redis_py_url(app.conf.broker_url), socket_timeout=10.0, socket_connect_timeout=5.0
@@ -113,7 +113,7 @@ def create_app(settings: Settings | None = None) -> Celery:
     settings = settings or Settings()
     app = Celery("kernelmap", broker=settings.redis_url or DEFAULT_BROKER, set_as_current=False)
     app.conf.update(
-        include=["services.worker_tasks"],
+        include=["services.workers.tasks"],
         # JSON only: a pickle from the broker runs code in the worker.
         task_serializer="json",
         result_serializer="json",
@@ -149,4 +149,4 @@ def create_app(settings: Settings | None = None) -> Celery:
 
 
 app = create_app()
-"""The app for ``celery -A services.celery_app``, configured from the environment."""
+"""The app for ``celery -A services.workers.celery_app``, configured from the environment."""

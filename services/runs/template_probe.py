@@ -12,8 +12,8 @@ from __future__ import annotations
 import logging
 
 from evaluator_worker.task_child import SANDBOX_EXIT
-from services.json_child import run_json_child
-from services.seeds import Seed, SeedError, check_seed
+from services.runs.json_child import run_json_child
+from services.runs.seeds import Seed, SeedError, check_seed
 
 log = logging.getLogger(__name__)
 

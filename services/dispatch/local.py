@@ -20,7 +20,7 @@ from typing import Any
 from evaluator_worker.config import EvalConfig
 from evaluator_worker.verdict import Verdict
 from evolution.ports import Job, JobResult
-from services.job_eval import evaluate_job, failure
+from services.dispatch.job_eval import evaluate_job, failure
 
 __all__ = ["LocalPool", "failure"]
 

@@ -1,8 +1,8 @@
 """Validating a task's source in a sandboxed child, so its code never runs in this process.
 
 Shared by the API's upload route (:mod:`services.api.validation`) and ``kernelmap run``
-(:mod:`services.search`). The child is ``python -m evaluator_worker.validate_task`` with the
-source on its stdin (:mod:`services.json_child`): it enters the sandbox before it imports the
+(:mod:`services.runs.search`). The child is ``python -m evaluator_worker.validate_task`` with the
+source on its stdin (:mod:`services.runs.json_child`): it enters the sandbox before it imports the
 task, has a wall-clock timeout (its whole process group is killed past it) and, on the CPU, a
 memory limit.
 """
@@ -14,7 +14,7 @@ from typing import Any
 
 from evaluator_worker.errors import SandboxError, TaskError
 from evaluator_worker.task_child import SANDBOX_EXIT
-from services.json_child import ChildAnswer, run_json_child
+from services.runs.json_child import ChildAnswer, run_json_child
 
 log = logging.getLogger(__name__)
 

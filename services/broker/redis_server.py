@@ -52,7 +52,7 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from evaluator_worker.errors import KernelmapError
+from kernelmap_errors import KernelmapError
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 Each job goes where there is room: to the Celery queue ``eval.<class>`` (trusted workers inside
 the cluster) or to remote workers of the class that pull it over HTTPS with a lease
-(:class:`services.lease_dispatch.LeaseDispatcher`). The choice follows who is alive (Celery
+(:class:`services.dispatch.leases.LeaseDispatcher`). The choice follows who is alive (Celery
 heartbeats in Redis, remote workers' last request), keeping the jobs in flight per worker even
 between the two. With nobody alive a job waits in the controller until someone is (at most
 :data:`PARK_MAX_S`, then on the Celery queue).

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 from archive import repository
-from evaluator_worker.errors import KernelmapError
 from evolution.descriptors import parse_dims
-from services.html_report import ReportData, render
-from services.seeds import bake_params
+from kernelmap_errors import KernelmapError
+from services.runs.html_report import ReportData, render
+from services.runs.seeds import bake_params
 
 
 def _ratio(objective: float | None) -> float | None:

@@ -34,9 +34,9 @@ from kombu.utils.url import maybe_sanitize_url
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from evaluator_worker.errors import KernelmapError
+from kernelmap_errors import KernelmapError
+from services.broker.redis_server import redis_py_url
 from services.config import Settings
-from services.embedded_redis import redis_py_url
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +54,7 @@ WORKERS_KEY = "kernelmap:workers:"
 """Key of a worker's record, after the deployment's ``redis_key_prefix`` and before its name."""
 
 EVAL_QUEUE_PREFIX = "eval."
-"""Prefix of the evaluation queues (:func:`services.celery_app.eval_queue`)."""
+"""Prefix of the evaluation queues (:func:`services.workers.celery_app.eval_queue`)."""
 
 # kombu's Redis transport (kombu.transport.redis.Channel): a queue is a list named like the
 # queue, plus one list per non-zero priority step named ``queue + sep + step``; an exchange's
@@ -272,7 +272,7 @@ def heartbeat_interval_s() -> float:
 
 
 def _broker_url(settings: Settings) -> str:
-    from services.celery_app import DEFAULT_BROKER
+    from services.workers.celery_app import DEFAULT_BROKER
 
     return settings.redis_url or DEFAULT_BROKER
 
