@@ -7,7 +7,7 @@ exits 1, or ``{"ok": false, "error": "...", "sandbox": true}`` and exits 3 when 
 cannot set up the sandbox. With ``-`` the source is read from stdin. Matching imports the
 task and traces its ``Model`` (on the meta device: no input is allocated), so it runs the
 task's own code: the controller and ``kernelmap run`` run this as a subprocess
-(:mod:`services.template_probe`) and never import a submitted task themselves; here the task
+(:mod:`services.runs.template_probe`) and never import a submitted task themselves; here the task
 runs only inside the sandbox (:mod:`evaluator_worker.task_child`).
 """
 
