@@ -14,18 +14,16 @@ import sqlalchemy as sa
 from sqlalchemy.dialects.postgresql import JSONB
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-RUN_STATUSES = (
-    "queued",
-    "running",
-    "paused",
-    "finished",
-    "failed",
-    "cancelled",
-    "interrupted",
+from archive.status import (  # noqa: F401 (the states, re-exported beside the schema)
+    JOB_STATUSES,
+    REMOTE_JOB_STATUSES,
+    RUN_STATUSES,
+    TERMINAL_STATUSES,
+    JobStatus,
+    RemoteJobStatus,
+    RunStatus,
 )
-#: A run in one of these has ended; ``finished_at`` is set.
-TERMINAL_STATUSES = ("finished", "failed", "cancelled", "interrupted")
-JOB_STATUSES = ("dispatched", "done", "lost")
+
 #: Who an API key speaks for: ``admin`` sees everything and manages keys, ``user`` sees only
 #: their own tasks and runs, ``worker`` may only claim jobs and post results.
 USER_ROLES = ("admin", "user", "worker")
@@ -111,7 +109,7 @@ class Run(Base):
     id: Mapped[int] = mapped_column(primary_key=True)
     task_id: Mapped[int] = mapped_column(sa.ForeignKey("tasks.id"), index=True)
     config: Mapped[dict[str, Any]] = mapped_column(default=dict)
-    status: Mapped[str] = mapped_column(sa.String(16), index=True, default="queued")
+    status: Mapped[str] = mapped_column(sa.String(16), index=True, default=RunStatus.QUEUED)
     budget: Mapped[int]
     seed: Mapped[int] = mapped_column(sa.BigInteger)  # numpy seeds reach 2**32 - 1
     device: Mapped[str] = mapped_column(sa.String(64))
@@ -171,7 +169,7 @@ class Job(Base):
     id: Mapped[str] = mapped_column(sa.String(64), primary_key=True)
     run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id"), index=True)
     candidate_id: Mapped[int] = mapped_column(sa.ForeignKey("candidates.id"), index=True)
-    status: Mapped[str] = mapped_column(sa.String(16), default="dispatched")
+    status: Mapped[str] = mapped_column(sa.String(16), default=JobStatus.DISPATCHED)
     worker: Mapped[str | None] = mapped_column(sa.Text)
     created_at: Mapped[dt.datetime] = _created()
     finished_at: Mapped[dt.datetime | None]
@@ -288,7 +286,6 @@ class ApiKey(Base):
 
 #: Where a job handed to remote workers stands: waiting to be claimed, leased to a worker
 #: until ``lease_expires_at``, or ``done`` (its result is stored in the row).
-REMOTE_JOB_STATUSES = ("queued", "leased", "done")
 
 
 class Worker(Base):
@@ -331,7 +328,7 @@ class RemoteJob(Base):
     run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id"), index=True)
     hardware_class: Mapped[str] = mapped_column(sa.String(64))
     payload: Mapped[dict[str, Any]]
-    status: Mapped[str] = mapped_column(sa.String(16), default="queued")
+    status: Mapped[str] = mapped_column(sa.String(16), default=RemoteJobStatus.QUEUED)
     worker_id: Mapped[int | None] = mapped_column(sa.ForeignKey("workers.id"), index=True)
     lease_expires_at: Mapped[dt.datetime | None]
     attempts: Mapped[int] = mapped_column(default=0)
