@@ -1,10 +1,13 @@
 """Where an evaluation runs: the device ``auto`` resolves to, what ran it, the parameters.
 
+The one place that maps a hardware class to a device (:func:`device_of_class`) and the one
+``auto`` detection (:func:`detect_device`); the CLI, the workers and the controller use these.
 Plain helpers of the judge (:mod:`evaluator_worker.judge`), importable without it.
 """
 
 from __future__ import annotations
 
+import os
 import platform
 from typing import Any
 
@@ -13,10 +16,26 @@ import torch
 from kernelmap_errors import KernelmapError
 
 
+def device_of_class(hardware_class: str) -> str:
+    """The evaluator device of a hardware class: ``cpu`` for ``cpu``, ``cuda`` for any GPU
+    class (``cuda``, ``h100``, ``h200``...)."""
+    return "cpu" if hardware_class == "cpu" else "cuda"
+
+
+def detect_device() -> str:
+    """``cuda`` when a GPU is visible to this process, else ``cpu``: what ``auto`` means.
+
+    It asks NVML, not the CUDA runtime, so no CUDA context is made here: a process that forks
+    workers after asking (the Celery worker's pool) keeps a usable GPU in its children.
+    """
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_device(device: str) -> torch.device:
     """``auto`` -> CUDA when a GPU is visible, else the CPU."""
     if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
+        device = detect_device()
     if device == "cuda" and not torch.cuda.is_available():
         raise KernelmapError("--device cuda was asked for, but no CUDA GPU is visible")
     return (

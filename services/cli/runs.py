@@ -240,10 +240,9 @@ def cmd_db(args: argparse.Namespace) -> int:
 def _has_gpu() -> bool:
     # NVML's count, not CUDA's: the worker forks its pool processes after this, and a CUDA
     # context made before a fork is unusable in the children.
-    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-    import torch
+    from evaluator_worker.device import detect_device
 
-    return torch.cuda.is_available()
+    return detect_device() == "cuda"
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -12,7 +12,7 @@ Route map
 
    ``local`` (:class:`local.LocalPool`, embedded ``kernelmap run``)
        a pool of local processes, each with one :class:`evaluator_worker.judge.Evaluator`.
-   ``celery_queue`` (:class:`celery_queue.CeleryDispatcher`, ``kernelmap run --redis`` and the controller)
+   ``celery_queue`` (:class:`celery_queue.CeleryDispatcher`: ``run --redis``, the controller)
        a Celery message on the queue ``eval.<hardware-class>``; a ``kernelmap worker``
        (:mod:`services.workers.tasks`) evaluates it and sends the result back as a message on
        ``controller.<run_id>``, which :meth:`CeleryDispatcher.poll` drains.

@@ -43,11 +43,6 @@ class _Active:
     thread: threading.Thread
 
 
-def device_of(hardware_class: str) -> str:
-    """The evaluator device of a hardware class: ``cpu`` for ``cpu``, CUDA for any GPU class."""
-    return "cpu" if hardware_class == "cpu" else "cuda"
-
-
 def fleet_dispatchers(
     settings: Settings, session_factory: sessionmaker[Session]
 ) -> Callable[..., Any]:

@@ -25,8 +25,8 @@ from archive import db, repository, run_control
 from archive.run_store import RunStore
 from evaluator_worker import static_gate
 from evaluator_worker.config import EvalConfig
+from evaluator_worker.device import device_of_class, resolve_device
 from evaluator_worker.errors import TaskError
-from evaluator_worker.judge import resolve_device
 from evaluator_worker.verdict import Verdict
 from evolution.candidate import CandidateSpec
 from evolution.descriptors import default_dims, parse_dims
@@ -449,7 +449,7 @@ def _search(
         repository.set_run_status(s, run_id, "running")
         s.commit()
     hardware_class = device  # the queue's class (cpu, cuda, h100...): its device is cpu or cuda
-    device = "cpu" if hardware_class == "cpu" else "cuda"
+    device = device_of_class(hardware_class)
     dims = parse_dims(config["dims"], device)
     archive = _archive(dims, config, state, rng_seed)
     if archive.centroids is not None and "centroids" not in state:

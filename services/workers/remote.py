@@ -111,10 +111,9 @@ def _device(device: str | None) -> str:
         device = "cuda"
     if device in (None, "auto"):
         # NVML's count: no CUDA context in this process before the evaluator makes one.
-        os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
-        import torch
+        from evaluator_worker.device import detect_device
 
-        return "cuda" if torch.cuda.is_available() else "cpu"
+        return detect_device()
     if device not in ("cuda", "cpu"):
         raise RemoteWorkerError(f"--device must be cpu, cuda or a GPU index, got {device!r}")
     return device
