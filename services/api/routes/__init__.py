@@ -1,4 +1,22 @@
-"""The API's routers, one module per resource; :data:`api_router` mounts them all."""
+"""The API's routers, one module per resource; :data:`api_router` mounts them all.
+
+Modules
+-------
+``tasks``
+    ``/tasks``: upload a task (validated in a sandboxed child), list and read yours.
+``runs``
+    ``/runs``: start a search, follow it, pause/resume/cancel it, browse its archive.
+``candidates``
+    ``/candidates/{id}``: one candidate's source and newest evaluation.
+``keys``
+    ``/keys`` (admin): make, list and revoke API keys.
+``remote``
+    ``/workers``: remote workers enrol, claim jobs with leases, post results; the fleet list.
+``health``
+    ``/healthz`` at the root: liveness, no key needed.
+``metrics``
+    ``/metrics`` at the root (admin): Prometheus text format.
+"""
 
 from fastapi import APIRouter
 
