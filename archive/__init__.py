@@ -8,12 +8,37 @@ Modules
     :func:`upgrade` (Alembic migrations, in ``migrations/``, run in code).
 ``models``
     The schema: :class:`Task`, :class:`Run`, :class:`Candidate`, :class:`Proposal`,
-    :class:`Job`, :class:`Evaluation`, :class:`Elite`, :class:`RunStat`.
+    :class:`Job`, :class:`Evaluation`, :class:`Elite`, :class:`RunStat`, users, API keys,
+    remote workers and their jobs.
+``status``
+    The states of a run, a job and a remote job: :class:`RunStatus`, :class:`JobStatus`,
+    :class:`RemoteJobStatus` (string enums, stored as they read) and their tuples.
 ``repository``
-    Plain query functions on a session, for the CLI, API and controller
-    (``create_run``, ``list_runs``, ``candidates_of_run``, ``best_elite``...).
+    The query facade for the CLI, API and controller: plain functions on a session for
+    tasks, runs and ownership (``create_run``, ``set_run_status``, ``list_owned_runs``...),
+    re-exporting those of ``run_results`` and ``users``.
+``run_results``
+    Reading back what runs found: candidates with their newest evaluations
+    (``candidates_of_run``), evaluations, verdict counts, elites (``best_elite``) and
+    progress points.
+``users``
+    Users and their API keys (``add_user``, ``api_key_by_hash``, ``revoke_api_key``...).
+``credentials``
+    The one scheme of bearer secrets (API keys, worker tokens): making one with its prefix,
+    the sha256 that is stored, the prefix shown in listings, the length checked before hashing.
+``run_control``
+    A run's lifecycle: which action (pause, resume, cancel) applies in which status, and the
+    runs the controller manages.
 ``run_store``
     :class:`RunStore`, the search loop's :class:`evolution.ports.Store` for one run.
+``rows``
+    The search loop's values as stored rows and back: a spec's duplicate-detection keys, a
+    stored candidate's spec, an evaluator result's evaluation columns.
+``leases``
+    Remote workers and the jobs they lease: enrolment, atomic claims, heartbeats, results,
+    reaping.
+``service_stats``
+    Aggregates of the whole service for monitoring (``GET /metrics``): counts, not rows.
 ``errors``
     Typed errors a user can cause: unknown ids (:class:`NotFoundError`), a database from a
     newer kernelmap (:class:`SchemaError`).
@@ -41,6 +66,7 @@ from archive.models import (
     Task,
 )
 from archive.run_store import RunStore
+from archive.status import JobStatus, RemoteJobStatus, RunStatus
 
 __all__ = [
     "Base",
@@ -49,11 +75,14 @@ __all__ = [
     "Elite",
     "Evaluation",
     "Job",
+    "JobStatus",
     "NotFoundError",
     "Proposal",
+    "RemoteJobStatus",
     "Run",
     "RunNotFound",
     "RunStat",
+    "RunStatus",
     "RunStore",
     "SchemaError",
     "Task",

@@ -1,9 +1,10 @@
 """Remote workers and the jobs they lease: enrolment, atomic claims, heartbeats, results, reaping.
 
 A remote worker enrols once with a ``worker``-role API key and gets its own token (``kmw_...``,
-stored as its sha256 like API keys). The controller offers jobs (:func:`offer`); a worker
-claims the oldest queued job of its hardware class with a lease (:func:`claim`), extends it
-while evaluating (:func:`extend`) and posts the result (:func:`complete`, first result wins).
+made and stored as its sha256 like API keys, by :mod:`archive.credentials`). The controller
+offers jobs (:func:`offer`); a worker claims the oldest queued job of its hardware class with a
+lease (:func:`claim`), extends it while evaluating (:func:`extend`) and posts the result
+(:func:`complete`, first result wins).
 :func:`reap` puts expired leases back in the queue and fails jobs that keep being lost;
 the controller takes finished jobs with :func:`take_results`.
 
@@ -19,17 +20,16 @@ correct with several API replicas and the controller's dispatcher working on the
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 import re
-import secrets
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
 
+from archive import credentials
 from archive.errors import NotFoundError
 from archive.models import RemoteJob, Worker, utcnow
+from archive.status import RemoteJobStatus
 from evaluator_worker.result import EvalResult
 from evaluator_worker.verdict import Verdict
 from evolution.ports import UNVERIFIED
@@ -37,9 +37,9 @@ from kernelmap_errors import KernelmapError
 
 TOKEN_PREFIX = "kmw_"
 #: Leading characters of a worker token stored in clear, to tell workers apart in listings.
-SHOWN_PREFIX_LEN = 8
+SHOWN_PREFIX_LEN = credentials.SHOWN_PREFIX_LEN
 #: Longer bearer tokens are refused before hashing (a token is 47 characters).
-MAX_TOKEN_LEN = 128
+MAX_TOKEN_LEN = credentials.MAX_SECRET_LEN
 #: What a hardware class (the queue a worker serves) may look like.
 HARDWARE_CLASS_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,63}")
 #: Keys of a posted result that only the server may set.
@@ -68,8 +68,8 @@ class NotLeaseHolder(KernelmapError):
 
 
 def hash_token(token: str) -> str:
-    """The hex sha256 of a worker token, as stored."""
-    return hashlib.sha256(token.encode()).hexdigest()
+    """The hex sha256 of a worker token, as stored (:func:`archive.credentials.hash_secret`)."""
+    return credentials.hash_secret(token)
 
 
 # -- workers -----------------------------------------------------------------------------------
@@ -103,12 +103,12 @@ def enrol_worker(
     """
     if not HARDWARE_CLASS_RE.fullmatch(hardware_class):
         raise ValueError(f"invalid hardware class {hardware_class!r}")
-    token = TOKEN_PREFIX + secrets.token_urlsafe(32)
+    token = credentials.new_secret(TOKEN_PREFIX)
     worker = Worker(
         name=name,
         hardware_class=hardware_class,
         hardware=dict(hardware),
-        token_prefix=token[:SHOWN_PREFIX_LEN],
+        token_prefix=credentials.shown_prefix(token),
         token_hash=hash_token(token),
         enrolled_by=enrolled_by_user_id,
     )
@@ -119,13 +119,13 @@ def enrol_worker(
 
 def worker_by_token(session: Session, token: str | None) -> Worker | None:
     """The worker a token belongs to; None for a missing, malformed, unknown or revoked token."""
-    if not token or not token.startswith(TOKEN_PREFIX) or len(token) > MAX_TOKEN_LEN:
+    if not credentials.well_formed(token, TOKEN_PREFIX):
         return None
     digest = hash_token(token)
     worker = session.scalars(sa.select(Worker).where(Worker.token_hash == digest)).first()
     if worker is None or worker.revoked_at is not None:
         return None
-    if not hmac.compare_digest(worker.token_hash, digest):
+    if not credentials.same_hash(worker.token_hash, digest):
         return None
     return worker
 
@@ -149,8 +149,8 @@ def revoke_worker(session: Session, worker_id: int) -> Worker:
         worker.revoked_at = utcnow()
     session.execute(
         sa.update(RemoteJob)
-        .where(RemoteJob.worker_id == worker.id, RemoteJob.status == "leased")
-        .values(status="queued", worker_id=None, lease_expires_at=None)
+        .where(RemoteJob.worker_id == worker.id, RemoteJob.status == RemoteJobStatus.LEASED)
+        .values(status=RemoteJobStatus.QUEUED, worker_id=None, lease_expires_at=None)
         .execution_options(synchronize_session=False)
     )
     session.flush()
@@ -192,7 +192,7 @@ def offer(
         run_id=run_id,
         hardware_class=hardware_class,
         payload=dict(payload),
-        status="queued",
+        status=RemoteJobStatus.QUEUED,
         attempts=0,
         delivered=False,
     )
@@ -215,7 +215,10 @@ def claim(
     now = now or utcnow()
     pick = (
         sa.select(RemoteJob.job_id)
-        .where(RemoteJob.hardware_class == worker.hardware_class, RemoteJob.status == "queued")
+        .where(
+            RemoteJob.hardware_class == worker.hardware_class,
+            RemoteJob.status == RemoteJobStatus.QUEUED,
+        )
         .order_by(RemoteJob.created_at, RemoteJob.job_id)
         .limit(1)
         .with_for_update(skip_locked=True)
@@ -225,9 +228,9 @@ def claim(
     active = sa.exists().where(Worker.id == worker.id, Worker.revoked_at.is_(None))
     stmt = (
         sa.update(RemoteJob)
-        .where(RemoteJob.job_id == pick, RemoteJob.status == "queued", active)
+        .where(RemoteJob.job_id == pick, RemoteJob.status == RemoteJobStatus.QUEUED, active)
         .values(
-            status="leased",
+            status=RemoteJobStatus.LEASED,
             worker_id=worker.id,
             lease_expires_at=now + dt.timedelta(seconds=lease_s),
         )
@@ -240,7 +243,7 @@ def claim(
 def has_queued(session: Session, hardware_class: str) -> bool:
     """Whether a job of ``hardware_class`` waits for a worker (a read: takes no write lock)."""
     waiting = sa.exists().where(
-        RemoteJob.hardware_class == hardware_class, RemoteJob.status == "queued"
+        RemoteJob.hardware_class == hardware_class, RemoteJob.status == RemoteJobStatus.QUEUED
     )
     return bool(session.scalar(sa.select(waiting)))
 
@@ -259,7 +262,7 @@ def extend(
         .where(
             RemoteJob.job_id == job_id,
             RemoteJob.worker_id == worker.id,
-            RemoteJob.status == "leased",
+            RemoteJob.status == RemoteJobStatus.LEASED,
             RemoteJob.lease_expires_at > now,
         )
         .values(lease_expires_at=now + dt.timedelta(seconds=lease_s))
@@ -313,10 +316,10 @@ def complete(
         .where(
             RemoteJob.job_id == job_id,
             RemoteJob.worker_id == worker.id,
-            RemoteJob.status != "done",
+            RemoteJob.status != RemoteJobStatus.DONE,
         )
         .values(
-            status="done",
+            status=RemoteJobStatus.DONE,
             result=stored_result(worker, result),
             lease_expires_at=None,
             finished_at=now,
@@ -328,7 +331,7 @@ def complete(
     job = session.get(RemoteJob, job_id, populate_existing=True)
     if job is None:
         raise RemoteJobNotFound(job_id)
-    if job.status == "done":
+    if job.status == RemoteJobStatus.DONE:
         return False
     raise NotLeaseHolder(
         f"job {job_id} is not leased to worker {worker.name!r}: its lease expired and another"
@@ -359,7 +362,7 @@ def reap(session: Session, now: dt.datetime | None = None, max_attempts: int = M
         How many leases were reaped.
     """
     now = now or utcnow()
-    expired = sa.and_(RemoteJob.status == "leased", RemoteJob.lease_expires_at < now)
+    expired = sa.and_(RemoteJob.status == RemoteJobStatus.LEASED, RemoteJob.lease_expires_at < now)
     # Look before writing: most passes find nothing, and an UPDATE takes SQLite's write lock.
     if not session.scalar(sa.select(sa.exists().where(expired))):
         return 0
@@ -367,7 +370,7 @@ def reap(session: Session, now: dt.datetime | None = None, max_attempts: int = M
         sa.update(RemoteJob)
         .where(expired, RemoteJob.attempts + 1 >= max_attempts)
         .values(
-            status="done",
+            status=RemoteJobStatus.DONE,
             attempts=RemoteJob.attempts + 1,
             result=lost_result(max_attempts),
             lease_expires_at=None,
@@ -378,7 +381,9 @@ def reap(session: Session, now: dt.datetime | None = None, max_attempts: int = M
     requeued = session.execute(
         sa.update(RemoteJob)
         .where(expired)
-        .values(status="queued", attempts=RemoteJob.attempts + 1, lease_expires_at=None)
+        .values(
+            status=RemoteJobStatus.QUEUED, attempts=RemoteJob.attempts + 1, lease_expires_at=None
+        )
         .execution_options(synchronize_session=False)
     )
     return failed.rowcount + requeued.rowcount
@@ -387,7 +392,9 @@ def reap(session: Session, now: dt.datetime | None = None, max_attempts: int = M
 def take_results(session: Session, run_id: int) -> list[RemoteJob]:
     """The run's finished jobs not yet taken, in the order they finished; marks them delivered."""
     ready = sa.and_(
-        RemoteJob.run_id == run_id, RemoteJob.status == "done", RemoteJob.delivered.is_(False)
+        RemoteJob.run_id == run_id,
+        RemoteJob.status == RemoteJobStatus.DONE,
+        RemoteJob.delivered.is_(False),
     )
     # Look before writing: the controller polls often, and an UPDATE takes SQLite's write lock.
     if not session.scalar(sa.select(sa.exists().where(ready))):
@@ -408,6 +415,6 @@ def queued_count(session: Session, run_id: int) -> int:
     stmt = (
         sa.select(sa.func.count())
         .select_from(RemoteJob)
-        .where(RemoteJob.run_id == run_id, RemoteJob.status == "queued")
+        .where(RemoteJob.run_id == run_id, RemoteJob.status == RemoteJobStatus.QUEUED)
     )
     return int(session.scalar(stmt) or 0)

@@ -18,16 +18,20 @@ from sqlalchemy.orm import Session
 
 from archive import repository
 from archive.models import Run
+from archive.status import RunStatus
 from kernelmap_errors import KernelmapError
 
 #: Statuses the controller searches (or resumes after a restart).
-ACTIVE = ("queued", "running")
+ACTIVE = (RunStatus.QUEUED, RunStatus.RUNNING)
 
 #: For each action, the statuses it applies to and the status it leads to.
-TRANSITIONS: dict[str, tuple[tuple[str, ...], str]] = {
-    "pause": (("queued", "running"), "paused"),
-    "resume": (("paused", "interrupted", "failed"), "queued"),
-    "cancel": (("queued", "running", "paused", "interrupted"), "cancelled"),
+TRANSITIONS: dict[str, tuple[tuple[RunStatus, ...], RunStatus]] = {
+    "pause": ((RunStatus.QUEUED, RunStatus.RUNNING), RunStatus.PAUSED),
+    "resume": ((RunStatus.PAUSED, RunStatus.INTERRUPTED, RunStatus.FAILED), RunStatus.QUEUED),
+    "cancel": (
+        (RunStatus.QUEUED, RunStatus.RUNNING, RunStatus.PAUSED, RunStatus.INTERRUPTED),
+        RunStatus.CANCELLED,
+    ),
 }
 
 
@@ -35,7 +39,7 @@ class TransitionError(KernelmapError):
     """The action does not apply to the run in its current status (HTTP 409)."""
 
 
-def next_status(action: str, status: str) -> str:
+def next_status(action: str, status: str) -> RunStatus:
     """The status ``action`` leads to from ``status``.
 
     Raises
@@ -97,7 +101,7 @@ def mark_running(session: Session, run_id: int) -> bool:
     run = session.scalars(sa.select(Run).where(Run.id == run_id).with_for_update()).one_or_none()
     if run is None:
         repository.get_run(session, run_id)  # raises RunNotFound
-    if run.status not in ACTIVE + ("interrupted", "failed"):
+    if run.status not in ACTIVE + (RunStatus.INTERRUPTED, RunStatus.FAILED):
         return False
-    repository.set_run_status(session, run_id, "running")
+    repository.set_run_status(session, run_id, RunStatus.RUNNING)
     return True

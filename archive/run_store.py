@@ -13,10 +13,6 @@ processes racing on the same candidate or the same result end with one row, not 
 
 from __future__ import annotations
 
-import functools
-import hashlib
-import json
-import math
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -27,7 +23,9 @@ from sqlalchemy.orm import Session
 from archive import models as m
 from archive import repository
 from archive.errors import SchemaError
-from evolution.candidate import CandidateSpec, normalise_source, outcome_from_result
+from archive.rows import candidate_keys, evaluation_values, finite_or_none, spec_of
+from archive.status import JobStatus
+from evolution.candidate import CandidateSpec
 from evolution.ports import OTHER_RUN, EliteChange, Job, JobResult, Proposal, RunStats
 
 # INSERT statements with ON CONFLICT, per backend.
@@ -42,78 +40,6 @@ _JOBS = m.Job.__table__
 _EVALUATIONS = m.Evaluation.__table__
 _ELITES = m.Elite.__table__
 _RUN_STATS = m.RunStat.__table__
-
-
-def _finite(value: Any) -> float | None:
-    if value is None:
-        return None
-    value = float(value)
-    return value if math.isfinite(value) else None
-
-
-@functools.lru_cache(maxsize=256)
-def _normalised_sha256(source: str) -> Any:
-    # Normalising parses and unparses the source (milliseconds for a real kernel file), and a
-    # parameter family proposes one source thousands of times: once per source is enough.
-    return hashlib.sha256(normalise_source(source).encode())
-
-
-def candidate_keys(spec: CandidateSpec) -> tuple[str, str]:
-    """``(key_sha256, source_sha256)`` of a spec, as stored on its candidate.
-
-    ``key_sha256`` is :attr:`CandidateSpec.key` (:func:`evolution.candidate.candidate_key`),
-    computed from a cached normalisation of the source; ``source_sha256`` is the sha256 of
-    the normalised source.
-    """
-    source_hash = _normalised_sha256(spec.source)
-    key = source_hash.copy()
-    key.update(b"\0" + json.dumps(spec.params, sort_keys=True, default=str).encode())
-    return key.hexdigest(), source_hash.hexdigest()
-
-
-def spec_of(candidate: m.Candidate) -> CandidateSpec:
-    """The :class:`CandidateSpec` a stored candidate was proposed as."""
-    return CandidateSpec(
-        source=candidate.source,
-        params=dict(candidate.params),
-        emitter=candidate.emitter,
-        parent_ids=tuple(candidate.parent_ids),
-        label=candidate.label,
-        genome=tuple(candidate.genome) if candidate.genome is not None else None,
-    )
-
-
-def evaluation_values(
-    candidate_id: int, result: dict[str, Any], job_id: str | None = None
-) -> dict[str, Any]:
-    """The column values of an :class:`~archive.models.Evaluation` of an evaluator result."""
-    outcome = outcome_from_result(candidate_id, result)
-    objective = _finite(outcome.objective)
-    return {
-        "candidate_id": candidate_id,
-        "job_id": job_id,
-        "verdict": outcome.verdict,
-        "correct": bool(result.get("correct", False)),
-        "objective": objective,
-        "objective_label": outcome.objective_label if objective is not None else None,
-        "speedup_vs_eager": _finite(result.get("speedup_vs_eager")),
-        "speedup_vs_compile": _finite(result.get("speedup_vs_compile")),
-        "messages": list(result.get("messages") or []),
-        "timing": result.get("timing"),
-        "features": dict(result.get("features") or {}),
-        "hardware": dict(result.get("hardware") or {}),
-        "params": dict(result.get("params") or {}),
-        "worker": result.get("worker"),
-        "duration_s": _finite((result.get("stages_s") or {}).get("total_s")),
-        "result": result,
-    }
-
-
-def evaluation_row(
-    candidate_id: int, result: dict[str, Any], job_id: str | None = None
-) -> m.Evaluation:
-    """An :class:`~archive.models.Evaluation` filled from an evaluator result dict."""
-    return m.Evaluation(**evaluation_values(candidate_id, result, job_id))
 
 
 def _evaluation_insert(backend: str) -> tuple[Any, Callable[[dict[str, Any]], dict[str, Any]]]:
@@ -280,7 +206,7 @@ class RunStore:
                 "id": job.job_id,
                 "run_id": self.run_id,
                 "candidate_id": job.candidate_id,
-                "status": "dispatched",
+                "status": JobStatus.DISPATCHED,
                 "created_at": now,
             }
             for job in jobs
@@ -290,8 +216,8 @@ class RunStore:
         insert = self._insert(_JOBS)
         stmt = insert.on_conflict_do_update(
             index_elements=["id"],
-            set_={"status": "dispatched", "finished_at": None},
-            where=_JOBS.c.status != "done",
+            set_={"status": JobStatus.DISPATCHED, "finished_at": None},
+            where=_JOBS.c.status != JobStatus.DONE,
         )
         with self._sessions() as session:
             session.execute(stmt, rows)
@@ -348,12 +274,12 @@ class RunStore:
         upsert = upsert.on_conflict_do_update(
             index_elements=["id"],
             set_={
-                "status": "done",
+                "status": JobStatus.DONE,
                 "finished_at": upsert.excluded.finished_at,
                 "worker": sa.func.coalesce(upsert.excluded.worker, _JOBS.c.worker),
             },
             # A job ingested concurrently (its evaluation below then loses) stays as it is.
-            where=_JOBS.c.status != "done",
+            where=_JOBS.c.status != JobStatus.DONE,
         )
         session.execute(
             upsert,
@@ -362,7 +288,7 @@ class RunStore:
                     "id": r.job_id,
                     "run_id": self.run_id,
                     "candidate_id": r.candidate_id,
-                    "status": "done",
+                    "status": JobStatus.DONE,
                     "worker": r.result.get("worker"),
                     "created_at": now,
                     "finished_at": now,
@@ -414,7 +340,7 @@ class RunStore:
             "elites": stats.elites,
             "coverage": float(stats.coverage),
             "qd_score": float(stats.qd_score),
-            "best_objective": _finite(stats.best_objective),
+            "best_objective": finite_or_none(stats.best_objective),
             "best_candidate_id": stats.best_candidate_id,
             "verdicts": dict(stats.verdicts),
         }
@@ -445,7 +371,7 @@ class RunStore:
         unevaluated = ~sa.exists().where(m.Evaluation.candidate_id == m.Job.candidate_id)
         stmt = (
             sa.select(m.Job.candidate_id, m.Job.id)
-            .where(m.Job.run_id == self.run_id, m.Job.status == "dispatched", unevaluated)
+            .where(m.Job.run_id == self.run_id, m.Job.status == JobStatus.DISPATCHED, unevaluated)
             .order_by(m.Job.created_at, m.Job.id)
         )
         with self._sessions() as session:
@@ -476,10 +402,10 @@ class RunStore:
                 sa.update(m.Job)
                 .where(
                     m.Job.run_id == self.run_id,
-                    m.Job.status == "dispatched",
+                    m.Job.status == JobStatus.DISPATCHED,
                     ~sa.exists().where(m.Evaluation.candidate_id == m.Job.candidate_id),
                 )
-                .values(status="lost", finished_at=m.utcnow())
+                .values(status=JobStatus.LOST, finished_at=m.utcnow())
                 .execution_options(synchronize_session=False)
             )
             session.commit()

@@ -55,7 +55,7 @@ import httpx  # noqa: E402
 
 from archive import db  # noqa: E402
 from archive import models as m  # noqa: E402
-from archive.run_store import evaluation_row  # noqa: E402
+from archive.rows import evaluation_row  # noqa: E402
 from archive.testing import temporary_postgres_database  # noqa: E402
 from evolution.fakes import fake_result  # noqa: E402
 from services import keys  # noqa: E402

@@ -1,29 +1,24 @@
 """API keys: making them, checking them, revoking them.
 
-A key is ``km_`` followed by 43 URL-safe characters (``secrets.token_urlsafe(32)``, 256 bits).
-Only its sha256 is stored, so a leaked database reveals no usable key; a key is looked up by
-that hash (an index lookup, no secret-dependent comparison loop) and the found hash is compared
-again with :func:`hmac.compare_digest`. Like :mod:`archive.repository`, these functions flush
-but never commit: the caller owns the transaction.
+A key is ``km_`` followed by 43 URL-safe characters (256 bits), made, hashed and checked by
+:mod:`archive.credentials` (the one scheme of API keys and worker tokens): only its sha256 is
+stored, so a leaked database reveals no usable key. Like :mod:`archive.repository`, these
+functions flush but never commit: the caller owns the transaction.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
-import secrets
-
 from sqlalchemy.orm import Session
 
-from archive import repository
+from archive import credentials, repository
 from archive.models import USER_ROLES, ApiKey, User
 from kernelmap_errors import KernelmapError
 
 KEY_PREFIX = "km_"
 #: How many leading characters of a key are stored in clear, to tell keys apart in listings.
-SHOWN_PREFIX_LEN = 8
+SHOWN_PREFIX_LEN = credentials.SHOWN_PREFIX_LEN
 #: Longer bearer tokens are refused before hashing (a key is 46 characters).
-MAX_KEY_LEN = 128
+MAX_KEY_LEN = credentials.MAX_SECRET_LEN
 
 
 class KeyRequestError(KernelmapError):
@@ -31,13 +26,13 @@ class KeyRequestError(KernelmapError):
 
 
 def hash_key(key: str) -> str:
-    """The hex sha256 of a key, as stored."""
-    return hashlib.sha256(key.encode()).hexdigest()
+    """The hex sha256 of a key, as stored (:func:`archive.credentials.hash_secret`)."""
+    return credentials.hash_secret(key)
 
 
 def new_key() -> str:
     """A fresh random key, ``km_<43 url-safe characters>``."""
-    return KEY_PREFIX + secrets.token_urlsafe(32)
+    return credentials.new_secret(KEY_PREFIX)
 
 
 def create_key(session: Session, role: str, name: str) -> tuple[User, str]:
@@ -62,19 +57,19 @@ def create_key(session: Session, role: str, name: str) -> tuple[User, str]:
         raise KeyRequestError("a key needs a name saying who or what it is for")
     user = repository.add_user(session, name, role)
     key = new_key()
-    repository.add_api_key(session, user.id, key[:SHOWN_PREFIX_LEN], hash_key(key), name)
+    repository.add_api_key(session, user.id, credentials.shown_prefix(key), hash_key(key), name)
     return user, key
 
 
 def authenticate(session: Session, key: str | None) -> User | None:
     """The user a key belongs to; None for a missing, malformed, unknown or revoked key."""
-    if not key or not key.startswith(KEY_PREFIX) or len(key) > MAX_KEY_LEN:
+    if not credentials.well_formed(key, KEY_PREFIX):
         return None
     digest = hash_key(key)
     row = repository.api_key_by_hash(session, digest)
     if row is None or row.revoked_at is not None:
         return None
-    if not hmac.compare_digest(row.key_hash, digest):
+    if not credentials.same_hash(row.key_hash, digest):
         return None
     return session.get(User, row.user_id)
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import sqlalchemy as sa
+
 from archive import db
+from archive.models import ApiKey
 from services.keys import authenticate
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -43,6 +47,10 @@ def test_keys_create_prints_only_the_key_and_stores_its_hash(tmp_path):
     with db.session_factory(engine)() as s:
         user = authenticate(s, key)
         assert user is not None and user.role == "user" and user.name == "alice"
+        row = s.scalars(sa.select(ApiKey).where(ApiKey.user_id == user.id)).one()
+        # The sha256 of the whole key, as every earlier version stored it.
+        assert row.key_hash == hashlib.sha256(key.encode()).hexdigest()
+        assert row.prefix == key[:8]
     engine.dispose()
     bad = subprocess.run(
         [sys.executable, "-m", "services.cli.main", "keys", "create", "--role", "root"],

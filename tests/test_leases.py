@@ -7,6 +7,7 @@ the same queue at once: every job must be handed out exactly once on both backen
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import threading
 import uuid
 
@@ -87,11 +88,14 @@ def test_enrolment_stores_only_the_hash_and_the_token_authenticates(sessions):
     with sessions() as s:
         row = s.get(Worker, worker_id)
         assert row.token_hash == leases.hash_token(token) and token not in str(row.__dict__)
+        # The stored form is the sha256 of the whole token: databases of earlier versions work.
+        assert row.token_hash == hashlib.sha256(token.encode()).hexdigest()
         assert row.token_prefix == token[:8] and row.enrolled_by == user.id
         assert leases.worker_by_token(s, token).id == worker_id
         assert leases.worker_by_token(s, token[:-1] + ("A" if token[-1] != "A" else "B")) is None
         assert leases.worker_by_token(s, "km_" + token[4:]) is None
         assert leases.worker_by_token(s, None) is None
+        assert leases.worker_by_token(s, token + "A" * 200) is None  # refused before hashing
         leases.revoke_worker(s, worker_id)
         s.commit()
         assert leases.worker_by_token(s, token) is None
