@@ -25,7 +25,7 @@ from evaluator_worker.timing import stats
 from evaluator_worker.verdict import Verdict
 
 if TYPE_CHECKING:
-    from evaluator_worker.judge import _Run
+    from evaluator_worker.evaluation import Evaluation
 
 REMEASURE_MS = 50.0
 MAX_REPLAYS = 20000
@@ -35,7 +35,7 @@ BASELINES = ("eager", "compile")
 class Baselines:
     """The baseline process of one evaluation, restarted for the variants still wanted."""
 
-    def __init__(self, run: _Run, variants: list[str]) -> None:
+    def __init__(self, run: Evaluation, variants: list[str]) -> None:
         self.run = run
         self.variants = list(variants)
         self.proc: CandidateProcess | None = None
@@ -80,7 +80,7 @@ class Baselines:
             self.proc = None
 
 
-def measure(run: _Run, cand: CandidateProcess, n_samples: int) -> tuple[Timing, list[dict]]:
+def measure(run: Evaluation, cand: CandidateProcess, n_samples: int) -> tuple[Timing, list[dict]]:
     """Interleaved timing of the candidate and the baselines; returns the timing and last pool."""
     cfg, res = run.cfg, run.result
     want_compile = cfg.compile_baseline == "always" or (
@@ -100,10 +100,10 @@ def measure(run: _Run, cand: CandidateProcess, n_samples: int) -> tuple[Timing, 
     }
     overhead: list[float] = []
     per_round = math.ceil(n_samples / cfg.rounds)
-    n_pool = run._pool_size(per_round)
+    n_pool = run.pool_size(per_round)
     pool: list[dict] = []
     for r in range(cfg.rounds):
-        pool = run._new_pool(n_pool)
+        pool = run.new_pool(n_pool)
         live = [v for v in order if v == "candidate" or v in base.variants]
         for variant in live[r % len(live) :] + live[: r % len(live)]:
             if variant != "candidate" and variant not in base.variants:
@@ -174,7 +174,7 @@ def _timed(proc: CandidateProcess, msg: dict[str, Any], timeout_s: float, what: 
 
 
 def _graph_ratios(
-    run: _Run, cand: CandidateProcess, base: CandidateProcess, pool: list[dict], t: Timing
+    run: Evaluation, cand: CandidateProcess, base: CandidateProcess, pool: list[dict], t: Timing
 ) -> list[float] | str:
     """Speedups from CUDA-graph replays, or why the graphs could not be captured."""
     cfg = run.cfg
@@ -199,12 +199,12 @@ def _graph_ratios(
             per_call[variant] = _timed(proc, msg, cfg.timeout_s, f"replaying {variant}") / n
         ratios.append(per_call["eager"] / per_call["candidate"])
     # The captured call must have done the real work: its output is checked like any other.
-    run._recheck_last(cand, run.reference, pool, variant="graph:candidate")
+    run.recheck_last(cand, run.reference, pool, variant="graph:candidate")
     return ratios
 
 
 def _batch_ratios(
-    run: _Run, cand: CandidateProcess, base: CandidateProcess, pool: list[dict], t: Timing
+    run: Evaluation, cand: CandidateProcess, base: CandidateProcess, pool: list[dict], t: Timing
 ) -> list[float]:
     cfg = run.cfg
     ratios = []
@@ -221,7 +221,7 @@ def _batch_ratios(
     return ratios
 
 
-def remeasure(run: _Run, cand: CandidateProcess, pool: list[dict], t: Timing) -> None:
+def remeasure(run: Evaluation, cand: CandidateProcess, pool: list[dict], t: Timing) -> None:
     """Re-measure a > 10x claim with the judge's own clock; the claim stands at >= half."""
     res = run.result
     if t.eager is None:

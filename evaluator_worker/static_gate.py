@@ -9,8 +9,9 @@ custom kernels it defines and its ``SEARCH_SPACE`` (README, "How the evaluator d
 
 It is a filter, not a proof. Python is too dynamic for a syntactic check to be complete, so the
 sandbox, the correctness checks and the timing cross-checks still stand behind it. The rules lean
-towards rejecting: an honest kernel needs none of these constructs. Only the standard library is
-imported, so the controller can run the gate without torch or a GPU.
+towards rejecting: an honest kernel needs none of these constructs. The rules themselves (what is
+banned and why) are tables in :mod:`evaluator_worker.gate_rules`; this module walks the source.
+Only the standard library is imported, so the controller can run the gate without torch or a GPU.
 """
 
 from __future__ import annotations
@@ -18,170 +19,32 @@ from __future__ import annotations
 import ast
 import dataclasses
 
-_WHY_CATCH = (
-    "candidates may not catch errors: a try/except fallback to the reference op is a known hack"
+from evaluator_worker.gate_rules import (
+    ALLOWED_NAMES,
+    BANNED_BUILTINS,
+    BANNED_MODULES,
+    BANNED_NAMES,
+    BANNED_PREFIXES,
+    CUPY_KERNEL_CTORS,
+    DEFAULT_ROOTS,
+    ESCAPE_ATTRS,
+    ESCAPE_NAMES,
+    KERNEL_DECORATORS,
+    L2_TOKENS,
+    MUTATORS,
+    TENSOR_BASES,
+    TENSOR_HOOKS,
+    TIMER_TOKENS,
+    WHY_CATCH,
+    WHY_ENV,
+    WHY_ESCAPE,
+    WHY_HIDDEN,
+    WHY_L2,
+    WHY_PATCH,
+    WHY_PRECISION,
+    WHY_SUBCLASS,
+    WHY_TIMER,
 )
-_WHY_SUBCLASS = "subclasses of the reference or of torch.Tensor and torch hooks can fake outputs"
-_WHY_ESCAPE = "reaches interpreter internals, a sandbox escape"
-_WHY_PROCESS = "candidates may not exit, fork, signal or start processes"
-_WHY_FILES = "candidates have no business reading or writing files"
-_WHY_RNG = "candidates may not touch the RNG the judge uses to make inputs"
-_WHY_PRECISION = "candidates may not change precision or determinism settings"
-_WHY_STREAM = "work on another stream or in a CUDA graph hides from the timer"
-_WHY_ALLOC = "candidates may not change the caching allocator the judge poisons"
-_WHY_PROFILER = "candidates may not touch the profiler the judge cross-checks with"
-_WHY_OVERRIDE = "candidates may not replace the operators or hooks the reference runs"
-_WHY_PATCH = "candidates may not patch imported modules (timers, torch, triton)"
-_WHY_ENV = "candidates may not change the environment"
-_WHY_HIDDEN = "it hides from the gate which code runs or which attribute is reached"
-_WHY_L2 = "persisting-L2 and access-policy settings distort timing"
-_WHY_TIMER = "candidates may not read GPU timers"
-
-
-def _each(names: str, why: str) -> dict[str, str]:
-    """``{name: why}`` for each whitespace-separated name (keeps the tables below compact)."""
-    return dict.fromkeys(names.split(), why)
-
-
-# Banned at import and at any use through an import alias; submodules are banned with them
-# (``ctypes.util``), so ``os`` and ``sys`` are not here: only some of their names are.
-_BANNED_MODULES: dict[str, str] = {
-    # Interpreter internals (frames, live objects, code objects, raw memory) and the file system.
-    **_each(
-        """ctypes _ctypes cffi gc inspect importlib builtins code codeop types weakref _weakref
-        marshal pickle _pickle dill cloudpickle faulthandler mmap resource posix _posixsubprocess
-        pathlib tempfile shutil""",
-        "",
-    ),
-    # A background thread or process can fill the output after the timer stops.
-    **_each(
-        """subprocess multiprocessing threading _thread concurrent asyncio signal _signal atexit
-        pty sched torch.multiprocessing""",
-        "work outside the timed call escapes the timer",
-    ),
-    **_each(
-        "socket _socket ssl http urllib urllib3 requests httpx socketserver select selectors",
-        "nothing may leave the sandbox",
-    ),
-    "torch.utils.cpp_extension": "it compiles for ~46 s; CuPy RawKernel is the supported way",
-}
-
-# Dotted names banned at import and at any reference (not only calls: ``f = os._exit`` is the same
-# escape); an entry also bans everything below it (``torch.cuda.memory`` bans its functions).
-_BANNED_NAMES: dict[str, str] = {
-    "contextlib.suppress": _WHY_CATCH,
-    **_each(
-        "sys.exit os._exit os.abort os.kill os.killpg os.fork os.forkpty os.system os.popen",
-        _WHY_PROCESS,
-    ),
-    **_each(
-        """sys.modules sys._getframe sys._current_frames sys.settrace sys.setprofile sys.meta_path
-        sys.path_hooks sys.addaudithook torch._C""",
-        _WHY_ESCAPE,
-    ),
-    **_each("os.putenv os.unsetenv", _WHY_ENV),
-    **_each(
-        """os.open os.read os.write os.fdopen os.dup os.dup2 os.remove os.unlink os.rename
-        os.replace os.rmdir os.truncate os.chdir io.open io.FileIO torch.load torch.save
-        numpy.load numpy.save numpy.fromfile numpy.memmap""",
-        _WHY_FILES,
-    ),
-    **_each(
-        """torch.manual_seed torch.seed torch.initial_seed torch.get_rng_state torch.set_rng_state
-        torch.random torch.default_generator torch.cuda.manual_seed torch.cuda.manual_seed_all
-        torch.cuda.seed torch.cuda.seed_all torch.cuda.initial_seed torch.cuda.get_rng_state
-        torch.cuda.get_rng_state_all torch.cuda.set_rng_state torch.cuda.set_rng_state_all
-        torch.cuda.random torch.cuda.default_generators""",
-        _WHY_RNG,
-    ),
-    **_each(
-        """torch.set_float32_matmul_precision torch.set_flush_denormal
-        torch.use_deterministic_algorithms torch.set_deterministic_debug_mode
-        torch.set_default_dtype torch.set_default_device torch.set_default_tensor_type""",
-        _WHY_PRECISION,
-    ),
-    **_each(
-        """torch.Stream torch.cuda.Stream torch.cuda.stream torch.cuda.StreamContext
-        torch.cuda.streams torch.cuda.ExternalStream torch.cuda.set_stream torch.cuda.CUDAGraph
-        torch.cuda.graph torch.cuda.graphs torch.cuda.make_graphed_callables cupy.cuda.Stream
-        cupy.cuda.ExternalStream cupy.cuda.Graph""",
-        _WHY_STREAM,
-    ),
-    **_each(
-        """torch.cuda.memory torch.cuda.empty_cache torch.cuda.set_per_process_memory_fraction
-        torch.cuda.caching_allocator_alloc torch.cuda.caching_allocator_delete""",
-        _WHY_ALLOC,
-    ),
-    **_each("torch.profiler torch.autograd.profiler torch.cuda.profiler", _WHY_PROFILER),
-    **_each(
-        """torch.library torch.overrides torch.utils._python_dispatch torch.ops.load_library
-        torch.classes""",
-        _WHY_OVERRIDE,
-    ),
-}
-
-# Families banned by plain string prefix (``os.execv``, ``cupy.cuda.runtime.streamCreate``).
-_BANNED_PREFIXES: dict[str, str] = {
-    "os.exec": _WHY_PROCESS,
-    "os.spawn": _WHY_PROCESS,
-    "os.posix_spawn": _WHY_PROCESS,
-    # Private bindings (streams by id, _sleep) do what the public rules ban, unnamed.
-    "torch.cuda._": "private CUDA bindings bypass the other rules",
-    "cupy.cuda.runtime.stream": _WHY_STREAM,
-    "cupy.cuda.runtime.graph": _WHY_STREAM,
-    "cupy.cuda.runtime.deviceSetLimit": _WHY_L2,
-    # Global module hooks would run inside the reference model too.
-    "torch.nn.modules.module.register_module_": _WHY_OVERRIDE,
-}
-
-# The default stream is not a new one; naming it is how CuPy code says "no stream switching".
-_ALLOWED_NAMES = frozenset({"cupy.cuda.Stream.null"})
-
-_BANNED_BUILTINS: dict[str, str] = {
-    **_each("exec eval compile __import__ breakpoint", _WHY_HIDDEN),
-    **_each("globals locals vars setattr delattr", _WHY_ESCAPE),
-    "open": _WHY_FILES,
-}
-
-_ESCAPE_NAMES = frozenset("__builtins__ __loader__ __spec__".split())
-_ESCAPE_ATTRS = frozenset(
-    """__globals__ __code__ __closure__ __subclasses__ __builtins__ __bases__ __base__ __mro__
-    __self__ __import__ __loader__ __spec__ __getattribute__ __setattr__ __delattr__ f_globals
-    f_locals f_builtins f_back gi_frame cr_frame ag_frame tb_frame""".split()
-)
-_TENSOR_HOOKS = frozenset("_make_subclass __torch_function__ __torch_dispatch__".split())
-_TENSOR_BASES = frozenset(
-    """torch.Tensor torch._C.TensorBase torch._C._TensorBase torch.nn.Parameter
-    torch.nn.parameter.Parameter""".split()
-)
-# Mutating methods: ``os.environ.update(...)`` or ``obj.__dict__.update(...)`` assign too.
-_MUTATORS = frozenset("update setdefault pop popitem clear __setitem__ __delitem__".split())
-
-# Names a candidate normally gets from ``import``; attribute writes on them are patches even when
-# the import is hidden (``np``/``cp`` are the conventional aliases).
-_DEFAULT_ROOTS = {
-    **{name: name for name in "torch triton time builtins os sys math numpy cupy".split()},
-    "np": "numpy",
-    "cp": "cupy",
-}
-
-_KERNEL_DECORATORS = frozenset(
-    {"triton.jit", "triton.autotune", "triton.heuristics", "cupy.fuse", "cupyx.jit.rawkernel"}
-)
-_CUPY_KERNEL_CTORS = frozenset(
-    {"cupy.RawKernel", "cupy.RawModule", "cupy.ElementwiseKernel", "cupy.ReductionKernel"}
-)
-_L2_TOKENS = (
-    "cudaStreamSetAttribute",
-    "accessPolicyWindow",
-    "cudaLimitPersistingL2CacheSize",
-    "cudaDeviceSetLimit",
-    "hitProp",
-    "cudaAccessPropertyPersisting",
-)
-# PTX special registers for timers (``%clock`` also matches ``%clock64``); they only occur in
-# inline asm, whether CUDA ``asm volatile`` or Triton's ``inline_asm_elementwise``.
-_TIMER_TOKENS = ("%globaltimer", "%clock")
 
 
 @dataclasses.dataclass
@@ -250,7 +113,7 @@ def check_source(source: str, filename: str = "<candidate>") -> GateReport:
         visitor.visit(tree)
     except RecursionError:
         # Fail closed: a source too deep to walk is not checked, so it is not let through.
-        visitor.flag(tree, "source nested too deeply to check", _WHY_HIDDEN)
+        visitor.flag(tree, "source nested too deeply to check", WHY_HIDDEN)
     search_space = _search_space(tree, visitor)
     reasons = list(dict.fromkeys(visitor.reasons))
     return GateReport(
@@ -361,31 +224,31 @@ class _Visitor(ast.NodeVisitor):
         root, parts = self._root(node)
         if not isinstance(root, ast.Name):
             return None
-        base = self.aliases.get(root.id) or _DEFAULT_ROOTS.get(root.id)
+        base = self.aliases.get(root.id) or DEFAULT_ROOTS.get(root.id)
         if base is None:
             return None
         return ".".join([base, *reversed(parts)])
 
     def _check_dotted(self, node: ast.AST, name: str, verb: str = "uses") -> bool:
         """Flag a resolved dotted name if it or a parent is banned; True when something fired."""
-        if name in _ALLOWED_NAMES:
+        if name in ALLOWED_NAMES:
             return False
         parts = name.split(".")
         for i in range(1, len(parts) + 1):
             prefix = ".".join(parts[:i])
             shown = name if verb == "imports" else prefix
-            if prefix in _BANNED_MODULES:
-                note = _BANNED_MODULES[prefix]
+            if prefix in BANNED_MODULES:
+                note = BANNED_MODULES[prefix]
                 self.flag(
                     node,
                     f"{verb} '{shown}'",
                     f"candidates may not use {prefix}" + (f"; {note}" if note else ""),
                 )
                 return True
-            if prefix in _BANNED_NAMES:
-                self.flag(node, f"{verb} '{shown}'", _BANNED_NAMES[prefix])
+            if prefix in BANNED_NAMES:
+                self.flag(node, f"{verb} '{shown}'", BANNED_NAMES[prefix])
                 return True
-        for prefix, why in _BANNED_PREFIXES.items():
+        for prefix, why in BANNED_PREFIXES.items():
             if name.startswith(prefix):
                 # Report the whole component that matched (``os.execv``), not its children.
                 shown = name if verb == "imports" else ".".join(parts[: prefix.count(".") + 1])
@@ -396,7 +259,7 @@ class _Visitor(ast.NodeVisitor):
     # -- statements --------------------------------------------------------------------------
 
     def visit_Try(self, node: ast.Try) -> None:
-        self.flag(node, "try statement", _WHY_CATCH)
+        self.flag(node, "try statement", WHY_CATCH)
         self.generic_visit(node)
 
     visit_TryStar = visit_Try
@@ -414,7 +277,7 @@ class _Visitor(ast.NodeVisitor):
             return
         for alias in node.names:
             if alias.name == "*":
-                self.flag(node, f"'from {node.module} import *'", _WHY_HIDDEN)
+                self.flag(node, f"'from {node.module} import *'", WHY_HIDDEN)
             else:
                 self._check_dotted(node, f"{node.module}.{alias.name}", "imports")
 
@@ -429,22 +292,22 @@ class _Visitor(ast.NodeVisitor):
             if (
                 (isinstance(base, ast.Name) and base.id in ("Model", "Tensor"))
                 or (isinstance(base, ast.Attribute) and base.attr == "Model")
-                or resolved in _TENSOR_BASES
+                or resolved in TENSOR_BASES
             ):
                 self.flag(
-                    node, f"class '{node.name}' subclasses '{ast.unparse(base)}'", _WHY_SUBCLASS
+                    node, f"class '{node.name}' subclasses '{ast.unparse(base)}'", WHY_SUBCLASS
                 )
         self.generic_visit(node)
 
     def visit_FunctionDef(self, node: ast.FunctionDef | ast.AsyncFunctionDef) -> None:
-        if node.name in _TENSOR_HOOKS:
-            self.flag(node, f"defines '{node.name}'", _WHY_SUBCLASS)
+        if node.name in TENSOR_HOOKS:
+            self.flag(node, f"defines '{node.name}'", WHY_SUBCLASS)
         if node.name in ("__exit__", "__aexit__"):
             # A context manager whose __exit__ returns True swallows errors like try/except.
-            self.flag(node, f"defines '{node.name}'", _WHY_CATCH)
+            self.flag(node, f"defines '{node.name}'", WHY_CATCH)
         for decorator in node.decorator_list:
             target = decorator.func if isinstance(decorator, ast.Call) else decorator
-            if self._resolve(target) in _KERNEL_DECORATORS:
+            if self._resolve(target) in KERNEL_DECORATORS:
                 self.kernels.append(node.name)
         self._owners.append(node.name)
         self.generic_visit(node)
@@ -469,34 +332,34 @@ class _Visitor(ast.NodeVisitor):
                 self._check_getattr(node)
                 return
             if func.id == "type" and len(node.args) == 3:
-                self.flag(node, "type() with three arguments", _WHY_HIDDEN)
+                self.flag(node, "type() with three arguments", WHY_HIDDEN)
         name = self._resolve(func)
         if name is not None:
             if name.startswith("torch.backends."):
-                self.flag(node, f"calls '{name}'", _WHY_PRECISION)
+                self.flag(node, f"calls '{name}'", WHY_PRECISION)
             owner, _, method = name.rpartition(".")
-            if owner == "os.environ" and method in _MUTATORS:
-                self.flag(node, f"calls '{name}'", _WHY_ENV)
-            if name in _CUPY_KERNEL_CTORS:
+            if owner == "os.environ" and method in MUTATORS:
+                self.flag(node, f"calls '{name}'", WHY_ENV)
+            if name in CUPY_KERNEL_CTORS:
                 self.kernels.append(self._owners[-1] if self._owners else f"<line {node.lineno}>")
         if (
             isinstance(func, ast.Attribute)
             and isinstance(func.value, ast.Attribute)
             and func.value.attr == "__dict__"
-            and func.attr in _MUTATORS
+            and func.attr in MUTATORS
         ):
-            self.flag(node, f"calls '.__dict__.{func.attr}'", _WHY_ESCAPE)
+            self.flag(node, f"calls '.__dict__.{func.attr}'", WHY_ESCAPE)
         self.generic_visit(node)
 
     def _check_getattr(self, node: ast.Call) -> None:
         attr = self._literal_getattr(node)
         if attr is None:
-            self.flag(node, "getattr with a non-literal attribute name", _WHY_HIDDEN)
+            self.flag(node, "getattr with a non-literal attribute name", WHY_HIDDEN)
             for child in [*node.args, *node.keywords]:
                 self.visit(child)
             return
         if attr.startswith("__") and attr.endswith("__"):
-            self.flag(node, f"getattr of dunder attribute '{attr}'", _WHY_ESCAPE)
+            self.flag(node, f"getattr of dunder attribute '{attr}'", WHY_ESCAPE)
         # getattr(obj, "name") is obj.name: run the attribute rules on that spelling.
         self.visit(ast.copy_location(ast.Attribute(node.args[0], attr, ast.Load()), node))
         for child in [*node.args[2:], *node.keywords]:
@@ -507,26 +370,26 @@ class _Visitor(ast.NodeVisitor):
             return  # rebinding a name only changes the candidate's own namespace
         if node.id in self.aliases:
             pass  # a name bound by an import was checked at its import statement
-        elif node.id in _BANNED_BUILTINS:
-            self.flag(node, f"uses '{node.id}'", _BANNED_BUILTINS[node.id])
+        elif node.id in BANNED_BUILTINS:
+            self.flag(node, f"uses '{node.id}'", BANNED_BUILTINS[node.id])
         elif node.id == "getattr":
-            self.flag(node, "uses 'getattr' other than as a direct call", _WHY_HIDDEN)
-        if node.id in _ESCAPE_NAMES:
-            self.flag(node, f"uses '{node.id}'", _WHY_ESCAPE)
-        if node.id in _TENSOR_HOOKS:
-            self.flag(node, f"uses '{node.id}'", _WHY_SUBCLASS)
+            self.flag(node, "uses 'getattr' other than as a direct call", WHY_HIDDEN)
+        if node.id in ESCAPE_NAMES:
+            self.flag(node, f"uses '{node.id}'", WHY_ESCAPE)
+        if node.id in TENSOR_HOOKS:
+            self.flag(node, f"uses '{node.id}'", WHY_SUBCLASS)
 
     def visit_Attribute(self, node: ast.Attribute) -> None:
         name = self._resolve(node)
-        if name in _ALLOWED_NAMES:
+        if name in ALLOWED_NAMES:
             return
-        if node.attr in _ESCAPE_ATTRS:
-            self.flag(node, f"accesses '.{node.attr}'", _WHY_ESCAPE)
-        if node.attr in _TENSOR_HOOKS:
-            self.flag(node, f"uses '{node.attr}'", _WHY_SUBCLASS)
+        if node.attr in ESCAPE_ATTRS:
+            self.flag(node, f"accesses '.{node.attr}'", WHY_ESCAPE)
+        if node.attr in TENSOR_HOOKS:
+            self.flag(node, f"uses '{node.attr}'", WHY_SUBCLASS)
         if node.attr == "__dict__" and self._resolve(node.value) is not None:
             # A module's __dict__ is vars(module): writes through it patch the module.
-            self.flag(node, f"accesses '{name}'", _WHY_PATCH)
+            self.flag(node, f"accesses '{name}'", WHY_PATCH)
         if isinstance(node.ctx, ast.Load):
             if name is not None:
                 self._check_dotted(node, name)
@@ -543,18 +406,18 @@ class _Visitor(ast.NodeVisitor):
         """Flag an assignment or ``del`` that writes into ``target`` (an attribute or container)."""
         verb = "deletes" if isinstance(node.ctx, ast.Del) else "assigns to"
         if isinstance(target, ast.Attribute) and target.attr in ("__dict__", "__class__"):
-            self.flag(node, f"{verb} '.{target.attr}'", _WHY_ESCAPE)
+            self.flag(node, f"{verb} '.{target.attr}'", WHY_ESCAPE)
             return
         root, _ = self._root(target)
         if not isinstance(root, ast.Name):
             return
-        if root.id not in self.aliases and root.id not in _DEFAULT_ROOTS:
+        if root.id not in self.aliases and root.id not in DEFAULT_ROOTS:
             return  # self.x = ..., out.data = ...: the candidate's own objects
         name = self._resolve(target) or ast.unparse(target)
         if name == "os.environ":
-            self.flag(node, f"{verb} os.environ", _WHY_ENV)
+            self.flag(node, f"{verb} os.environ", WHY_ENV)
         else:
-            self.flag(node, f"{verb} '{name[:80]}'", _WHY_PATCH)
+            self.flag(node, f"{verb} '{name[:80]}'", WHY_PATCH)
 
     def visit_Constant(self, node: ast.Constant) -> None:
         value = node.value
@@ -562,12 +425,12 @@ class _Visitor(ast.NodeVisitor):
             value = value.decode("latin-1")
         if not isinstance(value, str):
             return
-        if value in _ESCAPE_ATTRS or value in _TENSOR_HOOKS:
+        if value in ESCAPE_ATTRS or value in TENSOR_HOOKS:
             # The name as data, e.g. operator.attrgetter("__globals__"), is the same escape.
-            self.flag(node, f"names the attribute '{value}'", _WHY_ESCAPE)
-        for token in _L2_TOKENS:
+            self.flag(node, f"names the attribute '{value}'", WHY_ESCAPE)
+        for token in L2_TOKENS:
             if token in value:
-                self.flag(node, f"CUDA source mentions '{token}'", _WHY_L2)
-        for token in _TIMER_TOKENS:
+                self.flag(node, f"CUDA source mentions '{token}'", WHY_L2)
+        for token in TIMER_TOKENS:
             if token in value:
-                self.flag(node, f"asm reads timer register '{token}'", _WHY_TIMER)
+                self.flag(node, f"asm reads timer register '{token}'", WHY_TIMER)

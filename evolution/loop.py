@@ -16,7 +16,10 @@ Rules
 - Static gate: ``prefilter(spec)`` returns a result (verdict ``STATIC_REJECT``) for a candidate
   refused before any GPU time; it is stored with ``Store.reject`` and costs no budget.
 - Ties (faster than the elite but within noise) get one re-measure, which counts against the
-  budget; a tie found when no budget is left stays unresolved and the elite is kept.
+  budget; a tie found when no budget is left stays unresolved and the elite is kept
+  (:mod:`evolution.ties`).
+- Remote claims: a remote worker's result that would change the map enters only as a trusted
+  worker re-measured it; that re-measure counts against the budget (:mod:`evolution.verification`).
 - Results are ingested idempotently: a result whose job id was already ingested is skipped
   (``Store.ingest_many`` says it is not new), unless it is a job of this session still in
   flight.
@@ -40,133 +43,46 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import math
 import threading
 import time
-import uuid
 from collections.abc import Callable, Sequence
 from typing import Any
 
 from evolution.candidate import CandidateSpec, Outcome, outcome_from_result
-from evolution.emitters.base import Emitter
+from evolution.emitters.base import Emitter, Waiters
 from evolution.grid import TIE, WORSE, Decision, MapArchive
-from evolution.ports import (
-    OTHER_RUN,
-    UNVERIFIED,
-    VERIFICATION,
-    Dispatcher,
-    EliteChange,
-    Job,
-    JobResult,
-    Proposal,
-    RunStats,
-    Store,
+from evolution.jobs import Jobs, Queued
+from evolution.ports import OTHER_RUN, Dispatcher, EliteChange, Job, JobResult, Proposal, Store
+from evolution.progress import (
+    STOP_BUDGET,
+    STOP_EXHAUSTED,
+    STOP_REFUSED,
+    STOP_STALLED,
+    STOP_STOPPED,
+    Best,
+    Progress,
+    ProgressPoints,
+    Summary,
+    progress_of,
+    summary_of,
 )
+from evolution.ties import Ties
+from evolution.verification import Verifier, must_verify, split_claims
 
-STOP_BUDGET = "budget"
-STOP_STOPPED = "stopped"
-STOP_EXHAUSTED = "exhausted"
-STOP_STALLED = "stalled"
-STOP_REFUSED = "task_refused"
+# Re-exported: callers import the loop's reports and stop reasons from here.
+__all__ = [
+    "STOP_BUDGET",
+    "STOP_EXHAUSTED",
+    "STOP_REFUSED",
+    "STOP_STALLED",
+    "STOP_STOPPED",
+    "Best",
+    "Progress",
+    "SearchLoop",
+    "Summary",
+]
 
 STATIC_REJECT = "STATIC_REJECT"
-
-_Waiters = list[tuple[Emitter | None, CandidateSpec]]
-
-
-@dataclasses.dataclass(frozen=True)
-class Best:
-    """The best elite: candidate id, objective (log-speedup), ``speedup = exp(objective)``."""
-
-    candidate_id: int
-    objective: float
-    speedup: float
-
-
-@dataclasses.dataclass(frozen=True)
-class Progress:
-    """A progress report (passed to ``on_progress`` after each batch of results).
-
-    Attributes
-    ----------
-    evaluations, budget:
-        Evaluations done (re-measures included; static rejects and duplicates excluded) and the
-        run's budget.
-    in_flight:
-        Jobs dispatched and not yet back.
-    verdicts:
-        Count per verdict (``STATIC_REJECT`` from the prefilter included).
-    best:
-        The best elite, or None.
-    coverage, elites:
-        Fraction of cells filled and number of elites.
-    objective_label:
-        What the objective measures (``gpu-speedup``, ``cpu-time``, ``cpu-interpreter``), from
-        the latest timed outcome; None before any.
-    """
-
-    evaluations: int
-    budget: int
-    in_flight: int
-    verdicts: dict[str, int]
-    best: Best | None
-    coverage: float
-    elites: int
-    objective_label: str | None
-
-    @property
-    def best_objective(self) -> float | None:
-        """The best elite's objective (log-speedup), or None."""
-        return None if self.best is None else self.best.objective
-
-    @property
-    def best_speedup(self) -> float | None:
-        """``exp(best objective)``, or None."""
-        return None if self.best is None else self.best.speedup
-
-
-@dataclasses.dataclass(frozen=True)
-class Summary:
-    """How a run (or this session of it) ended.
-
-    ``stopped_reason`` is ``budget``, ``stopped`` (the stop event), ``exhausted`` (every emitter
-    exhausted, nothing in flight), ``stalled`` (nothing in flight and no emitter proposed
-    anything for ``idle_timeout_s``) or ``task_refused`` (a worker refused the task itself,
-    for instance because it cannot fit in the GPU's memory; ``refused`` says why).
-    """
-
-    evaluations: int
-    elites: int
-    coverage: float
-    qd_score: float
-    best: Best | None
-    objective_label: str | None
-    stopped_reason: str
-    verdicts: dict[str, int]
-    refused: str | None = None
-
-
-@dataclasses.dataclass
-class _Flight:
-    job: Job
-    spec: CandidateSpec
-    remeasure: bool
-    verify: bool = False
-
-
-@dataclasses.dataclass
-class _Queued:
-    candidate_id: int
-    spec: CandidateSpec
-    emitter: Emitter | None
-    remeasure: bool
-    verify: bool = False
-    job_id: str | None = None  # a job dispatched before a restart: sent again under its id
-
-
-def needs_verification(result: dict[str, Any]) -> bool:
-    """A remote worker's result that no trusted worker has re-measured (nor could)."""
-    return bool(result.get(UNVERIFIED)) and not result.get(VERIFICATION)
 
 
 class SearchLoop:
@@ -227,38 +143,31 @@ class SearchLoop:
         self.budget = int(budget)
         self.prefilter = prefilter
         self.on_progress = on_progress
-        self.stats_every = max(1, int(stats_every))
-        self.stats_interval_s = max(0.0, float(stats_interval_s))
         self.poll_timeout_s = float(poll_timeout_s)
         self.idle_timeout_s = float(idle_timeout_s)
         self._clock = clock
         self.evaluations = 0
         self.duplicates = 0
-        self._in_flight: dict[str, _Flight] = {}
-        self._done_jobs: set[str] = set()
-        self._waiters: dict[int, _Waiters] = {}
-        self._ties: dict[int, tuple[Outcome, _Waiters, CandidateSpec]] = {}
-        self._remeasured: set[int] = set()
-        self._verifying: dict[int, tuple[_Waiters, CandidateSpec]] = {}
-        self._queue: collections.deque[_Queued] = collections.deque()
+        self._jobs = Jobs()
+        self._waiters: dict[int, Waiters] = {}
+        self._ties = Ties()
+        self._verifier = Verifier()
         self._verdicts: collections.Counter[str] = collections.Counter()
         self._refused: str | None = None
         self._label: str | None = None
         self._rr = 0
-        self._since_stats = 0
-        self._last_stats: float | None = None
         self._dirty = False
         # Learned but not stored yet: written with the batch of results (or round) they
         # come from.
         self._unsaved_elites: list[EliteChange] = []
-        self._unsaved_stats: list[RunStats] = []
+        self._points = ProgressPoints(stats_every, stats_interval_s, clock)
 
     # --- public -------------------------------------------------------------------------------
 
     @property
     def in_flight(self) -> int:
         """Jobs dispatched by this session and not back yet."""
-        return len(self._in_flight)
+        return len(self._jobs)
 
     def resume(self) -> int:
         """Restore a run from the store; call before :meth:`run`.
@@ -286,27 +195,16 @@ class SearchLoop:
             if verdict != STATIC_REJECT and not result.get(OTHER_RUN):
                 self.evaluations += 1
         # Remote claims never re-measured stay out of the map, as they did live; see below.
-        rows = [r for r in everything if not needs_verification(r[2])]
-        claims = {
-            cid: (spec, result)
-            for cid, spec, result in everything
-            if cid not in {c for c, _, _ in rows} and needs_verification(result)
-        }
+        rows, claims = split_claims(everything)
         outcomes = [outcome_from_result(cid, result) for cid, _, result in rows]
         decisions = self.archive.rebuild(outcomes)
-        seen = collections.Counter(cid for cid, _, _ in rows)
-        self._remeasured |= {cid for cid, n in seen.items() if n > 1}
-        last: dict[int, tuple[Outcome, Decision]] = {}
-        for (cid, spec, _result), (outcome, decision) in zip(rows, decisions, strict=True):
+        self._ties.restore([cid for cid, _, _ in rows], [d for _, d in decisions])
+        for (_cid, spec, _result), (outcome, decision) in zip(rows, decisions, strict=True):
             emitter = self._owner(spec)
             if outcome.objective is not None:
                 self._label = outcome.objective_label
             if emitter is not None:
                 emitter.tell(spec, outcome, decision)
-            last[cid] = (outcome, decision)
-        # A tie whose re-measure never came back is not re-measured again: a store that keeps
-        # only each candidate's newest result would otherwise re-measure it on every resume.
-        self._remeasured |= {cid for cid, (_, d) in last.items() if d.status == TIE}
         for cid, (spec, result) in claims.items():
             self._learn(cid, result, [(self._owner(spec), spec)], spec)
         open_jobs = self.store.open_jobs()
@@ -314,7 +212,7 @@ class SearchLoop:
             emitter = self._owner(spec)
             if emitter is not None:
                 emitter.adopt(spec)
-            self._queue.append(_Queued(cid, spec, emitter, False, job_id=open_jobs.get(cid)))
+            self._jobs.queue.append(Queued(cid, spec, emitter, False, job_id=open_jobs.get(cid)))
         return self.evaluations
 
     def run(self, stop: threading.Event | None = None) -> Summary:
@@ -342,30 +240,32 @@ class SearchLoop:
             now = self._clock()
             if produced:
                 last_activity = now
-            if not self._in_flight:
+            if not self.in_flight:
                 if self.evaluations >= self.budget:
                     reason = STOP_BUDGET
-                elif not self._queue and all(e.exhausted for e in self.emitters):
+                elif not self._jobs.queue and all(e.exhausted for e in self.emitters):
                     reason = STOP_EXHAUSTED
                 elif not produced and now - last_activity > self.idle_timeout_s:
                     reason = STOP_STALLED
                 if reason is not None:
                     break
-            wait = self.poll_timeout_s if (self._in_flight or not produced) else 0.0
+            wait = self.poll_timeout_s if (self.in_flight or not produced) else 0.0
             self._ingest(self.dispatcher.poll(wait))
             if self._dirty:
                 self._progress()
-        if self._since_stats or not self.evaluations:
+        if self._points.since or not self.evaluations:
             self._record_stats()
         self._save([])
         self._progress()
-        return self._summary(reason)
+        return summary_of(
+            self.archive, self.evaluations, self._verdicts, self._label, reason, self._refused
+        )
 
     # --- dispatch -----------------------------------------------------------------------------
 
     def _free(self) -> int:
-        room = self.budget - self.evaluations - len(self._in_flight)
-        return min(self.dispatcher.capacity - len(self._in_flight), room)
+        room = self.budget - self.evaluations - self.in_flight
+        return min(self.dispatcher.capacity - self.in_flight, room)
 
     def _fill(self, stop: threading.Event) -> bool:
         """Use free capacity; returns whether anything was dispatched or proposed.
@@ -382,14 +282,16 @@ class SearchLoop:
             if free <= 0 or proposals >= limit:
                 break
             jobs: list[Job] = []
-            while self._queue and len(jobs) < free:
-                q = self._queue.popleft()
+            while self._jobs.queue and len(jobs) < free:
+                q = self._jobs.queue.popleft()
                 if q.remeasure and q.candidate_id not in self._ties:
                     continue
                 if not (q.remeasure or q.verify):
                     self._waiters.setdefault(q.candidate_id, []).append((q.emitter, q.spec))
                 jobs.append(
-                    self._job(q.candidate_id, q.spec, q.remeasure, verify=q.verify, job_id=q.job_id)
+                    self._jobs.start(
+                        q.candidate_id, q.spec, q.remeasure, verify=q.verify, job_id=q.job_id
+                    )
                 )
             asked: list[tuple[CandidateSpec, Emitter]] = []
             while len(jobs) + len(asked) < free and proposals < limit:
@@ -445,27 +347,7 @@ class SearchLoop:
                 self._learn(cid, rejection, [(emitter, spec)], spec)
                 return None
         self._waiters[cid] = [(emitter, spec)]
-        return self._job(cid, spec, remeasure=False)
-
-    def _job(
-        self,
-        cid: int,
-        spec: CandidateSpec,
-        remeasure: bool,
-        *,
-        verify: bool = False,
-        job_id: str | None = None,
-    ) -> Job:
-        """A job for ``cid``, in flight from now on (it takes up capacity).
-
-        ``verify``: the trusted re-measure of a remote claim; ``job_id``: the id of a job sent
-        before a restart (its late result and the new one are then one job, ingested once).
-        """
-        job = Job(
-            job_id or uuid.uuid4().hex, cid, spec.source, dict(spec.params), trusted_only=verify
-        )
-        self._in_flight[job.job_id] = _Flight(job, spec, remeasure, verify)
-        return job
+        return self._jobs.start(cid, spec, remeasure=False)
 
     def _send(self, jobs: list[Job]) -> None:
         """Record the jobs, then submit them: a job reaches a worker only once it is stored."""
@@ -479,15 +361,7 @@ class SearchLoop:
 
     def _ingest(self, batch: list[JobResult]) -> None:
         """Learn a polled batch, then store it with what it changed, as one unit of work."""
-        ours: list[JobResult] = []
-        strays: list[JobResult] = []
-        seen: set[str] = set()
-        for job_result in batch:
-            job_id = job_result.job_id
-            if job_id in self._done_jobs or job_id in seen:
-                continue  # redelivered: already ingested and learned by this session
-            seen.add(job_id)
-            (ours if job_id in self._in_flight else strays).append(job_result)
+        ours, strays = self._jobs.sort(batch)
         if strays:
             # Dispatched by an earlier session and delivered late: learned only if the store
             # did not hold it yet, and not counted (it was not dispatched against this
@@ -495,74 +369,66 @@ class SearchLoop:
             fresh = self.store.ingest_many(strays)
             for job_result, new in zip(strays, fresh, strict=True):
                 if new:
-                    self._done_jobs.add(job_result.job_id)
+                    self._jobs.ingested(job_result.job_id)
                     self._learn(job_result.candidate_id, job_result.result, [], None)
         for job_result in ours:
             self._on_result(job_result)
-        if self._since_stats and self._stats_due():
+        if self._points.since and self._points.due():
             self._record_stats()  # a due point is not held back until the next result
         self._save(ours)
 
     def _save(self, results: list[JobResult]) -> None:
         """Store ``results`` with the elite changes and progress points not stored yet."""
-        if not (results or self._unsaved_elites or self._unsaved_stats):
+        if not (results or self._unsaved_elites or self._points.unsaved):
             return
         # A job of ours that the store already holds (ingested by another path) was still
         # learned once above; otherwise it would stay in flight forever.
-        self.store.ingest_many(results, self._unsaved_elites, self._unsaved_stats)
+        self.store.ingest_many(results, self._unsaved_elites, self._points.unsaved)
         self._unsaved_elites = []
-        self._unsaved_stats = []
+        self._points.unsaved = []
 
     def _on_result(self, job_result: JobResult) -> None:
         """Learn the result of a job of this session."""
-        self._done_jobs.add(job_result.job_id)
+        flight = self._jobs.land(job_result.job_id)
         self._dirty = True
-        flight = self._in_flight.pop(job_result.job_id)
         cid = job_result.candidate_id
         self.evaluations += 1
         self._verdicts[str(job_result.result.get("verdict", "RUNTIME_ERROR"))] += 1
         if job_result.result.get("task_refused"):
             self._refused = str(job_result.result["task_refused"])
         if flight.verify:
-            waiters, spec = self._verifying.pop(cid, ([], flight.spec))
+            waiters, spec = self._verifier.verified(cid, flight.spec)
             self._learn(cid, job_result.result, waiters, spec)
         elif flight.remeasure and cid in self._ties:
-            first, waiters, spec = self._ties.pop(cid)
-            second = outcome_from_result(cid, job_result.result)
-            merged, decision = self.archive.resolve_tie(first, second)
+            merged, decision, waiters = self._ties.settle(self.archive, cid, job_result.result)
             if decision.changes_archive:
                 self._commit(merged, decision)
             self._tell(waiters, merged, decision)
         else:
             self._learn(cid, job_result.result, self._waiters.pop(cid, []), flight.spec)
-        self._since_stats += 1
-        if self._stats_due():
+        self._points.since += 1
+        if self._points.due():
             self._record_stats()
 
     def _learn(
-        self, cid: int, result: dict[str, Any], waiters: _Waiters, spec: CandidateSpec | None
+        self, cid: int, result: dict[str, Any], waiters: Waiters, spec: CandidateSpec | None
     ) -> None:
         outcome = outcome_from_result(cid, result)
         if outcome.objective is not None:
             self._label = outcome.objective_label
         decision = self.archive.consider(outcome)
-        if decision.changes_archive and needs_verification(result) and spec is not None:
+        if must_verify(result, decision, spec):
             # A remote worker's timing is its own claim: the map takes it only once a trusted
             # worker has measured the candidate again (that measurement is what enters).
-            if cid not in self._verifying:
-                self._verifying[cid] = (waiters, spec)
-                self._queue.appendleft(_Queued(cid, spec, None, False, verify=True))
-            else:
-                self._verifying[cid][0].extend(waiters)
+            if self._verifier.hold(cid, waiters, spec):
+                self._jobs.queue.appendleft(Queued(cid, spec, None, False, verify=True))
             self._dirty = True
             return
         if decision.changes_archive:
             self._commit(outcome, decision)
         elif decision.status == TIE:
-            if spec is not None and cid not in self._remeasured and cid not in self._ties:
-                self._remeasured.add(cid)
-                self._ties[cid] = (outcome, waiters, spec)
-                self._queue.appendleft(_Queued(cid, spec, None, True))
+            if self._ties.open(cid, outcome, waiters, spec):
+                self._jobs.queue.appendleft(Queued(cid, spec, None, True))
             else:
                 decision = dataclasses.replace(decision, status=WORSE)
         self._dirty = True
@@ -581,7 +447,7 @@ class SearchLoop:
             )
 
     @staticmethod
-    def _tell(waiters: _Waiters, outcome: Outcome, decision: Decision) -> None:
+    def _tell(waiters: Waiters, outcome: Outcome, decision: Decision) -> None:
         for emitter, spec in waiters:
             if emitter is not None:
                 emitter.tell(spec, outcome, decision)
@@ -591,64 +457,20 @@ class SearchLoop:
 
     # --- reporting ----------------------------------------------------------------------------
 
-    def _best(self) -> Best | None:
-        best = self.archive.stats().best
-        if best is None:
-            return None
-        cid, obj = best
-        return Best(cid, obj, math.exp(min(obj, 700.0)))
-
-    def _stats_due(self) -> bool:
-        if self._since_stats < self.stats_every:
-            return False
-        last = self._last_stats
-        return last is None or self._clock() - last >= self.stats_interval_s
-
     def _record_stats(self) -> None:
         """Take a progress point (stored with the next batch)."""
-        s = self.archive.stats()
-        self._unsaved_stats.append(
-            RunStats(
-                evaluations=self.evaluations,
-                elites=s.num_elites,
-                coverage=s.coverage,
-                qd_score=s.qd_score,
-                best_objective=None if s.best is None else s.best[1],
-                best_candidate_id=None if s.best is None else s.best[0],
-                verdicts=dict(self._verdicts),
-            )
-        )
-        self._since_stats = 0
-        self._last_stats = self._clock()
+        self._points.take(self.archive, self.evaluations, self._verdicts)
 
     def _progress(self) -> None:
         self._dirty = False
-        if self.on_progress is None:
-            return
-        s = self.archive.stats()
-        self.on_progress(
-            Progress(
-                evaluations=self.evaluations,
-                budget=self.budget,
-                in_flight=len(self._in_flight),
-                verdicts=dict(self._verdicts),
-                best=self._best(),
-                coverage=s.coverage,
-                elites=s.num_elites,
-                objective_label=self._label,
+        if self.on_progress is not None:
+            self.on_progress(
+                progress_of(
+                    self.archive,
+                    self.evaluations,
+                    self.budget,
+                    self.in_flight,
+                    self._verdicts,
+                    self._label,
+                )
             )
-        )
-
-    def _summary(self, reason: str) -> Summary:
-        s = self.archive.stats()
-        return Summary(
-            evaluations=self.evaluations,
-            elites=s.num_elites,
-            coverage=s.coverage,
-            qd_score=s.qd_score,
-            best=self._best(),
-            objective_label=self._label,
-            stopped_reason=reason,
-            verdicts=dict(self._verdicts),
-            refused=self._refused,
-        )

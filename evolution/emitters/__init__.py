@@ -1,16 +1,74 @@
 """Emitters: where candidates come from.
 
-- :class:`Emitter` (``base``): the extension point (``ask``, ``tell``, ``exhausted``).
-- :class:`SeedEmitter` (``seed``): the user's starting candidates, each once.
-- :class:`ParamEmitter` (``params``): searches one family's ``SEARCH_SPACE`` from its elites.
-- :class:`GenomeEmitter` (``genome``): the ribs custom emitter behind ``ParamEmitter``
-  (Gaussian or iso-line variation of float genomes in a shadow archive).
+A new kind of emitter is one new module with one subclass of :class:`Emitter`; a new
+variation operator is one more name in ``variations`` and its code in the emitter that runs it.
+
+Modules
+-------
+``base``
+    :class:`Emitter`, the extension point (``ask``, ``tell``, ``exhausted``, ``owns``,
+    ``adopt``): the loop asks whenever capacity frees up and tells every outcome.
+``seed``
+    :class:`SeedEmitter`: the user's starting candidates, each proposed once.
+``params``
+    :class:`ParamEmitter`: searches one family's ``SEARCH_SPACE`` from its elites (the
+    family's default first, then random points, then offspring), steady state.
+``genome``
+    :class:`GenomeEmitter`, the ribs custom emitter behind ``ParamEmitter`` (``gaussian`` or
+    ``iso_line`` variation of float genomes in ``[0, 1]^d``), and :func:`shadow_archive`, the
+    family's own grid of elites with the main map's dimensions.
+``cma``
+    :class:`CMAParamEmitter`: the ``cma`` variation, CMA-ME generations bridged to the
+    steady-state loop by a barrier.
+``variations``
+    :data:`VARIATIONS`, the names a run may choose (``gaussian``, ``iso_line``, ``cma``), and
+    :data:`STEADY_STATE`, those of ``GenomeEmitter``; the CLI and API list these.
+
+``variations`` is a leaf, so the emitter classes are imported on first use (ribs takes seconds
+to import): ``from evolution.emitters import VARIATIONS`` stays cheap for the CLI.
 """
 
-from evolution.emitters.base import Emitter
-from evolution.emitters.cma import CMAParamEmitter as CMAParamEmitter
-from evolution.emitters.genome import GenomeEmitter, shadow_archive
-from evolution.emitters.params import ParamEmitter
-from evolution.emitters.seed import SeedEmitter
+from __future__ import annotations
 
-__all__ = ["Emitter", "GenomeEmitter", "ParamEmitter", "SeedEmitter", "shadow_archive"]
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from evolution.emitters.variations import STEADY_STATE, VARIATIONS
+
+if TYPE_CHECKING:
+    from evolution.emitters.base import Emitter
+    from evolution.emitters.cma import CMAParamEmitter
+    from evolution.emitters.genome import GenomeEmitter, shadow_archive
+    from evolution.emitters.params import ParamEmitter
+    from evolution.emitters.seed import SeedEmitter
+
+# Public name -> the module that defines it, imported by __getattr__ on first use.
+_HOMES = {
+    "Emitter": "base",
+    "CMAParamEmitter": "cma",
+    "GenomeEmitter": "genome",
+    "shadow_archive": "genome",
+    "ParamEmitter": "params",
+    "SeedEmitter": "seed",
+}
+
+__all__ = [
+    "STEADY_STATE",
+    "VARIATIONS",
+    "CMAParamEmitter",
+    "Emitter",
+    "GenomeEmitter",
+    "ParamEmitter",
+    "SeedEmitter",
+    "shadow_archive",
+]
+
+
+def __getattr__(name: str) -> Any:
+    """Import an emitter class (or :func:`shadow_archive`) the first time it is asked for."""
+    home = _HOMES.get(name)
+    if home is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{home}"), name)
+    globals()[name] = value
+    return value

@@ -45,3 +45,8 @@ class Emitter(abc.ABC):
     def adopt(self, spec: CandidateSpec) -> None:  # noqa: B027
         """``spec`` was proposed by this emitter in an earlier session and is being evaluated
         again (resume): do not propose it again. Default: ignore."""
+
+
+#: The emitters to tell one candidate's outcome, each with the spec it proposed (None: nobody
+#: to tell, as for a re-measure the loop asked for itself).
+Waiters = list[tuple[Emitter | None, CandidateSpec]]

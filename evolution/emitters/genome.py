@@ -16,8 +16,7 @@ from ribs.emitters import EmitterBase
 from ribs.emitters.operators import GaussianOperator, IsoLineOperator
 
 from evolution.descriptors import Descriptor
-
-VARIATIONS = ("gaussian", "iso_line")
+from evolution.emitters.variations import STEADY_STATE
 
 
 def shadow_archive(
@@ -78,8 +77,8 @@ class GenomeEmitter(EmitterBase):
             lower_bounds=None,
             upper_bounds=None,
         )
-        if variation not in VARIATIONS:
-            raise ValueError(f"unknown variation {variation!r}; expected one of {VARIATIONS}")
+        if variation not in STEADY_STATE:
+            raise ValueError(f"unknown variation {variation!r}; expected one of {STEADY_STATE}")
         self.variation = variation
         self._rng = np.random.default_rng(seed)
         op_seed = int(self._rng.integers(2**31))
