@@ -61,6 +61,13 @@ class Settings(BaseSettings):
         description="Seconds before a job taken by a worker that died is delivered again;"
         " default: longer than the longest evaluation (see services.workers.celery_app)",
     )
+    heartbeat_s: float = Field(
+        default=10.0,
+        gt=0,
+        lt=86400,
+        description="Seconds between two heartbeats of a `kernelmap worker` in Redis; its record"
+        " expires after three (see services.workers.fleet)",
+    )
 
     max_active_runs: int = Field(
         default=16, ge=1, description="Runs the controller searches at once, all users together"

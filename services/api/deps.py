@@ -5,6 +5,10 @@ it); ``AdminUser`` an admin; ``BriefUser`` the same as ``CurrentUser`` for route
 and must hold no connection meanwhile. ``OwnedTask``/``OwnedRun`` resolve the path's id to a
 row the caller may see: another user's id is 404, exactly like an unknown one, so ids leak
 nothing. ``SessionDep`` waits for one of a few :class:`SessionSlots` (see why there).
+
+``CurrentWorker`` is a remote worker, from its own token (``Authorization: Bearer kmw_...``,
+given by ``POST /workers/register``); API keys are refused there, as worker tokens are
+everywhere else.
 """
 
 from __future__ import annotations
@@ -20,7 +24,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from sqlalchemy.orm import Session, defer, sessionmaker
 from sqlalchemy.pool import QueuePool
 
-from archive.models import Run, Task, User
+from archive import leases
+from archive.models import Run, Task, User, Worker
 from services import keys
 from services.api.errors import Forbidden, NotFound
 from services.api.schemas import MAX_ID
@@ -189,6 +194,57 @@ async def admin_user(user: CurrentUser) -> User:
 
 
 AdminUser = Annotated[User, Depends(admin_user)]
+
+_worker_bearer = HTTPBearer(
+    auto_error=False,
+    scheme_name="WorkerToken",
+    description="A remote worker's token (`Authorization: Bearer kmw_...`), from register",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class WorkerRef:
+    """The calling worker, detached from any session (the long-poll holds none)."""
+
+    id: int
+    name: str
+    hardware_class: str
+
+    def row(self) -> Worker:
+        """A transient :class:`Worker` carrying what :mod:`archive.leases` reads."""
+        return Worker(id=self.id, name=self.name, hardware_class=self.hardware_class)
+
+
+def current_worker(
+    config: ConfigDep,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_worker_bearer)],
+) -> WorkerRef:
+    """The worker whose token authenticates the request; records that it was seen.
+
+    401 for a missing, unknown or revoked token, and for an API key (enrolment keys only
+    register). Its own short session: nothing stays open for the rest of the request.
+    """
+    if credentials is None:
+        raise _unauthorized("missing worker token: send `Authorization: Bearer kmw_...`")
+    token = credentials.credentials
+    if token.startswith(keys.KEY_PREFIX):
+        raise _unauthorized(
+            "API keys cannot claim jobs: register with the enrolment key"
+            " (POST /api/v1/workers/register) and use the worker token it returns"
+        )
+    with config.session_factory() as session:
+        worker = leases.worker_by_token(session, token)
+        if worker is None:
+            raise _unauthorized(
+                "invalid or revoked worker token: enrol again with a worker key"
+                " (`kernelmap keys create --role worker`)"
+            )
+        leases.touch(session, worker)
+        session.commit()
+        return WorkerRef(worker.id, worker.name, worker.hardware_class)
+
+
+CurrentWorker = Annotated[WorkerRef, Depends(current_worker)]
 
 
 def owner_filter(user: User) -> int | None:

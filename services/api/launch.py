@@ -1,6 +1,6 @@
 """Creating a queued run from an API request: seeds checked, configuration filled in.
 
-The configuration is built by :func:`services.runs.config.run_config`, as for a CLI run, so a
+The configuration is a :class:`services.runs.config.RunConfig`, as for a CLI run, so a
 controller can start either the same way: the task's reference as the first seed, then the
 request's seed candidates, the hardware class's default descriptor dimensions, a Gaussian
 parameter emitter over a grid archive. Template seeds are not added here: matching them runs the
@@ -18,10 +18,10 @@ from sqlalchemy.orm import Session
 from archive import repository
 from archive.models import Run, Task, User, Worker
 from evolution.descriptors import default_dims, parse_dims
+from evolution.emitters import VARIATIONS
 from services.api.errors import Unprocessable
 from services.config import Settings
-from services.runs.config import objective_label, run_config
-from services.runs.search import VARIATIONS
+from services.runs.config import RunConfig, objective_label
 from services.runs.seeds import Seed, SeedError, check_seed, reference_seed
 
 log = logging.getLogger(__name__)
@@ -117,19 +117,19 @@ def create_queued_run(
             parse_dims(dims, device)
         except ValueError as e:
             raise Unprocessable(f"descriptors: {e}", field="descriptors") from None
-    config = run_config(
+    config = RunConfig.new(
         device=hardware,
         seeds=seeds,
         timeout_s=timeout_s,
-        dims=dims or ",".join(default_dims(device)),
+        dims=dims or ",".join(default_dims(device, [s.space for s in seeds])),
         variation=variations[0] if variations else "gaussian",
+        templates="templates" in chosen,
+        emitters=chosen,
     )
-    config["templates"] = "templates" in chosen
-    config["emitters"] = chosen
     return repository.create_run(
         session,
         task_id=task.id,
-        config=config,
+        config=config.to_json(),
         budget=budget,
         seed=random.SystemRandom().getrandbits(31),
         device=hardware,

@@ -1,4 +1,7 @@
-"""Request and response bodies of the API (pydantic models; they make the OpenAPI schema)."""
+"""Request and response bodies of the API (pydantic models; they make the OpenAPI schema).
+
+Those of the remote workers' routes (``/workers``) are in :mod:`services.api.schemas_workers`.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +9,8 @@ import datetime as dt
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+
+from evolution.emitters import VARIATIONS
 
 #: Largest id accepted anywhere (ids are 32-bit integers in the database).
 MAX_ID = 2**31 - 1
@@ -70,7 +75,7 @@ class TaskDetail(TaskOut):
 
 #: A hardware class: the queue ``eval.<class>`` its workers consume.
 HARDWARE_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
-EmitterName = Literal["templates", "gaussian", "iso_line", "cma"]
+EmitterName = Literal["templates", *VARIATIONS]
 
 
 class RunCreate(BaseModel):

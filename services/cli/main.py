@@ -1,8 +1,7 @@
-"""The ``kernelmap`` command line.
+"""The ``kernelmap`` command line: the argument parser and the dispatch to each command.
 
-``kernelmap eval TASK CANDIDATE`` evaluates one candidate; ``kernelmap demo`` evaluates the
-shipped example candidates. Exit codes: 0 when an evaluation completed (whatever the verdict),
-2 with one line on stderr for usage errors, invalid task files and unreadable candidates.
+The commands live in one module per group (see :mod:`services.cli`). Every command turns a
+:class:`kernelmap_errors.KernelmapError` into one line on stderr and exit status 2.
 """
 
 from __future__ import annotations
@@ -12,11 +11,9 @@ import json
 import sys
 from typing import Any, NoReturn
 
+from evolution.emitters import VARIATIONS
 from kernelmap_errors import KernelmapError
-
-
-class UsageError(KernelmapError):
-    """The command line itself is wrong."""
+from services.cli.errors import UsageError
 
 
 class _Parser(argparse.ArgumentParser):
@@ -100,7 +97,7 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("--cells", type=int, default=None, help="CVT cells (with --archive cvt)")
     r.add_argument(
         "--variation",
-        choices=["gaussian", "iso_line", "cma"],
+        choices=list(VARIATIONS),
         default="gaussian",
         help="how parameter emitters mutate: steady-state gaussian or iso-line"
         " (default gaussian), or CMA-ME generations with a barrier",
@@ -201,46 +198,23 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def _progress(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def cmd_eval(args: argparse.Namespace) -> int:
-    from evaluator_worker.judge import Evaluator
-    from services.cli.report import render
-    from services.config import Settings
-
-    if args.timeout is not None and args.timeout <= 0:
-        raise UsageError(f"--timeout must be positive, got {args.timeout:g}")
-    config = Settings().eval_config(device=args.device, timeout_s=args.timeout)
-    with Evaluator(config) as ev:
-        if not args.json:
-            _progress(f"evaluating {args.candidate} against {args.task} on {ev.device.type} ...")
-        result = ev.evaluate(args.task, args.candidate, dict(args.param))
-    if args.json:
-        print(json.dumps(result.to_dict()))
-    else:
-        print(render(result, f"{args.candidate} against {args.task}"))
-    return 0
-
-
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``kernelmap`` console script."""
     try:
         args = build_parser().parse_args(argv)
-        from services.cli import runs as commands
-        from services.cli import serve
+        from services.cli import admin, runs, serve
+        from services.cli import eval as evaluation
 
         handlers = {
-            "eval": cmd_eval,
-            "demo": commands.cmd_demo,
-            "run": commands.cmd_run,
-            "runs": commands.cmd_runs,
-            "show": commands.cmd_show,
-            "export": commands.cmd_export,
-            "db": commands.cmd_db,
-            "keys": commands.cmd_keys,
-            "worker": commands.cmd_worker,
+            "eval": evaluation.cmd_eval,
+            "demo": evaluation.cmd_demo,
+            "run": runs.cmd_run,
+            "runs": runs.cmd_runs,
+            "show": runs.cmd_show,
+            "export": runs.cmd_export,
+            "db": admin.cmd_db,
+            "keys": admin.cmd_keys,
+            "worker": serve.cmd_worker,
             "serve": serve.cmd_serve,
             "controller": serve.cmd_controller,
         }

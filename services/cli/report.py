@@ -1,10 +1,17 @@
-"""Human-readable rendering of evaluation results (the CLI without ``--json``)."""
+"""Human-readable output of the CLI (without ``--json``): an evaluation's result, and a
+run's progress line while it searches."""
 
 from __future__ import annotations
 
-from typing import Any
+import math
+import sys
+import time
+from typing import TYPE_CHECKING, Any
 
 from evaluator_worker.result import EvalResult, Stats
+
+if TYPE_CHECKING:  # the search's imports (pyribs) stay out of `kernelmap eval`
+    from evolution.loop import Progress
 
 
 def _stats(name: str, s: Stats | None) -> str:
@@ -71,3 +78,42 @@ def render(result: EvalResult, title: str = "") -> str:
 def _printable(text: str) -> str:
     """``text`` with every non-printable character escaped (no terminal escape gets through)."""
     return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
+
+
+class ProgressLine:
+    """The progress bar on stderr: one rewritten line on a terminal, periodic lines elsewhere.
+
+    Called with each :class:`evolution.loop.Progress` of a search (``every_s`` seconds apart
+    at most when the stream is not a terminal); :meth:`done` ends the line.
+    """
+
+    def __init__(self, stream=sys.stderr, every_s: float = 5.0) -> None:
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.every_s = every_s
+        self.last = 0.0
+        self.ended = False
+
+    def __call__(self, p: Progress) -> None:
+        verdicts = " ".join(f"{k}:{v}" for k, v in sorted(p.verdicts.items()))
+        best = "n/a" if p.best_objective is None else f"{math.exp(p.best_objective):.3g}x"
+        label = "" if p.objective_label == "gpu-speedup" else f" [{p.objective_label}]"
+        text = (
+            f"[{p.evaluations}/{p.budget}] in flight {p.in_flight}  best {best}{label}"
+            f"  elites {p.elites}  coverage {100 * p.coverage:.1f}%  {verdicts}"
+        )
+        now = time.monotonic()
+        if self.tty:
+            self.stream.write("\r" + text[:160].ljust(160))
+            self.stream.flush()
+        elif now - self.last >= self.every_s or (p.evaluations >= p.budget and not self.ended):
+            self.ended = p.evaluations >= p.budget
+            self.stream.write(text + "\n")
+            self.stream.flush()
+            self.last = now
+
+    def done(self) -> None:
+        """End the rewritten line on a terminal."""
+        if self.tty:
+            self.stream.write("\n")
+            self.stream.flush()

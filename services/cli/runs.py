@@ -1,19 +1,16 @@
-"""The search commands of the CLI: ``run``, ``runs``, ``show``, ``export``, ``db``, ``demo``,
-``worker``."""
+"""The search commands: ``kernelmap run`` (search, then print the summary), ``runs`` (list
+them), ``show`` (a run's archive as a table) and ``export`` (a candidate as a standalone file)."""
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 from pathlib import Path
 
+from archive.status import RunStatus
 from kernelmap_errors import KernelmapError
 from services.config import Settings
-
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples"
-
 
 STOP_REASONS = {
     "budget": "the budget is spent",
@@ -24,13 +21,14 @@ STOP_REASONS = {
 }
 
 
-def _finish(
+def print_finished_run(
     settings: Settings,
     db_url: str | None,
     run_id: int,
     as_json: bool,
     stopped_reason: str | None = None,
 ) -> int:
+    """Print a run's summary (one JSON object with ``as_json``) and write its HTML report."""
     from services.runs.search import open_database
     from services.runs.views import archive_table, format_table, run_summary, write_report
 
@@ -74,14 +72,15 @@ def _finish(
         )
     print()
     print(f"report: {report}")
-    if summary["status"] == "interrupted":
+    if summary["status"] == RunStatus.INTERRUPTED:
         print(f"interrupted: continue with `kernelmap run --resume {run_id}`", file=sys.stderr)
     return 0
 
 
 def cmd_run(args: argparse.Namespace) -> int:
     """``kernelmap run``: search, then print the summary and the report's path."""
-    from services.runs.search import ProgressLine, RunOptions, run_search
+    from services.cli.report import ProgressLine
+    from services.runs.search import RunOptions, run_search
 
     if args.task is None and args.resume is None:
         raise KernelmapError("give a task file, or --resume RUN_ID (see kernelmap run --help)")
@@ -108,37 +107,9 @@ def cmd_run(args: argparse.Namespace) -> int:
         summary = run_search(settings, opts, on_progress=progress)
     finally:
         progress.done()
-    return _finish(settings, args.db, summary["run_id"], args.json, summary.get("stopped_reason"))
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    """``kernelmap demo``: a short search on the shipped softmax example."""
-    from services.runs.search import ProgressLine, RunOptions, run_search
-
-    if not EXAMPLES.is_dir():
-        raise KernelmapError(f"the shipped examples are not at {EXAMPLES}: run from a checkout")
-    settings = Settings()
-    task = EXAMPLES / "softmax" / "task.py"
-    seed = EXAMPLES / "softmax" / "triton_softmax_looped.py"
-    budget = args.budget or 12
-    print(
-        f"kernelmap demo: searching the schedule of {seed.name} for {task.parent.name}/"
-        f"{task.name} ({budget} evaluations)",
-        file=sys.stderr,
+    return print_finished_run(
+        settings, args.db, summary["run_id"], args.json, summary.get("stopped_reason")
     )
-    opts = RunOptions(
-        task=task,
-        seeds=[seed],
-        budget=budget,
-        device=args.device,
-        workers=min(2, os.cpu_count() or 1),
-    )
-    progress = ProgressLine()
-    try:
-        summary = run_search(settings, opts, on_progress=progress)
-    finally:
-        progress.done()
-    return _finish(settings, None, summary["run_id"], False, summary.get("stopped_reason"))
 
 
 def cmd_runs(args: argparse.Namespace) -> int:
@@ -222,119 +193,5 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(
         f"wrote candidate {info['candidate_id']} ({info['verdict']}) to {info['path']}",
         file=sys.stderr,
-    )
-    return 0
-
-
-def cmd_db(args: argparse.Namespace) -> int:
-    """``kernelmap db upgrade``: apply the migrations."""
-    from archive import db
-    from services.runs.search import database_url
-
-    url = database_url(Settings(), args.db)
-    db.upgrade(url)
-    print(f"database at revision {db.head_revision()}", file=sys.stderr)
-    return 0
-
-
-def _has_gpu() -> bool:
-    # NVML's count, not CUDA's: the worker forks its pool processes after this, and a CUDA
-    # context made before a fork is unusable in the children.
-    from evaluator_worker.device import detect_device
-
-    return detect_device() == "cuda"
-
-
-def cmd_worker(args: argparse.Namespace) -> int:
-    """``kernelmap worker``: a Celery worker evaluating jobs from ``eval.<CLASS>``; with
-    ``--join URL --token KEY``, a remote worker pulling jobs from a server over HTTPS."""
-    if args.join or args.token:
-        from services.cli.serve import run_remote
-
-        return run_remote(args)
-    from kombu.utils.url import maybe_sanitize_url
-
-    if args.concurrency < 1:
-        raise KernelmapError(f"--concurrency must be at least 1, got {args.concurrency}")
-    if args.device is not None:
-        if not args.device.isdigit():
-            raise KernelmapError(f"--device must be a GPU index (0, 1, ...), got {args.device!r}")
-        os.environ["CUDA_VISIBLE_DEVICES"] = args.device
-    if args.redis:
-        os.environ["KERNELMAP_REDIS_URL"] = args.redis
-    hardware = args.queue or ("cuda" if _has_gpu() else "cpu")
-    if hardware == "cpu":
-        os.environ["KERNELMAP_DEVICE"] = "cpu"
-    settings = Settings()  # after the environment is set: the pool processes read it too
-    device = settings.device if settings.device != "auto" else ("cuda" if _has_gpu() else "cpu")
-    if device == "cuda" and not _has_gpu():
-        raise KernelmapError(
-            f"queue {hardware} evaluates on CUDA but no GPU is visible"
-            f" (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})"
-        )
-    import socket
-
-    from evaluator_worker.sandbox import refusal
-    from services.workers.celery_app import create_app, eval_queue
-    from services.workers.fleet import Heartbeat, hardware_info
-
-    app = create_app(settings)
-    queue = eval_queue(hardware)
-    gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "all visible") if device == "cuda" else "-"
-    # The node name spelled out (Celery's %h is the same hostname) so that the heartbeat's
-    # record and the name on every job's result agree.
-    name = f"kernelmap-{hardware}-{os.getpid()}@{socket.gethostname()}"
-    print(
-        f"kernelmap worker: consuming {queue} on {maybe_sanitize_url(app.conf.broker_url)},"
-        f" device {device} (CUDA_VISIBLE_DEVICES={gpu}), concurrency {args.concurrency}",
-        file=sys.stderr,
-        flush=True,
-    )
-    # Gathered before Celery forks its pool; hardware_info never initialises CUDA here.
-    facts = hardware_info(device, sandbox=settings.sandbox)
-    refused = refusal(facts["sandbox"])
-    if refused:
-        raise KernelmapError(refused)
-    heartbeat = Heartbeat(settings, name, hardware, facts).start()
-    try:
-        app.worker_main(
-            [
-                "worker",
-                "--queues",
-                queue,
-                "--concurrency",
-                str(args.concurrency),
-                "--pool",
-                "prefork",
-                "--hostname",
-                name,
-                "--loglevel",
-                args.loglevel,
-                "--without-gossip",
-                "--without-mingle",
-                "--without-heartbeat",
-            ]
-        )
-    finally:
-        heartbeat.stop()
-    return 0
-
-
-def cmd_keys(args: argparse.Namespace) -> int:
-    """``kernelmap keys create --role R``: prints only the new key on stdout (stored hashed)."""
-    from services.keys import create_key
-    from services.runs.search import open_database
-
-    engine, sessions = open_database(Settings(), args.db)
-    try:
-        with sessions() as s:
-            user, key = create_key(s, args.role, args.name or f"{args.role} key")
-            s.commit()
-            user_id = user.id
-    finally:
-        engine.dispose()
-    print(key)
-    print(
-        f"created a {args.role} key for user {user_id}; it is shown only this once", file=sys.stderr
     )
     return 0

@@ -1,4 +1,5 @@
-"""``kernelmap serve``, ``kernelmap controller`` and the remote ``kernelmap worker --join``.
+"""The service's processes: ``kernelmap serve``, ``kernelmap controller`` and ``kernelmap worker``
+(a Celery worker of the fleet, or with ``--join`` a remote worker over HTTPS).
 
 Embedded mode (no ``KERNELMAP_REDIS_URL``): ``serve`` runs everything on this machine with
 nothing installed: SQLite in the data directory, a private redis-server on a unix socket
@@ -238,3 +239,91 @@ def run_remote(args: argparse.Namespace) -> int:
         data_dir=settings.data_dir,
         insecure_http=args.insecure_http,
     )
+
+
+def _has_gpu() -> bool:
+    # NVML's count, not CUDA's: the worker forks its pool processes after this, and a CUDA
+    # context made before a fork is unusable in the children.
+    from evaluator_worker.device import detect_device
+
+    return detect_device() == "cuda"
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    """``kernelmap worker``: a Celery worker evaluating jobs from ``eval.<CLASS>``; with
+    ``--join URL --token KEY``, a remote worker pulling jobs from a server over HTTPS."""
+    if args.join or args.token:
+        return run_remote(args)
+    from kombu.utils.url import maybe_sanitize_url
+
+    if args.concurrency < 1:
+        raise KernelmapError(f"--concurrency must be at least 1, got {args.concurrency}")
+    if args.device is not None:
+        if not args.device.isdigit():
+            raise KernelmapError(f"--device must be a GPU index (0, 1, ...), got {args.device!r}")
+        # Not a kernelmap setting but which GPU this process and its children may see, read by
+        # the CUDA driver itself in every child (pool processes, their evaluators): it can only
+        # be passed down through the environment, before anything here initialises CUDA.
+        os.environ["CUDA_VISIBLE_DEVICES"] = args.device
+    hardware = args.queue or ("cuda" if _has_gpu() else "cpu")
+    overrides: dict[str, object] = {}
+    if args.redis:
+        overrides["redis_url"] = args.redis
+    if hardware == "cpu":
+        overrides["device"] = "cpu"
+    # Handed to the Celery app: its pool processes, forked from this one, evaluate with them
+    # (services.workers.tasks reads them from the app's configuration).
+    settings = Settings().model_copy(update=overrides)
+    device = settings.device if settings.device != "auto" else ("cuda" if _has_gpu() else "cpu")
+    if device == "cuda" and not _has_gpu():
+        raise KernelmapError(
+            f"queue {hardware} evaluates on CUDA but no GPU is visible"
+            f" (CUDA_VISIBLE_DEVICES={os.environ.get('CUDA_VISIBLE_DEVICES', 'unset')})"
+        )
+    import socket
+
+    from evaluator_worker.sandbox import refusal
+    from services.workers.celery_app import create_app, eval_queue
+    from services.workers.fleet import Heartbeat
+    from services.workers.hardware import hardware_info
+
+    app = create_app(settings)
+    queue = eval_queue(hardware)
+    gpu = os.environ.get("CUDA_VISIBLE_DEVICES", "all visible") if device == "cuda" else "-"
+    # The node name spelled out (Celery's %h is the same hostname) so that the heartbeat's
+    # record and the name on every job's result agree.
+    name = f"kernelmap-{hardware}-{os.getpid()}@{socket.gethostname()}"
+    print(
+        f"kernelmap worker: consuming {queue} on {maybe_sanitize_url(app.conf.broker_url)},"
+        f" device {device} (CUDA_VISIBLE_DEVICES={gpu}), concurrency {args.concurrency}",
+        file=sys.stderr,
+        flush=True,
+    )
+    # Gathered before Celery forks its pool; hardware_info never initialises CUDA here.
+    facts = hardware_info(device, sandbox=settings.sandbox)
+    refused = refusal(facts["sandbox"])
+    if refused:
+        raise KernelmapError(refused)
+    heartbeat = Heartbeat(settings, name, hardware, facts).start()
+    try:
+        app.worker_main(
+            [
+                "worker",
+                "--queues",
+                queue,
+                "--concurrency",
+                str(args.concurrency),
+                "--pool",
+                "prefork",
+                "--hostname",
+                name,
+                "--loglevel",
+                args.loglevel,
+                "--without-gossip",
+                "--without-mingle",
+                "--without-heartbeat",
+            ]
+        )
+    finally:
+        heartbeat.stop()
+    return 0

@@ -42,7 +42,13 @@ Modules
 ``local``
     :class:`local.LocalPool`.
 ``celery_queue``
-    :class:`CeleryDispatcher`.
+    :class:`CeleryDispatcher`: sending, reading results, noticing a queue nobody consumes.
+``celery_wire``
+    The Celery route's wire format: a job as sent (task id, arguments, time limits), a report
+    read back, where kombu keeps waiting and taken messages in Redis.
+``celery_faults``
+    How the Celery dispatcher rides out a lost or restarted broker and results that never
+    come (mixed into :class:`CeleryDispatcher`).
 ``leases``
     :class:`LeaseDispatcher`.
 ``fleet``

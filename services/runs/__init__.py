@@ -14,10 +14,15 @@ Modules
     Which template families match the task (matched in a sandboxed child); their candidates
     become seeds.
 ``config``
-    The run's stored configuration and the label of its objective.
+    :class:`config.RunConfig`, the run's stored configuration (JSON in ``runs.config``, every
+    default in one place), and the label of its objective.
+``wiring``
+    A run's parts: its map, its emitters and its dispatcher
+    (:func:`wiring.make_dispatcher`: the local pool, the Celery queue or the controller's
+    fleet, see :mod:`services.dispatch`).
 ``search``
-    Wiring the search core (:mod:`evolution`) to the database (:mod:`archive`) and a
-    dispatcher (:mod:`services.dispatch`); ``kernelmap run``.
+    The search loop (:mod:`evolution`) over the database (:mod:`archive`) and a dispatcher:
+    starting, resuming and stopping a run; ``kernelmap run``.
 ``controller``
     The service's controller: starts, resumes, pauses and cancels the API's runs.
 ``views``, ``html_report``

@@ -16,17 +16,19 @@ controller per database.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import threading
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive import repository, run_control
+from archive.status import RunStatus
 from services.config import Settings
+from services.runs import wiring
 from services.runs.seeds import Seed
 
 log = logging.getLogger(__name__)
@@ -43,46 +45,6 @@ class _Active:
     thread: threading.Thread
 
 
-def fleet_dispatchers(
-    settings: Settings, session_factory: sessionmaker[Session]
-) -> Callable[..., Any]:
-    """``make_dispatcher`` for the controller: a :class:`services.dispatch.fleet.FleetDispatcher`
-    over the run's Celery queue and its remote workers."""
-
-    def make(*, run_id: int, device: str, task_file: Path, eval_config: Any, workers: int):
-        from services.dispatch.celery_queue import CeleryDispatcher
-        from services.dispatch.fleet import FleetDispatcher
-        from services.dispatch.leases import LeaseDispatcher
-        from services.workers.celery_app import create_app
-        from services.workers.fleet import live_workers
-
-        source = task_file.read_text()
-        config = dataclasses.asdict(eval_config)
-
-        def say(text: str) -> None:
-            log.warning("run %s: %s", run_id, text)
-
-        celery = CeleryDispatcher(
-            create_app(settings),
-            hardware_class=device,
-            run_id=run_id,
-            capacity=workers,
-            task_source=source,
-            eval_config=config,
-            notify=say,
-        )
-        lease = LeaseDispatcher(
-            session_factory, run_id, device, workers, source, config, notify=say
-        )
-
-        def celery_workers() -> int:
-            return sum(1 for w in live_workers(settings) if w.get("hardware_class") == device)
-
-        return FleetDispatcher(celery, lease, session_factory, device, celery_workers, workers)
-
-    return make
-
-
 class Controller:
     """Starts, stops and resumes the API's runs (see the module notes).
 
@@ -95,8 +57,8 @@ class Controller:
     make_dispatcher:
         ``make_dispatcher(run_id=, device=, task_file=, eval_config=, workers=)`` -> the
         run's :class:`evolution.ports.Dispatcher` (``device`` is the hardware class); default:
-        :func:`fleet_dispatchers` (the Celery fleet on ``settings.redis_url`` and remote
-        workers).
+        :func:`services.runs.wiring.make_dispatcher`'s ``fleet`` route (the Celery fleet on
+        ``settings.redis_url`` and remote workers).
     probe_templates:
         ``probe_templates(task_source, device)`` -> (seeds, notes); default: the sandboxed
         template matcher of :mod:`services.runs.template_probe`.
@@ -112,7 +74,9 @@ class Controller:
     ) -> None:
         self.settings = settings
         self.sessions = session_factory
-        self.make_dispatcher = make_dispatcher or fleet_dispatchers(settings, session_factory)
+        self.make_dispatcher = make_dispatcher or functools.partial(
+            wiring.make_dispatcher, settings, route="fleet", session_factory=session_factory
+        )
         self.probe_templates = probe_templates
         self._active: dict[int, _Active] = {}
         self._wake = threading.Event()
@@ -212,7 +176,8 @@ class Controller:
             log.exception("run %s failed", run_id)
             with self.sessions() as s:
                 if run_control.status_of(s, run_id) in run_control.ACTIVE:
-                    repository.set_run_status(s, run_id, "failed", error=f"{type(e).__name__}: {e}")
+                    error = f"{type(e).__name__}: {e}"
+                    repository.set_run_status(s, run_id, RunStatus.FAILED, error=error)
                     s.commit()
         finally:
             self._wake.set()  # a slot is free: start a queued run

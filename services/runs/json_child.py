@@ -25,8 +25,10 @@ from typing import Any
 from evaluator_worker import sandbox as sandbox_mod
 from evaluator_worker.task_child import die_with
 
-#: The project root, put on the child's PYTHONPATH (it may run from a source checkout).
-_ROOT = Path(__file__).resolve().parents[1]
+#: The directory holding the evaluator package, put on the child's PYTHONPATH (it may run from
+#: a source checkout). Derived from the package, not from this file's depth in the tree: the
+#: sandbox shows the child only the package itself from this directory.
+_ROOT = Path(sandbox_mod.__file__).resolve().parents[1]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -1,8 +1,9 @@
 """``kernelmap run``: wires the search core to the database and a dispatcher.
 
-The controller (this process) owns the run's pyribs archive; a :class:`LocalPool` of evaluator
-processes evaluates (with a Redis broker: the Celery fleet, through
-:class:`services.dispatch.celery_queue.CeleryDispatcher`); :class:`archive.run_store.RunStore`
+The controller (this process) owns the run's pyribs archive; a
+:class:`services.dispatch.local.LocalPool` of evaluator processes evaluates (with a Redis
+broker: the Celery fleet, through :class:`services.dispatch.celery_queue.CeleryDispatcher`;
+the parts are built by :mod:`services.runs.wiring`); :class:`archive.run_store.RunStore`
 persists every proposal, job, evaluation, elite change and progress point as it happens, so a
 killed run loses at most the evaluations in flight and ``--resume`` continues it.
 """
@@ -16,31 +17,30 @@ import random
 import signal
 import sys
 import threading
-import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from archive import db, repository, run_control
 from archive.run_store import RunStore
+from archive.status import RunStatus
 from evaluator_worker import static_gate
-from evaluator_worker.config import EvalConfig
 from evaluator_worker.device import device_of_class, resolve_device
 from evaluator_worker.errors import TaskError
 from evaluator_worker.verdict import Verdict
 from evolution.candidate import CandidateSpec
 from evolution.descriptors import default_dims, parse_dims
-from evolution.emitters import ParamEmitter, SeedEmitter
-from evolution.grid import MapArchive
 from evolution.loop import Progress, SearchLoop
 from kernelmap_errors import KernelmapError
 from services.config import Settings
-from services.dispatch.local import LocalPool, failure
-from services.runs.config import objective_label, run_config
+from services.dispatch.local import failure
+from services.runs import wiring
+from services.runs.config import ARCHIVES, VARIATIONS, RunConfig, objective_label
 from services.runs.seeds import Seed, load_seed, reference_seed
 from services.runs.task_validation import validate_source
 
-RESUMABLE = {"running", "interrupted", "queued", "failed"}
+#: A run in one of these can be continued with ``kernelmap run --resume``.
+RESUMABLE = {RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.QUEUED, RunStatus.FAILED}
 
 
 class RunError(KernelmapError):
@@ -131,79 +131,6 @@ def _prefilter(cache: dict[str, dict | None]) -> Callable[[CandidateSpec], dict 
     return check
 
 
-VARIATIONS = ("gaussian", "iso_line", "cma")
-
-
-def build_emitters(
-    seeds: list[Seed], dims: list, rng_seed: int, variation: str = "gaussian"
-) -> list:
-    """A seed emitter for plain seeds and a parameter emitter per seed with a SEARCH_SPACE.
-
-    ``variation``: ``gaussian`` or ``iso_line`` (steady-state mutation of elites), or ``cma``
-    (CMA-ME: CMA-ES generations with a barrier, see :mod:`evolution.emitters.cma`).
-    """
-    plain = [CandidateSpec(s.source, {}, "seed", (), s.label) for s in seeds if not s.space]
-    emitters: list = []
-    if plain:
-        emitters.append(SeedEmitter(plain))
-    for i, s in enumerate(seeds):
-        if not s.space:
-            continue
-        if variation == "cma":
-            from evolution.emitters import CMAParamEmitter
-
-            emitters.append(
-                CMAParamEmitter(s.source, s.space, dims, label=s.label, seed=rng_seed + i)
-            )
-        else:
-            emitters.append(
-                ParamEmitter(
-                    s.source, s.space, dims, label=s.label, variation=variation, seed=rng_seed + i
-                )
-            )
-    return emitters
-
-
-class ProgressLine:
-    """The progress bar on stderr: one rewritten line on a terminal, periodic lines elsewhere."""
-
-    def __init__(self, stream=sys.stderr, every_s: float = 5.0) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.every_s = every_s
-        self.last = 0.0
-        self.ended = False
-
-    def __call__(self, p: Progress) -> None:
-        verdicts = " ".join(f"{k}:{v}" for k, v in sorted(p.verdicts.items()))
-        best = "n/a" if p.best_objective is None else f"{_ratio(p.best_objective):.3g}x"
-        label = "" if p.objective_label == "gpu-speedup" else f" [{p.objective_label}]"
-        text = (
-            f"[{p.evaluations}/{p.budget}] in flight {p.in_flight}  best {best}{label}"
-            f"  elites {p.elites}  coverage {100 * p.coverage:.1f}%  {verdicts}"
-        )
-        now = time.monotonic()
-        if self.tty:
-            self.stream.write("\r" + text[:160].ljust(160))
-            self.stream.flush()
-        elif now - self.last >= self.every_s or (p.evaluations >= p.budget and not self.ended):
-            self.ended = p.evaluations >= p.budget
-            self.stream.write(text + "\n")
-            self.stream.flush()
-            self.last = now
-
-    def done(self) -> None:
-        if self.tty:
-            self.stream.write("\n")
-            self.stream.flush()
-
-
-def _ratio(objective: float) -> float:
-    import math
-
-    return math.exp(objective)
-
-
 def run_search(
     settings: Settings,
     opts: RunOptions,
@@ -220,10 +147,10 @@ def run_search(
     engine, sessions = open_database(settings, opts.db_url)
     try:
         if opts.resume is not None:
-            run_id, task_file, seeds, config = _resume(settings, sessions, opts)
+            run_id, task_file, config = _resume(settings, sessions, opts)
         else:
-            run_id, task_file, seeds, config = _create(settings, sessions, opts)
-        return _search(settings, sessions, run_id, task_file, seeds, config, on_progress, stop)
+            run_id, task_file, config = _create(settings, sessions, opts)
+        return _search(settings, sessions, run_id, task_file, config, on_progress, stop)
     finally:
         engine.dispose()
 
@@ -266,7 +193,7 @@ def _create(settings: Settings, sessions, opts: RunOptions):
         seeds.insert(0, ref)
     if opts.templates:
         seeds += template_seeds(source, device.type, opts.notify, sandbox=settings.sandbox)
-    dims_spec = opts.dims or ",".join(default_dims(device.type))
+    dims_spec = opts.dims or ",".join(default_dims(device.type, [s.space for s in seeds]))
     try:
         parse_dims(dims_spec, device.type)  # refuses bad dimensions before anything starts
     except ValueError as e:
@@ -274,13 +201,13 @@ def _create(settings: Settings, sessions, opts: RunOptions):
     workers = opts.workers or 1
     if workers < 1:
         raise RunError(f"--workers must be at least 1, got {workers}")
-    if opts.archive not in ("grid", "cvt"):
+    if opts.archive not in ARCHIVES:
         raise RunError(f"--archive must be grid or cvt, got {opts.archive!r}")
     if opts.archive == "cvt" and (opts.cells is None or opts.cells < 2):
         raise RunError("--archive cvt needs --cells N (at least 2)")
     if opts.variation not in VARIATIONS:
         raise RunError(f"--variation must be one of {', '.join(VARIATIONS)}")
-    config = run_config(
+    config = RunConfig.new(
         device=device.type,
         seeds=seeds,
         timeout_s=settings.timeout_s,
@@ -289,6 +216,8 @@ def _create(settings: Settings, sessions, opts: RunOptions):
         variation=opts.variation,
         archive=opts.archive,
         cells=opts.cells,
+        templates=opts.templates,
+        templates_added=opts.templates,  # matched above: they are among the seeds
     )
     with sessions() as s:
         task_row = repository.add_task(
@@ -301,7 +230,7 @@ def _create(settings: Settings, sessions, opts: RunOptions):
         run = repository.create_run(
             s,
             task_id=task_row.id,
-            config=config,
+            config=config.to_json(),
             budget=opts.budget,
             seed=random.SystemRandom().getrandbits(31),
             device=device.type,
@@ -309,7 +238,7 @@ def _create(settings: Settings, sessions, opts: RunOptions):
         )
         s.commit()
         run_id, task_id = run.id, task_row.id
-    return run_id, _task_file(settings, task_id, source), seeds, config
+    return run_id, _task_file(settings, task_id, source), config
 
 
 def _resume(settings: Settings, sessions, opts: RunOptions):
@@ -320,9 +249,8 @@ def _resume(settings: Settings, sessions, opts: RunOptions):
                 f"run {run.id} is {run.status}: only interrupted or crashed runs can be resumed"
             )
         task = repository.get_task(s, run.task_id)
-        config = dict(run.config)
-        seeds = [Seed.from_dict(d) for d in config["seeds"]]
-        return run.id, _task_file(settings, task.id, task.source), seeds, config
+        config = RunConfig.from_json(run.config)
+        return run.id, _task_file(settings, task.id, task.source), config
 
 
 def search_stored_run(
@@ -345,32 +273,32 @@ def search_stored_run(
     with sessions() as s:
         run = repository.get_run(s, run_id)
         task = repository.get_task(s, run.task_id)
-        config, device, source, task_id = dict(run.config), run.device, task.source, task.id
-    if config.get("templates", True) and not config.get("templates_added"):
+        config = RunConfig.from_json(run.config)
+        device, source, task_id = run.device, task.source, task.id
+    if config.templates and not config.templates_added:
         if probe_templates is None:
             from services.runs.template_probe import probe_templates as probe
 
             probe_templates = functools.partial(probe, sandbox=settings.sandbox)
         found, notes = probe_templates(source, "cpu" if device == "cpu" else "cuda")
-        config["seeds"] = list(config["seeds"]) + [t.to_dict() for t in found]
-        config["templates_added"] = True
-        config["template_notes"] = notes[:20]
+        config = dataclasses.replace(
+            config, seeds=config.seeds + found, templates_added=True, template_notes=notes[:20]
+        )
         with sessions() as s:
-            repository.get_run(s, run_id).config = config
+            repository.get_run(s, run_id).config = config.to_json()
             s.commit()
-    config["workers"] = max(int(config.get("workers") or 1), settings.run_jobs_in_flight)
+    # Not stored: the controller's own floor of jobs in flight.
+    config = dataclasses.replace(config, workers=max(config.workers, settings.run_jobs_in_flight))
     with sessions() as s:
         if not run_control.mark_running(s, run_id):
             s.rollback()
             return {"run_id": run_id, "status": run_control.status_of(s, run_id)}
         s.commit()
-    seeds = [Seed.from_dict(d) for d in config["seeds"]]
     return _search(
         settings,
         sessions,
         run_id,
         _task_file(settings, task_id, source),
-        seeds,
         config,
         None,
         stop,
@@ -379,100 +307,55 @@ def search_stored_run(
     )
 
 
-def _archive(dims: list, config: dict[str, Any], state: dict[str, Any], seed: int) -> MapArchive:
-    """The run's map: a grid, or a CVT archive whose saved centroids are reused on resume."""
-    if config.get("archive", "grid") == "cvt":
-        import numpy as np
-
-        saved = state.get("centroids")
-        return MapArchive(
-            dims,
-            kind="cvt",
-            cells=config.get("cells", 64),
-            seed=seed,
-            centroids=np.asarray(saved) if saved is not None else None,
-        )
-    return MapArchive(dims, seed=seed)
-
-
-def _dispatcher(
-    settings: Settings,
-    run_id: int,
-    device: str,
-    task_file: Path,
-    eval_config: EvalConfig,
-    workers: int,
-):
-    """The local pool, or the Celery fleet's queue for the run's device when a broker is set.
-
-    With a broker, ``workers`` is the number of jobs in flight at once.
-    """
-    if not settings.redis_url:
-        return LocalPool(eval_config, str(task_file), workers)
-    from services.dispatch.celery_queue import CeleryDispatcher
-    from services.workers.celery_app import create_app
-
-    return CeleryDispatcher(
-        create_app(settings),
-        hardware_class=device,
-        run_id=run_id,
-        capacity=workers,
-        task_source=task_file.read_text(),
-        eval_config=dataclasses.asdict(eval_config),
-    )
-
-
 def _search(
     settings: Settings,
     sessions,
     run_id: int,
     task_file: Path,
-    seeds: list[Seed],
-    config: dict[str, Any],
+    config: RunConfig,
     on_progress,
     stop: threading.Event | None,
     *,
     make_dispatcher: Callable[..., Any] | None = None,
-    status_on_stop: str | None = "interrupted",
+    status_on_stop: str | None = RunStatus.INTERRUPTED,
 ) -> dict[str, Any]:
     """Search run ``run_id`` (already stored) until its budget, ``stop`` or a failure.
 
     ``make_dispatcher(run_id=, device=, task_file=, eval_config=, workers=)`` builds the
-    dispatcher (default: :func:`_dispatcher`). When ``stop`` ends the search, the run becomes
-    ``status_on_stop`` (None leaves it ``running``, for a controller that will resume it),
-    unless its owner paused or cancelled it meanwhile: that status stays.
+    dispatcher (default: :func:`services.runs.wiring.make_dispatcher`, the local pool or the
+    Celery queue). When ``stop`` ends the search, the run becomes ``status_on_stop`` (None
+    leaves it ``running``, for a controller that will resume it), unless its owner paused or
+    cancelled it meanwhile: that status stays.
     """
     with sessions() as s:
         run = repository.get_run(s, run_id)
         budget, rng_seed, device = run.budget, run.seed, run.device
         state = dict(run.archive_state or {})
-        repository.set_run_status(s, run_id, "running")
+        repository.set_run_status(s, run_id, RunStatus.RUNNING)
         s.commit()
     hardware_class = device  # the queue's class (cpu, cuda, h100...): its device is cpu or cuda
     device = device_of_class(hardware_class)
-    dims = parse_dims(config["dims"], device)
-    archive = _archive(dims, config, state, rng_seed)
+    if config.dims is None:
+        raise RunError(f"run {run_id} has no descriptor dimensions in its configuration")
+    dims = parse_dims(config.dims, device)
+    archive = wiring.build_archive(dims, config, state, rng_seed)
     if archive.centroids is not None and "centroids" not in state:
         # k-means is not reproducible across library versions: keep the centroids.
         with sessions() as s:
             repository.set_archive_state(s, run_id, {"centroids": archive.centroids.tolist()})
             s.commit()
-    emitters = build_emitters(seeds, dims, rng_seed, config.get("variation", "gaussian"))
+    emitters = wiring.build_emitters(config.seeds, dims, rng_seed, config.variation)
     eval_config = settings.eval_config(
-        device=device, timeout_s=config.get("timeout_s"), time_interpreted=device == "cpu"
+        device=device, timeout_s=config.timeout_s, time_interpreted=device == "cpu"
     )
-    if make_dispatcher is None:
-        pool = _dispatcher(
-            settings, run_id, hardware_class, task_file, eval_config, config["workers"]
-        )
-    else:
-        pool = make_dispatcher(
-            run_id=run_id,
-            device=hardware_class,
-            task_file=task_file,
-            eval_config=eval_config,
-            workers=config["workers"],
-        )
+    make_dispatcher = make_dispatcher or functools.partial(wiring.make_dispatcher, settings)
+    pool = make_dispatcher(
+        run_id=run_id,
+        device=hardware_class,
+        task_file=task_file,
+        eval_config=eval_config,
+        workers=config.workers,
+    )
     store = RunStore(sessions, run_id)
     loop = SearchLoop(
         archive, emitters, pool, store, budget, prefilter=_prefilter({}), on_progress=on_progress
@@ -482,13 +365,13 @@ def _search(
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
         signal.signal(signal.SIGINT, lambda *_: stop.set())
-    status, error = "failed", None
+    status, error = RunStatus.FAILED, None
     try:
         loop.resume()
         summary = loop.run(stop)
-        status = "interrupted" if stop.is_set() else "finished"
+        status = RunStatus.INTERRUPTED if stop.is_set() else RunStatus.FINISHED
         if summary.refused is not None:
-            status, error = "failed", summary.refused
+            status, error = RunStatus.FAILED, summary.refused
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         raise
@@ -498,12 +381,13 @@ def _search(
         pool.close()
         with sessions() as s:
             current = run_control.status_of(s, run_id)
-            if status == "interrupted" and current in ("paused", "cancelled"):
+            stopped = status == RunStatus.INTERRUPTED
+            if stopped and current in (RunStatus.PAUSED, RunStatus.CANCELLED):
                 status = current  # its owner stopped it: that is its status
-            elif status == "interrupted" and status_on_stop is None:
-                status = "running"  # the controller resumes it when it starts again
+            elif stopped and status_on_stop is None:
+                status = RunStatus.RUNNING  # the controller resumes it when it starts again
             else:
-                if status == "interrupted":
+                if stopped:
                     status = status_on_stop or status
                 repository.set_run_status(s, run_id, status, error=error)
             s.commit()

@@ -9,6 +9,7 @@ from typing import Any
 from archive import repository
 from evolution.descriptors import parse_dims
 from kernelmap_errors import KernelmapError
+from services.runs.config import RunConfig
 from services.runs.html_report import ReportData, render
 from services.runs.seeds import bake_params
 
@@ -136,9 +137,10 @@ def export_candidate(session, run_id: int, candidate_id: int | None, out: Path) 
 def write_report(session, run_id: int, path: Path) -> Path:
     """Write the run's HTML report to ``path``."""
     run = repository.get_run(session, run_id)
+    spec = RunConfig.from_json(run.config).dims
     dims = [
         {"name": d.name, "label": d.label, "low": d.low, "high": d.high, "bins": b}
-        for d, b in parse_dims(run.config.get("dims", "block_size"))
+        for d, b in (parse_dims(spec) if spec else [])
     ]
     elites = [
         {

@@ -15,10 +15,18 @@ Modules
     The Celery app, its queues and settings (at-least-once delivery, visibility timeout).
 ``tasks``
     The Celery task ``evaluate``: a thin adapter around the judge; poison-job counting.
+``hardware``
+    Hardware facts in one place: :func:`hardware.hardware_info`, what either kind of worker
+    reports about its machine (GPU, driver, CUDA, library versions), CUDA never initialised.
 ``fleet``
-    What Redis knows of the fleet: each worker's hardware facts and heartbeat, live workers,
-    queue depths.
+    What Redis knows of the Celery fleet: each worker's :class:`fleet.Heartbeat` record, live
+    workers, queue depths (the interval is ``Settings.heartbeat_s``).
 ``remote``
-    The remote worker: enrolment, the claim loop, lease keeping, results kept on disk until
-    the server has them.
+    The remote worker (:func:`remote.run_remote_worker`): the claim loop, lease keeping while
+    a job is evaluated.
+``remote_client``
+    Its side of the HTTP API: the server's URL checked, retries with backoff, enrolment and
+    the saved token, one method per call.
+``remote_results``
+    Its finished results, kept on disk until the server has them.
 """

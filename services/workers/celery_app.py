@@ -144,6 +144,9 @@ def create_app(settings: Settings | None = None) -> Celery:
         task_default_queue=eval_queue("cuda"),
         task_create_missing_queues=True,
         worker_send_task_events=False,
+        # kernelmap's own key: the settings a worker's pool processes evaluate with
+        # (services.workers.tasks), handed over explicitly rather than through os.environ.
+        kernelmap_settings=settings,
     )
     return app
 

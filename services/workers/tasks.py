@@ -83,14 +83,17 @@ def _workdir() -> Path:
     return Path(_process["dir"])
 
 
-def _evaluator(config: dict[str, Any]):
-    """This process's evaluator, rebuilt only when a job asks for another configuration."""
+def _evaluator(config: dict[str, Any], settings=None):
+    """This process's evaluator, rebuilt only when a job asks for another configuration.
+
+    ``settings``: the worker's :class:`services.config.Settings` (default: the environment's).
+    """
     from evaluator_worker.config import job_config
     from evaluator_worker.judge import Evaluator
     from services.config import Settings
 
     # The worker's own device, gate, sandbox and limits: no message may loosen them.
-    wanted = job_config(Settings().eval_config(), config)
+    wanted = job_config((settings or Settings()).eval_config(), config)
     current = _process.get("ev")
     if current is None or current.config != wanted:
         if current is not None:
@@ -207,7 +210,7 @@ def evaluate(self: Task, message: dict[str, Any], reply_to: str) -> None:
         if task_path is None:
             result = failure(Verdict.LOAD_ERROR, "the task source does not match its sha256")
         else:
-            ev = _evaluator(message.get("config") or {})
+            ev = _evaluator(message.get("config") or {}, self.app.conf.get("kernelmap_settings"))
             result = evaluate_job(ev, task_path, job, _workdir(), worker)
     except SoftTimeLimitExceeded:
         result = failure(Verdict.TIMEOUT, "the evaluation exceeded the worker's time limit")

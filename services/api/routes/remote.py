@@ -3,7 +3,9 @@
 A worker enrols with a ``worker``-role API key (``POST /workers/register``) and from then on
 speaks with its own token (``Authorization: Bearer kmw_...``), which can do nothing but claim
 jobs, heartbeat and post results; API keys are refused on those routes, and worker tokens on
-every other route (:func:`services.api.deps.authenticated` takes only ``km_`` keys).
+every other route (:func:`services.api.deps.authenticated` takes only ``km_`` keys; the worker
+token is :data:`services.api.deps.CurrentWorker`). The bodies are in
+:mod:`services.api.schemas_workers`.
 
 The long-poll claim is an ``async`` route: between two looks at the queue (every
 :data:`POLL_INTERVAL_S`) it sleeps on the event loop, holding neither a worker thread nor a
@@ -17,28 +19,44 @@ Admins list the remote workers (with the Celery workers Redis knows alive) and r
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import datetime as dt
-import json
 import logging
 import threading
 import time
 from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
+from fastapi import APIRouter, Depends, Path, Query, Request, status
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import Response
-from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from archive import leases
 from archive.models import User, Worker, utcnow
-from evaluator_worker.verdict import Verdict
-from services import keys
-from services.api.deps import AdminUser, ConfigDep, PageDep, PathId, SessionDep, authenticated
+from services.api.deps import (
+    AdminUser,
+    ConfigDep,
+    CurrentWorker,
+    PageDep,
+    PathId,
+    SessionDep,
+    WorkerRef,
+    authenticated,
+)
 from services.api.errors import Conflict, ErrorBody, Forbidden, PayloadTooLarge, Unprocessable
-from services.api.schemas import Page, Text, storable
+from services.api.schemas import Text
+from services.api.schemas_workers import (
+    Accepted,
+    ClaimOut,
+    LeaseOut,
+    Registered,
+    RegisterIn,
+    RemoteWorkerOut,
+    ResultIn,
+    SeenOut,
+    WorkerList,
+    check_storable,
+)
 
 log = logging.getLogger(__name__)
 
@@ -56,174 +74,9 @@ REAP_EVERY_S = 1.0
 MAX_RESULT_BYTES = 4 * 1024 * 1024
 #: Largest registration body accepted (bytes).
 MAX_REGISTER_BYTES = 64 * 1024
-#: Largest ``hardware`` object accepted, as compact JSON (bytes).
-MAX_HARDWARE_BYTES = 16 * 1024
-
-_worker_bearer = HTTPBearer(
-    auto_error=False,
-    scheme_name="WorkerToken",
-    description="A remote worker's token (`Authorization: Bearer kmw_...`), from register",
-)
 
 
 # -- bodies ------------------------------------------------------------------------------------
-
-
-def _check_storable(value: Any, where: str = "result") -> None:
-    """Raise ValueError for text the database cannot hold, anywhere in a JSON value."""
-    if isinstance(value, str):
-        try:
-            storable(value)
-        except ValueError as e:
-            raise ValueError(f"{where}: {e}") from None
-    elif isinstance(value, dict):
-        for k, v in value.items():
-            _check_storable(k, where)
-            _check_storable(v, f"{where}.{k}")
-    elif isinstance(value, list):
-        for i, v in enumerate(value):
-            _check_storable(v, f"{where}[{i}]")
-
-
-class RegisterIn(BaseModel):
-    """A remote worker introducing itself."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    name: str = Field(min_length=1, max_length=200, description="What to call this worker")
-    hardware_class: str = Field(
-        pattern=f"^{leases.HARDWARE_CLASS_RE.pattern}$",
-        max_length=64,
-        description="The queue it serves (runs dispatch to a hardware class, e.g. cuda, h100)",
-    )
-    hardware: dict[str, Any] = Field(
-        default_factory=dict, description="GPU, memory, driver, torch and triton versions"
-    )
-
-    @field_validator("name")
-    @classmethod
-    def _name(cls, v: str) -> str:
-        v = storable(v).strip()
-        if not v:
-            raise ValueError("must not be blank")
-        return v
-
-    @field_validator("hardware")
-    @classmethod
-    def _hardware(cls, v: dict[str, Any]) -> dict[str, Any]:
-        if len(json.dumps(v, separators=(",", ":"))) > MAX_HARDWARE_BYTES:
-            raise ValueError(f"must be at most {MAX_HARDWARE_BYTES} bytes of JSON")
-        _check_storable(v, "hardware")
-        return v
-
-
-class Registered(BaseModel):
-    """A newly enrolled worker: keep ``token``, it is shown only here."""
-
-    worker_id: int
-    token: str
-
-
-class StatsIn(BaseModel):
-    """Timed samples of one variant, as far as the controller reads them."""
-
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
-    median_ms: float | None = Field(default=None, gt=0)
-    iqr_ms: float = Field(default=0.0, ge=0)
-
-
-class TimingIn(BaseModel):
-    """A result's timing block, as far as the controller reads it."""
-
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
-    method: str | None = None
-    candidate: StatsIn | None = None
-    eager: StatsIn | None = None
-    compile: StatsIn | None = None
-
-
-class ResultDoc(BaseModel):
-    """An evaluation result (``EvalResult.to_dict()``): the fields the controller relies on are
-    checked, the rest is kept as sent."""
-
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)
-
-    verdict: Verdict
-    correct: bool = False
-    speedup_vs_eager: float | None = None
-    speedup_vs_compile: float | None = None
-    timing: TimingIn | None = None
-    messages: list[str] = Field(default_factory=list)
-    features: dict[str, Any] = Field(default_factory=dict)
-    hardware: dict[str, Any] = Field(default_factory=dict)
-    params: dict[str, Any] = Field(default_factory=dict)
-    stages_s: dict[str, Any] = Field(default_factory=dict)
-    device: str | None = None
-
-
-class ResultIn(BaseModel):
-    """A worker's result for a job it claimed."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    result: ResultDoc
-
-
-class Accepted(BaseModel):
-    """Whether this post's result was stored (False: the job already had one; nothing done)."""
-
-    accepted: bool
-
-
-class ClaimOut(BaseModel):
-    """A job leased to the calling worker until ``lease_expires_at``."""
-
-    job_id: str
-    lease_s: float
-    lease_expires_at: dt.datetime
-    job: dict[str, Any] = Field(description="The job message (services.workers.tasks.job_message)")
-
-
-class LeaseOut(BaseModel):
-    """A lease after a heartbeat."""
-
-    job_id: str
-    lease_expires_at: dt.datetime
-
-
-class SeenOut(BaseModel):
-    """A worker after an idle heartbeat."""
-
-    worker_id: int
-    last_seen_at: dt.datetime | None
-
-
-class RemoteWorkerOut(BaseModel):
-    """An enrolled remote worker (its token is never shown again)."""
-
-    id: int
-    kind: str = "remote"
-    name: str
-    hardware_class: str
-    hardware: dict[str, Any]
-    token_prefix: str
-    created_at: dt.datetime | None
-    last_seen_at: dt.datetime | None
-    revoked: bool
-    revoked_at: dt.datetime | None
-
-
-class WorkerList(Page[RemoteWorkerOut]):
-    """A page of remote workers, plus every Celery worker alive now (not paginated)."""
-
-    celery: list[dict[str, Any]] = Field(
-        default_factory=list, description="Live Celery workers (workers.fleet.live_workers)"
-    )
-    celery_error: str | None = Field(
-        default=None, description="Why the Celery workers could not be listed"
-    )
 
 
 def _json_body(model: type[BaseModel], max_bytes: int):
@@ -278,58 +131,6 @@ def _errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
     return {s: {"model": ErrorBody, "description": why[s]} for s in statuses}
 
 
-# -- who is calling ----------------------------------------------------------------------------
-
-
-@dataclasses.dataclass(frozen=True)
-class WorkerRef:
-    """The calling worker, detached from any session (the long-poll holds none)."""
-
-    id: int
-    name: str
-    hardware_class: str
-
-    def row(self) -> Worker:
-        """A transient :class:`Worker` carrying what :mod:`archive.leases` reads."""
-        return Worker(id=self.id, name=self.name, hardware_class=self.hardware_class)
-
-
-def _unauthorized(detail: str) -> HTTPException:
-    return HTTPException(
-        status.HTTP_401_UNAUTHORIZED, detail, headers={"WWW-Authenticate": "Bearer"}
-    )
-
-
-def current_worker(
-    config: ConfigDep,
-    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(_worker_bearer)],
-) -> WorkerRef:
-    """The worker whose token authenticates the request; records that it was seen.
-
-    401 for a missing, unknown or revoked token, and for an API key (enrolment keys only
-    register). Its own short session: nothing stays open for the rest of the request.
-    """
-    if credentials is None:
-        raise _unauthorized("missing worker token: send `Authorization: Bearer kmw_...`")
-    token = credentials.credentials
-    if token.startswith(keys.KEY_PREFIX):
-        raise _unauthorized(
-            "API keys cannot claim jobs: register with the enrolment key"
-            " (POST /api/v1/workers/register) and use the worker token it returns"
-        )
-    with config.session_factory() as session:
-        worker = leases.worker_by_token(session, token)
-        if worker is None:
-            raise _unauthorized(
-                "invalid or revoked worker token: enrol again with a worker key"
-                " (`kernelmap keys create --role worker`)"
-            )
-        leases.touch(session, worker)
-        session.commit()
-        return WorkerRef(worker.id, worker.name, worker.hardware_class)
-
-
-CurrentWorker = Annotated[WorkerRef, Depends(current_worker)]
 JobId = Annotated[Text, Path(min_length=1, max_length=64)]
 
 
@@ -466,7 +267,7 @@ def post_result(
     # Only what the worker sent (validated), not the defaults of the fields it left out.
     result = body.result.model_dump(mode="json", exclude_unset=True)
     try:
-        _check_storable(result)
+        check_storable(result)
     except ValueError as e:
         raise Unprocessable(str(e), field="result") from None
     try:

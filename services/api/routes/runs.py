@@ -32,6 +32,7 @@ from services.api.schemas import (
     Text,
 )
 from services.runs import views
+from services.runs.config import RunConfig
 from services.runs.seeds import bake_params
 
 log = logging.getLogger(__name__)
@@ -127,7 +128,7 @@ def get_run(run: OwnedRun, session: SessionDep) -> RunSummary:
 def get_archive(run: OwnedRun, session: SessionDep) -> ArchiveOut:
     """The occupied cells with their elites and descriptor values, best first."""
     cells = views.archive_table(session, run.id)
-    dims = run.config.get("dims")
+    dims = RunConfig.from_json(run.config).dims
     return ArchiveOut.model_validate({"run_id": run.id, "dims": dims, "cells": cells})
 
 
