@@ -3,10 +3,21 @@
 A descriptor turns an evaluation's ``features`` (measured by the evaluator from the compiled
 kernel and a profiler trace) or its declared ``params`` into one number. The registry
 :data:`DESCRIPTORS` holds every known dimension; :func:`parse_dims` reads a user's choice such
-as ``"occupancy:8,kernel_count:4"`` and :func:`default_dims` picks a sensible pair per device.
+as ``"occupancy:8,kernel_count:4"`` and :func:`default_dims` picks a sensible pair per device
+(and, on the CPU, per seed family).
 
 Measured descriptors exist only on a GPU. On the CPU nothing is measured from a kernel, so the
 CPU defaults are parameter-based (``block_size``, ``num_warps_param``).
+
+Parameter descriptors
+---------------------
+``param:NAME=C1/C2/...`` (:func:`param_descriptor`) places a candidate by its value of the
+``SEARCH_SPACE`` parameter ``NAME``: 0 when it has none (the reference, another family), ``1 + i``
+for the ``i``-th of the listed choices. It spreads a family whose parameters are neither a
+``BLOCK*`` size nor ``num_warps`` (the matmul templates' ``CONFIG`` index and ``SPLIT_K``), which
+``block_size`` and ``num_warps_param`` would put all in the reference's cell. The choices are
+part of the name as stored in a run's configuration, so a resumed run (or a view of it) rebuilds
+the same axis without the seeds; :func:`default_dims` writes them from the seeds' spaces.
 
 Missing values
 --------------
@@ -17,9 +28,11 @@ candidate has no profile) reads ``None`` from :meth:`Descriptor.value`; its arch
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
-from collections.abc import Callable, Mapping
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from evolution.candidate import Outcome
@@ -249,14 +262,161 @@ for _d in (
 
 _DEFAULTS = {"cuda": ["occupancy", "kernel_count"], "cpu": ["block_size", "num_warps_param"]}
 
+# --- parameter descriptors (``param:NAME=C1/C2/...``) -----------------------------------------
 
-def default_dims(device: str) -> list[str]:
-    """Default descriptor names for ``device`` (``cuda`` or ``cpu``)."""
+PARAM_PREFIX = "param:"
+MAX_PARAM_DIMS = 2  # how many param: dimensions default_dims picks
+_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*\Z")
+_WORD = re.compile(r"[A-Za-z_][A-Za-z0-9_.-]*\Z")
+
+
+def _spreads_by_default(name: str) -> bool:
+    """Whether ``block_size`` or ``num_warps_param`` reads the parameter ``name``."""
+    return "BLOCK" in name.upper() or name == "num_warps"
+
+
+def _decode_choice(text: str) -> Any:
+    text = text.strip()
+    if text in ("True", "False"):
+        return text == "True"
+    for kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(text)
+    return text
+
+
+def _encode_choice(value: Any) -> str | None:
+    """The text of one choice in a ``param:`` name, or None when it cannot be written there."""
+    if isinstance(value, bool | int) or (isinstance(value, float) and math.isfinite(value)):
+        text = repr(value)
+    elif isinstance(value, str) and _WORD.match(value) and value not in ("True", "False"):
+        text = value
+    else:
+        return None
+    back = _decode_choice(text)
+    return text if type(back) is type(value) and back == value else None
+
+
+def param_descriptor(name: str, choices: Sequence[Any]) -> Descriptor:
+    """The descriptor ``param:NAME``: a candidate's value of parameter ``name`` among ``choices``.
+
+    ``name`` is a ``SEARCH_SPACE`` key (``SPLIT_K``), ``choices`` its values in axis order
+    (``[4, 8, 16, 32, 64]``). Returns the descriptor ``param:NAME`` over ``[0, len(choices)]``
+    with one bin per choice plus bin 0: ``1 + i`` for the ``i``-th choice, ``None`` (so ``low``)
+    for a candidate without the parameter or with a value not listed. Raises ValueError when
+    ``name`` is not an identifier or ``choices`` is empty or repeats a value.
+    """
+    if not _NAME.match(name):
+        raise ValueError(f"parameter name {name!r} in 'param:{name}' is not a Python identifier")
+    values = list(choices)
+    if not values:
+        raise ValueError(f"'param:{name}' needs at least one choice, e.g. param:{name}=1/2/4")
+    if len({repr(v) for v in values}) != len(values):
+        raise ValueError(f"'param:{name}' lists a choice twice: {values}")
+
+    def read(o: Outcome) -> float | None:
+        if name not in o.params:
+            return None
+        v = o.params[name]
+        hits = [i for i, c in enumerate(values) if type(c) is type(v) and c == v]
+        if not hits:
+            hits = [i for i, c in enumerate(values) if c == v]  # 4.0 read back for 4
+        return float(hits[0] + 1) if hits else None
+
+    shown = ", ".join(map(str, values[:8])) + (", ..." if len(values) > 8 else "")
+    return Descriptor(
+        f"{PARAM_PREFIX}{name}",
+        f"{name} parameter (0: none; 1..{len(values)}: {shown})",
+        0,
+        len(values),
+        len(values) + 1,
+        False,
+        _ANY,
+        read,
+    )
+
+
+def param_spec(name: str, choices: Sequence[Any]) -> str:
+    """The text ``param:NAME=C1/C2/...`` for :func:`parse_dims`; ValueError for a choice that
+    cannot be written there (only numbers, booleans and plain words such as ``fast`` can)."""
+    texts = [_encode_choice(c) for c in choices]
+    if None in texts:
+        bad = [c for c, s in zip(choices, texts, strict=True) if s is None]
+        raise ValueError(f"choices {bad!r} of {name!r} cannot be written in 'param:{name}=...'")
+    return f"{PARAM_PREFIX}{name}={'/'.join(texts)}"  # type: ignore[arg-type]
+
+
+def _parse_param(item: str) -> tuple[Descriptor, str]:
+    """``param:NAME=C1/C2/...[:BINS]`` as its descriptor and the bins text ('' if none)."""
+    body, _, bins_text = item[len(PARAM_PREFIX) :].partition(":")
+    name, eq, choices_text = body.partition("=")
+    name = name.strip()
+    if not eq:
+        raise ValueError(
+            f"descriptor '{PARAM_PREFIX}{name}' needs the parameter's choices, in axis order:"
+            f" write {PARAM_PREFIX}{name}=1/2/4 with the values of {name} in the seeds'"
+            " SEARCH_SPACE (left out, the dimensions are chosen from the seeds)"
+        )
+    choices = [_decode_choice(c) for c in choices_text.split("/") if c.strip()]
+    return param_descriptor(name, choices), bins_text
+
+
+def _ordered(values: list[Any]) -> list[Any]:
+    """Numbers sorted ascending (the axis reads small to large); anything else as declared."""
+    if all(isinstance(v, int | float) and not isinstance(v, bool) for v in values):
+        return sorted(values)
+    return values
+
+
+def spreading_params(
+    search_spaces: Iterable[Mapping[str, Sequence[Any]] | None], limit: int = MAX_PARAM_DIMS
+) -> list[str]:
+    """Up to ``limit`` ``param:`` dimensions for the seed families that ``block_size`` and
+    ``num_warps_param`` cannot spread (declaring neither a ``BLOCK*`` parameter nor
+    ``num_warps``).
+
+    ``search_spaces`` are the seeds' ``SEARCH_SPACE`` dicts (None for a seed without one).
+    Returns :func:`param_spec` texts for those families' parameters with the most choices (at
+    least 2; ties in declaration order), each over the union of its values; empty when every
+    family is spread already.
+    """
+    union: dict[str, list[Any]] = {}
+    for space in search_spaces:
+        if not space or any(_spreads_by_default(k) for k in space):
+            continue
+        for key, values in space.items():
+            seen = union.setdefault(key, [])
+            seen += [v for v in values if not any(type(v) is type(s) and v == s for s in seen)]
+    usable = {
+        k: _ordered(v)
+        for k, v in union.items()
+        if _NAME.match(k) and len(v) >= 2 and all(_encode_choice(c) is not None for c in v)
+    }
+    order = list(usable)
+    best = sorted(usable, key=lambda k: (-len(usable[k]), order.index(k)))[:limit]
+    return [param_spec(k, usable[k]) for k in best]
+
+
+def default_dims(
+    device: str, search_spaces: Iterable[Mapping[str, Sequence[Any]] | None] = ()
+) -> list[str]:
+    """Default descriptor dimensions for ``device`` (``cuda`` or ``cpu``), as :func:`parse_dims`
+    items.
+
+    On the GPU the measured ``occupancy`` and ``kernel_count``. On the CPU ``block_size`` and
+    ``num_warps_param``, unless some seed family in ``search_spaces`` (the seeds'
+    ``SEARCH_SPACE`` dicts) declares neither a ``BLOCK*`` parameter nor ``num_warps``: its
+    candidates would all share the reference's cell, so the dimensions are then up to two
+    ``param:`` dimensions over that family's own parameters (:func:`spreading_params`).
+    """
     try:
-        return list(_DEFAULTS[device])
+        dims = list(_DEFAULTS[device])
     except KeyError:
         known = ", ".join(sorted(_DEFAULTS))
         raise ValueError(f"unknown device {device!r}; expected one of: {known}") from None
+    if device == "cpu":
+        return spreading_params(search_spaces) or dims
+    return dims
 
 
 def parse_dims(
@@ -268,7 +428,8 @@ def parse_dims(
     ----------
     text:
         1 to 3 comma-separated ``name`` or ``name:bins`` items; a bare name uses the
-        descriptor's default bins.
+        descriptor's default bins. ``name`` is a registered descriptor or
+        ``param:NAME=C1/C2/...`` (:func:`param_descriptor`).
     device:
         When given, refuse descriptors that carry no information there (measured ones on cpu).
     registry:
@@ -282,8 +443,8 @@ def parse_dims(
     Raises
     ------
     ValueError
-        Unknown name (the message lists the known ones), bins not an integer in
-        ``1..1000``, a repeated name, or not 1 to 3 dimensions.
+        Unknown name (the message lists the known ones), a ``param:`` item without its
+        choices, bins not an integer in ``1..1000``, a repeated name, or not 1 to 3 dimensions.
     """
     reg = DESCRIPTORS if registry is None else registry
     items = [t.strip() for t in text.split(",") if t.strip()]
@@ -294,13 +455,18 @@ def parse_dims(
         )
     out: list[tuple[Descriptor, int]] = []
     for item in items:
-        name, _, bins_text = item.partition(":")
-        name = name.strip()
-        if name not in reg:
-            raise ValueError(
-                f"unknown descriptor {name!r}; known descriptors: {', '.join(sorted(reg))}"
-            )
-        d = reg[name]
+        if item.startswith(PARAM_PREFIX):
+            d, bins_text = _parse_param(item)
+            name = d.name
+        else:
+            name, _, bins_text = item.partition(":")
+            name = name.strip()
+            if name not in reg:
+                raise ValueError(
+                    f"unknown descriptor {name!r}; known descriptors: {', '.join(sorted(reg))},"
+                    f" or {PARAM_PREFIX}NAME=C1/C2/... for a SEARCH_SPACE parameter"
+                )
+            d = reg[name]
         if bins_text.strip():
             try:
                 bins = int(bins_text)

@@ -11,10 +11,13 @@ from evolution.descriptors import (
     DESCRIPTORS,
     SM_SHARED_BYTES,
     default_dims,
+    param_descriptor,
+    param_spec,
     parse_dims,
     theoretical_occupancy,
 )
 from evolution.fakes import fake_result
+from evolution.grid import MapArchive
 
 
 def outcome(features=None, params=None, verdict="OK") -> Outcome:
@@ -178,3 +181,83 @@ def test_parse_dims_refuses_measured_descriptors_on_cpu():
     with pytest.raises(ValueError, match="no information on cpu; usable there: backend"):
         parse_dims("occupancy", device="cpu")
     assert parse_dims("block_size", device="cpu")
+
+
+# -- parameter descriptors (param:NAME=C1/C2/...) ---------------------------------------------
+
+MATMUL_TILED = {"CONFIG": list(range(8))}
+MATMUL_SPLIT = {"CONFIG": [0, 1, 2, 3], "SPLIT_K": [16, 4, 8, 32, 64]}
+
+
+def test_cpu_defaults_spread_a_family_without_block_or_warps_parameters():
+    dims = default_dims("cpu", [None, MATMUL_TILED, MATMUL_SPLIT])
+    assert dims == ["param:CONFIG=0/1/2/3/4/5/6/7", "param:SPLIT_K=4/8/16/32/64"]
+    assert default_dims("cpu", [None, MATMUL_TILED]) == ["param:CONFIG=0/1/2/3/4/5/6/7"]
+    # Families that block_size / num_warps_param already spread keep those defaults.
+    softmax = {"BLOCK": [1024, 512], "num_warps": [4, 8]}
+    rows = {"ROWS_PER_PROGRAM": [1, 2, 4], "num_warps": [16, 8, 32]}
+    assert default_dims("cpu", [None, softmax, rows]) == ["block_size", "num_warps_param"]
+    assert default_dims("cpu", [None]) == ["block_size", "num_warps_param"]
+    # A space of one choice, or of values a name cannot hold, spreads nothing.
+    assert default_dims("cpu", [{"X": [1]}, {"F": [(1, 2), (3, 4)]}]) == default_dims("cpu")
+    # The GPU defaults do not depend on the seeds.
+    assert default_dims("cuda", [MATMUL_SPLIT]) == ["occupancy", "kernel_count"]
+
+
+def test_default_param_dims_pick_the_params_with_most_choices():
+    spaces = [{"A": [1, 2], "B": ["fast", "slow", "exact"], "C": [8, 2, 4, 16]}, {"A": [3]}]
+    # C has 4 choices; A (over both families: 1, 2, 3) ties B and is declared first.
+    assert default_dims("cpu", spaces) == ["param:C=2/4/8/16", "param:A=1/2/3"]
+    assert default_dims("cpu", spaces[:1]) == ["param:C=2/4/8/16", "param:B=fast/slow/exact"]
+
+
+def test_every_matmul_schedule_gets_its_own_cell():
+    dims = parse_dims(",".join(default_dims("cpu", [None, MATMUL_TILED, MATMUL_SPLIT])), "cpu")
+    archive = MapArchive(dims)
+    points = [{}] + [{"CONFIG": c} for c in MATMUL_TILED["CONFIG"]]
+    points += [{"CONFIG": c, "SPLIT_K": s} for c in MATMUL_SPLIT["CONFIG"] for s in (4, 64)]
+    cells = {archive.cell_of(archive.measures_of(outcome(params=p))) for p in points}
+    assert len(cells) == len(points)
+    old = MapArchive(parse_dims(",".join(default_dims("cpu")), "cpu"))
+    assert len({old.cell_of(old.measures_of(outcome(params=p))) for p in points}) == 1
+
+
+def test_param_descriptor_reads_the_rank_of_the_value():
+    d = param_descriptor("SPLIT_K", [4, 8, 16])
+    assert (d.name, d.low, d.high, d.bins, d.measured) == ("param:SPLIT_K", 0, 3, 4, False)
+    assert d.applies_to("cpu") and d.applies_to("cuda")
+    assert d.value(outcome(params={"SPLIT_K": 8})) == 2
+    assert d.value(outcome(params={"SPLIT_K": 16.0})) == 3  # a float read back from JSON
+    for params in ({}, {"SPLIT_K": 5}, {"SPLIT_K": "8"}):
+        assert d.value(outcome(params=params)) is None
+        assert d.measure(outcome(params=params)) == 0
+
+
+def test_param_dims_round_trip_through_their_text():
+    text = param_spec("MODE", ["fast", "slow", True, 0.5])
+    assert text == "param:MODE=fast/slow/True/0.5"
+    ((d, bins),) = parse_dims(text + ":3", device="cpu")
+    assert (d.name, bins) == ("param:MODE", 3)
+    assert d.value(outcome(params={"MODE": True})) == 3
+    assert d.value(outcome(params={"MODE": 0.5})) == 4
+    ((d, bins),) = parse_dims(text)
+    assert bins == d.bins == 5
+    with pytest.raises(ValueError, match="cannot be written"):
+        param_spec("SHAPE", [(1, 2)])
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("param:CONFIG", "needs the parameter's choices.*param:CONFIG=1/2/4"),
+        ("param:CONFIG=", "at least one choice"),
+        ("param:2D=1/2", "not a Python identifier"),
+        ("param:X=1/1", "lists a choice twice"),
+        ("param:X=1/2:zero", "must be an integer"),
+        ("param:X=1/2,param:X=3/4", "given twice"),
+        ("warp_fun", "or param:NAME=C1/C2/... for a SEARCH_SPACE parameter"),
+    ],
+)
+def test_param_dims_errors_say_what_is_wrong(text, message):
+    with pytest.raises(ValueError, match=message):
+        parse_dims(text)

@@ -15,12 +15,12 @@ import pytest
 
 from evaluator_worker.static_gate import check_source
 from evaluator_worker.task import load_task
-from evolution.templates import cross_entropy, losses, norms
+from evolution.templates import losses
 from evolution.templates.analysis import analyse
 
 ROOT = Path(__file__).resolve().parent.parent
 # The norm and loss family, asked together so each test also checks the others decline.
-TEMPLATES = [*norms.TEMPLATES, *cross_entropy.TEMPLATES, *losses.TEMPLATES]
+TEMPLATES = losses.TEMPLATES
 BY_NAME = {t.name: t for t in TEMPLATES}
 
 

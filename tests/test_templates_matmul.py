@@ -12,8 +12,10 @@ kernels are compiled for an sm_90 target without a GPU, which the interpreter ca
 from __future__ import annotations
 
 import concurrent.futures
+import json
 import math
 import os
+import sqlite3
 import subprocess
 import sys
 import textwrap
@@ -23,6 +25,7 @@ import pytest
 
 from evaluator_worker.static_gate import check_source
 from evaluator_worker.task import load_task
+from evolution.descriptors import default_dims
 from evolution.templates import matmul
 from evolution.templates.analysis import analyse
 from evolution.templates.base import TemplateCandidate
@@ -532,3 +535,40 @@ def test_kernels_compile_for_sm90(checks, tmp_path, cid, variant, dtype, config,
     assert proc.returncode == 0, proc.stderr[-3000:]
     lines = proc.stdout.splitlines()
     assert lines and all(line.endswith(unit) or "reduce" in line for line in lines), lines
+
+
+# -- on the CPU the map spreads the family (it declares no BLOCK or num_warps parameter) ------
+
+
+def test_cpu_default_dims_read_the_templates_own_parameters(tmp_path):
+    long_k = write_task(
+        tmp_path / "long.py", "return A @ B", "torch.randn(5, 67), torch.randn(67, 7)", args="A, B"
+    )
+    spaces = [check_source(c.source, "c.py").search_space for c in instantiate(long_k)]
+    assert default_dims("cpu", [None, *spaces]) == [
+        "param:CONFIG=0/1/2/3/4/5/6/7",
+        "param:SPLIT_K=4/8/16/32/64",
+    ]
+
+
+def test_a_cpu_run_keeps_more_than_one_matmul_elite(tmp_path):
+    """``kernelmap run`` with the default dimensions: the reference and the tiled family's
+    schedules land in different cells (with ``block_size,num_warps_param`` all shared one)."""
+    task = write_task(
+        tmp_path / "task.py",
+        "return torch.relu(A @ B)",
+        "torch.randn(16, 24), torch.randn(24, 20)",
+        args="A, B",
+    )
+    env = dict(os.environ, KERNELMAP_DATA_DIR=str(tmp_path / "data"), KERNELMAP_DEVICE="cpu")
+    env.pop("KERNELMAP_DATABASE_URL", None)
+    cmd = [sys.executable, "-m", "services.cli.main", "run", str(task), "--budget", "5", "--json"]
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "template:matmul/tiled" in proc.stderr
+    out = json.loads(proc.stdout)
+    assert out["verdicts"] == {"OK": 5}, out
+    assert out["elites"] > 1, out
+    with sqlite3.connect(tmp_path / "data" / "kernelmap.db") as db:
+        (config,) = db.execute("select config from runs where id = ?", (out["run_id"],)).fetchone()
+    assert json.loads(config)["dims"] == "param:CONFIG=0/1/2/3/4/5/6/7"  # kept for a resume

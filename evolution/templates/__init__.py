@@ -1,20 +1,24 @@
 """The template library: parametric kernels kernelmap instantiates for a task without an LLM.
 
+Shared modules:
+
 - :mod:`~evolution.templates.analysis`: the reference traced with torch.fx, shapes annotated.
 - :mod:`~evolution.templates.base`: ``Template`` and ``TemplateCandidate``.
-- :mod:`~evolution.templates.matmul`: ``matmul``, one matmul / linear with a fused pointwise
-  epilogue (``tiled``, ``split_k``); its parts: ``matmul_product`` (the product and its
-  operands), ``matmul_epilogue_ops`` (the epilogue's ops, written in Triton), ``matmul_match``
-  (the task as a plan: product plus epilogue graph), ``matmul_source`` (the candidate files).
-- :mod:`~evolution.templates.pointwise`: ``pointwise``, any graph of elementwise ops fused into
-  one kernel (``flat``, ``broadcast``); its parts: ``pointwise_match`` (what each node computes,
-  lowered into a chain) and ``pointwise_ops`` (how each op is written in Triton).
-- :mod:`~evolution.templates.norms`: ``lp_norm``, ``x / ||x||`` for L1, L2 and Frobenius norms.
-- :mod:`~evolution.templates.cross_entropy`: ``cross_entropy`` on (N, C) logits, int64 targets.
-- :mod:`~evolution.templates.losses`: ``pointwise_loss``, the mean/sum of a pointwise loss
-  (MSE, L1, smooth L1, Huber, KL-div, hinge).
-- :mod:`~evolution.templates.loss_match`: the graph reading those three templates share.
 - :mod:`~evolution.templates.compile`: torch.compile of the reference (library candidates).
+- :mod:`~evolution.templates.probe`: ``python -m evolution.templates.probe``, the matching run
+  in a sandboxed child process.
+
+Template families, one subpackage each (its ``__init__`` is the map of its modules and exports
+its ``TEMPLATES``):
+
+- :mod:`~evolution.templates.rows`: softmax / log-softmax, LayerNorm, RMSNorm and one-dim
+  reductions (sum, mean, max, min, argmax, argmin) over rows.
+- :mod:`~evolution.templates.matmul`: ``matmul``, one matmul / linear with a fused pointwise
+  epilogue (``tiled``, ``split_k``).
+- :mod:`~evolution.templates.pointwise`: ``pointwise``, any graph of elementwise ops fused into
+  one kernel (``flat``, ``broadcast``).
+- :mod:`~evolution.templates.losses`: whole-forward reductions read by one matcher:
+  ``lp_norm`` (``x / ||x||``), ``cross_entropy`` and ``pointwise_loss`` (MSE, L1, Huber...).
 
 :func:`instantiate_all` asks every template; what none covers is reported, never an error.
 """
@@ -31,8 +35,6 @@ KERNEL_MODULES: list[str] = [
     "evolution.templates.rows",
     "evolution.templates.matmul",
     "evolution.templates.pointwise",
-    "evolution.templates.norms",
-    "evolution.templates.cross_entropy",
     "evolution.templates.losses",
     "evolution.templates.compile",
 ]

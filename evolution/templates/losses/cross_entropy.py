@@ -18,7 +18,7 @@ import torch.fx
 
 from evolution.templates.analysis import TaskAnalysis, parameter_skeleton
 from evolution.templates.base import Template, TemplateCandidate
-from evolution.templates.loss_match import (
+from evolution.templates.losses.match import (
     SINGLE_PASS_MAX,
     Decline,
     forward_args,

@@ -1,12 +1,13 @@
 """Reading a traced reference for the norm and loss templates, and writing their candidate files.
 
-The ``lp_norm`` (:mod:`~evolution.templates.norms`), ``cross_entropy``
-(:mod:`~evolution.templates.cross_entropy`) and ``pointwise_loss``
-(:mod:`~evolution.templates.losses`) templates each recognise one reference whose whole forward
-is the computation. This module holds what their matchers share: :func:`read_op` reads every
-spelling of an op (``torch.*``, ``F.*``, tensor methods, loss and activation modules) as one
-:class:`Op` with the input first; a matcher raises :class:`Decline` with the sentence its
-template returns; :func:`render` and :func:`indent` fill in a candidate file's frame.
+The ``lp_norm`` (:mod:`~evolution.templates.losses.lp_norm`), ``cross_entropy``
+(:mod:`~evolution.templates.losses.cross_entropy`) and ``pointwise_loss``
+(:mod:`~evolution.templates.losses.pointwise_loss`) templates each recognise one reference
+whose whole forward is the computation. This module holds what their matchers share:
+:func:`read_op` reads every spelling of an op (``torch.*``, ``F.*``, tensor methods, loss and
+activation modules) as one :class:`Op` with the input first; a matcher raises :class:`Decline`
+with the sentence its template returns; :func:`render` and :func:`indent` fill in a candidate
+file's frame.
 """
 
 from __future__ import annotations

@@ -5,9 +5,9 @@ hand (``torch.mean(torch.clamp(1 - p * t, min=0))``), with targets broadcast alo
 trailing dims. Variant ``split``: each program reduces ``BLOCK * ITERS`` elements to an fp32
 partial, one program sums the partials in a fixed order.
 
-The norm and cross-entropy templates live in :mod:`~evolution.templates.norms` and
-:mod:`~evolution.templates.cross_entropy`; the graph reading all three share in
-:mod:`~evolution.templates.loss_match`.
+The norm and cross-entropy templates live in :mod:`~evolution.templates.losses.lp_norm` and
+:mod:`~evolution.templates.losses.cross_entropy`; the graph reading all three share in
+:mod:`~evolution.templates.losses.match`.
 
 Every reduction accumulates in fp32 lanes and finishes with ``tl.sum`` trees, so long sums stay
 accurate and results are deterministic (no atomics).
@@ -24,7 +24,7 @@ import torch.fx
 
 from evolution.templates.analysis import TaskAnalysis, parameter_skeleton
 from evolution.templates.base import Template, TemplateCandidate
-from evolution.templates.loss_match import (
+from evolution.templates.losses.match import (
     Decline,
     Op,
     forward_args,

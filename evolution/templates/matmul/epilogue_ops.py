@@ -17,7 +17,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from evolution.templates.analysis import TaskAnalysis
-from evolution.templates.matmul_product import IDENTITY_METHODS, Decline, arg, literal, scalar
+from evolution.templates.matmul.product import IDENTITY_METHODS, Decline, arg, literal, scalar
 
 # A pointwise op as (name, tensor-or-scalar operands, constants); expression writes each one.
 _Op = tuple[str, list[Any], dict[str, Any]]

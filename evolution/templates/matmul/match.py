@@ -1,11 +1,11 @@
 """Recognising a matmul task: the one product, and the pointwise epilogue graph that reads it.
 
 :func:`match_plan` finds the reference's single matrix product
-(:mod:`~evolution.templates.matmul_product`), walks every node after it as the fused epilogue
-(one Triton line per node, ops from :mod:`~evolution.templates.matmul_epilogue_ops`; operands
+(:mod:`~evolution.templates.matmul.product`), walks every node after it as the fused epilogue
+(one Triton line per node, ops from :mod:`~evolution.templates.matmul.epilogue_ops`; operands
 classified as scalars, per-column vectors or output-shaped tiles) and checks nothing else reads
 the intermediates. The result is a :class:`Plan`, everything a candidate file needs, or
-:class:`~evolution.templates.matmul_product.Decline` with the reason.
+:class:`~evolution.templates.matmul.product.Decline` with the reason.
 """
 
 from __future__ import annotations
@@ -18,8 +18,8 @@ import torch
 import torch.fx
 
 from evolution.templates.analysis import TaskAnalysis
-from evolution.templates.matmul_epilogue_ops import expression, is_inplace, pointwise_op
-from evolution.templates.matmul_product import (
+from evolution.templates.matmul.epilogue_ops import expression, is_inplace, pointwise_op
+from evolution.templates.matmul.product import (
     Decline,
     Gemm,
     attr_expr,

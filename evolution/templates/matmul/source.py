@@ -1,6 +1,6 @@
 """Writing a matmul candidate file: the Triton kernels, host launchers and ``ModelNew``.
 
-:func:`render` turns a :class:`~evolution.templates.matmul_match.Plan` into the source of one
+:func:`render` turns a :class:`~evolution.templates.matmul.match.Plan` into the source of one
 variant: ``tiled`` (one GEMM kernel with the epilogue fused before the store) or ``split_k`` (a
 partial-product kernel into an fp32 workspace and a reduce kernel that applies the epilogue),
 with the tile configurations it is given baked in as ``CONFIGS``.
@@ -11,7 +11,7 @@ from __future__ import annotations
 import textwrap
 
 from evolution.templates.analysis import parameter_skeleton
-from evolution.templates.matmul_match import Extra, Plan
+from evolution.templates.matmul.match import Extra, Plan
 
 _HEADER = '''\
 # kernelmap template matmul/{variant}: {summary}.

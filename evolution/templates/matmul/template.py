@@ -26,10 +26,10 @@ Declined: several matmuls, ops before the matmul (reshapes, scaling of inputs), 
 softmax or masks (triu) after it, epilogue operands of other shapes (per-row vectors, general
 broadcasts), a 1-D right operand, broadcast batch dimensions, float64 and integer dtypes.
 
-The family is split by concept: :mod:`~evolution.templates.matmul_product` recognises the
-product and its operands, :mod:`~evolution.templates.matmul_epilogue_ops` the epilogue's ops
-(and writes each in Triton), :mod:`~evolution.templates.matmul_match` the whole task as a
-``Plan`` (product plus epilogue graph), :mod:`~evolution.templates.matmul_source` writes the
+The family is split by concept: :mod:`~evolution.templates.matmul.product` recognises the
+product and its operands, :mod:`~evolution.templates.matmul.epilogue_ops` the epilogue's ops
+(and writes each in Triton), :mod:`~evolution.templates.matmul.match` the whole task as a
+``Plan`` (product plus epilogue graph), :mod:`~evolution.templates.matmul.source` writes the
 candidate files; this module holds the tile configurations and the template.
 """
 
@@ -37,9 +37,9 @@ from __future__ import annotations
 
 from evolution.templates.analysis import TaskAnalysis
 from evolution.templates.base import Template, TemplateCandidate
-from evolution.templates.matmul_match import match_plan
-from evolution.templates.matmul_product import Decline
-from evolution.templates.matmul_source import render
+from evolution.templates.matmul.match import match_plan
+from evolution.templates.matmul.product import Decline
+from evolution.templates.matmul.source import render
 
 # Tile configurations (BLOCK_M, BLOCK_N, BLOCK_K, GROUP_M, num_warps, num_stages); the first of
 # each is the default for large KernelBench shapes on an H100/H200. Strict fp32 dots run on the

@@ -4,7 +4,7 @@
 op and its arguments by name (``torch.*``, ``F.*``, ``torch.special``, Tensor methods, ``nn``
 activation modules and Python operators, aliases and in-place forms included), checks dtypes,
 in-place writes and shapes, and writes each node as a Triton statement through
-:mod:`~evolution.templates.pointwise_ops`. The result is a :class:`Chain`, or :class:`Decline`
+:mod:`~evolution.templates.pointwise.ops`. The result is a :class:`Chain`, or :class:`Decline`
 with the one-sentence reason the reference is not a pointwise chain.
 """
 
@@ -21,7 +21,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from evolution.templates.analysis import TaskAnalysis, TensorInfo
-from evolution.templates.pointwise_ops import FLOAT_DTYPES, Decline, Emit, Val, expression
+from evolution.templates.pointwise.ops import FLOAT_DTYPES, Decline, Emit, Val, expression
 
 # --- what a node computes -------------------------------------------------------------------
 

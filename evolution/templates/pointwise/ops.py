@@ -1,6 +1,6 @@
 """The pointwise op table: how each elementwise op of a fused chain is written in Triton.
 
-:func:`expression` turns one canonical op (a name from :mod:`~evolution.templates.pointwise_match`)
+:func:`expression` turns one canonical op (a name from :mod:`~evolution.templates.pointwise.match`)
 and its bound arguments into a Triton expression over fp32 values, emitting the temporaries it
 needs into an :class:`Emit` and naming the ``@triton.jit`` helpers (``HELPERS``) it calls.
 Values are :class:`Val`: a temporary's name and its kind, ``"f"`` (fp32) or ``"b"`` (a predicate).

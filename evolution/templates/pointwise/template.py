@@ -6,9 +6,9 @@ one kernel per op reads its inputs once and writes its output once. Ops are reco
 their spellings (``torch.*``, ``F.*``, Tensor methods, ``nn`` activation modules and Python
 operators), with scalar constants, other inputs, parameters and buffers as operands.
 
-The family is split by concept: :mod:`~evolution.templates.pointwise_match` recognises the chain
+The family is split by concept: :mod:`~evolution.templates.pointwise.match` recognises the chain
 (what each node computes, checked and lowered into a ``Chain``),
-:mod:`~evolution.templates.pointwise_ops` writes each op in Triton, and this module writes the
+:mod:`~evolution.templates.pointwise.ops` writes each op in Triton, and this module writes the
 candidate files and holds the template.
 
 Variants (separate candidates, so the archive keeps both):
@@ -31,8 +31,8 @@ import torch
 
 from evolution.templates.analysis import TaskAnalysis, parameter_skeleton
 from evolution.templates.base import Template, TemplateCandidate
-from evolution.templates.pointwise_match import Chain, lower
-from evolution.templates.pointwise_ops import FLOAT_DTYPES, HELPERS, Decline
+from evolution.templates.pointwise.match import Chain, lower
+from evolution.templates.pointwise.ops import FLOAT_DTYPES, HELPERS, Decline
 
 RANK = 5  # dims of the broadcast kernel's index decomposition (after merging)
 SPACES = {

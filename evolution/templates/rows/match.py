@@ -1,6 +1,6 @@
 """Recognising one row-wise normalisation or reduction in a traced reference, for the row templates.
 
-The row templates (``rows_softmax``, ``rows_norm``, ``rows_reduce``) cover references whose whole
+The row templates (``rows.softmax``, ``rows.norm``, ``rows.reduce``) cover references whose whole
 forward is one op of this family applied to one input: softmax, log-softmax, LayerNorm, RMSNorm,
 or a sum/mean/max/min/argmax/argmin over one dim. :func:`match_row_op` reads the fx graph in the
 common spellings of each (modules, ``torch.*``, ``F.*``, tensor methods, keyword or positional

@@ -20,7 +20,7 @@ from string import Template as Text
 
 from evolution.templates.analysis import TaskAnalysis
 from evolution.templates.base import Template, TemplateCandidate
-from evolution.templates.rows_match import (
+from evolution.templates.rows.match import (
     REDUCE_KINDS,
     RowOp,
     match_row_op,
