@@ -44,7 +44,7 @@ Exit status: 0 when every step is ``ok`` or ``skipped``, 1 when one failed or ti
 usage error or, without ``--dry-run``, when no CUDA GPU is visible.
 
 ``--dry-run`` runs the same steps on the CPU with small sizes (Triton in its interpreter); it is a
-CI test (``tests/test_gpu_check.py``), so the check cannot rot.
+CI test (``tests/bench/test_gpu_check.py``), so the check cannot rot.
 
 Needs only torch, triton, numpy, cupy (optional) and httpx, plus the wheels of
 ``bench/wheels.txt`` for the search (ribs, sqlalchemy, alembic, pydantic-settings and the small

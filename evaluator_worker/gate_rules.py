@@ -4,7 +4,7 @@ Data only, read by :mod:`evaluator_worker.static_gate`'s walker: banned modules,
 name prefixes and builtins, each mapped to the reason a rejection gives; the interpreter
 internals and tensor hooks that are escapes; the decorators and constructors that declare
 custom kernels; the tokens of CUDA sources that distort timing. Adding a rule is adding an
-entry here (and a case to ``tests/test_static_gate.py``).
+entry here (and a case to ``tests/evaluator/test_static_gate.py``).
 
 Judge side (and controller side: only the standard library is needed, no torch).
 """

@@ -13,7 +13,7 @@ from archive import db
 from archive.testing import temporary_database
 
 #: The fleet tests' fixtures (``env``, ``start_worker``), shared by several test modules.
-pytest_plugins = ["fleet_fixtures"]
+pytest_plugins = ["tests.fleet_fixtures"]
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 

@@ -1,6 +1,6 @@
 """Compile a candidate's Triton kernels for sm_90 (H100/H200) without a GPU, with real signatures.
 
-Usage: ``python tests/sm90_compile.py TASK CANDIDATE [--points all|first|last|N] [--seed S]
+Usage: ``python -m tests.sm90_compile TASK CANDIDATE [--points all|first|last|N] [--seed S]
 [--no-shapes] [--cache-dir DIR]``, or ``--jobs FILE`` for many candidates in one process.
 Prints one JSON object per parameter point (``params``, ``ok``, ``message``, and ``kernels``:
 each compile's signature, constexprs, options, grid, ``n_regs``, ``n_spills`` and ``shared``)

@@ -1,6 +1,6 @@
 """Check a candidate against a task at every point of its SEARCH_SPACE (CPU, Triton interpreter).
 
-Usage: ``python tests/template_check.py TASK CANDIDATE [--limit N] [--seed S]``. Prints one JSON
+Usage: ``python -m tests.template_check TASK CANDIDATE [--limit N] [--seed S]``. Prints one JSON
 object per parameter point (``params``, ``ok``, ``message``) and exits 1 if any point fails.
 Template tests run it in a subprocess, because ``TRITON_INTERPRET`` must be set before triton
 is imported. It uses the evaluator's own pieces (input generation, parameter re-randomisation,

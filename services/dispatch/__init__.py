@@ -31,7 +31,8 @@ Route map
    result change the map: when one would (:mod:`evolution.verification`), it sends a
    ``trusted_only`` re-measure of the same candidate, which :class:`FleetDispatcher` gives only
    to the Celery fleet inside the cluster. The trusted result decides; with no trusted worker
-   of the class alive, the claim stays out of the map and ``verification`` says why.
+   of the class alive, the claim is taken as it is, still marked unverified, and
+   ``verification`` says why.
 4. Results are ingested idempotently by job id (:mod:`archive.run_store`): delivery is at least
    once on every route, so a job may be evaluated twice but is counted once.
 

@@ -112,9 +112,10 @@ CASES: list[Case] = [
     # Never returns: TIMEOUT, then the next candidate must evaluate normally.
     Case("infinite_loop", SOFTMAX, _c("infinite_loop"), _s("TIMEOUT"), dedicated=True, timeout_s=5.0),
     # Sandbox escapes (issue 10), with the gate off: the OS sandbox alone must hold. The verdict is
-    # the least of it: tests/test_sandbox_escape.py checks that nothing was written, read, seen or
-    # leaked. Templates (``template`` names the file the test fills in: a host directory, the
-    # judge's pid, a marker) are run only there; "TASK_ERROR" means the task is refused.
+    # the least of it: tests/evaluator/sandbox/test_sandbox_escape.py checks that nothing was
+    # written, read, seen or leaked. Templates (``template`` names the file the test fills in: a
+    # host directory, the judge's pid, a marker) are run only there; "TASK_ERROR" means the task
+    # is refused.
     Case("escape_env", SOFTMAX, _c("escape_env"), REJECT),
     Case("escape_env_nogate", SOFTMAX, _c("escape_env"), _s("LOAD_ERROR"), gate=False),
     Case("escape_kill_parent", SOFTMAX, _c("escape_kill_parent"), REJECT),

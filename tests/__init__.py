@@ -1,0 +1,1 @@
+"""kernelmap's tests, in folders that mirror the packages; corpus/ and data/ hold inputs."""

@@ -1,0 +1,1 @@
+"""Tests of the archive database (archive/): store, leases, migrations."""

@@ -1,0 +1,1 @@
+"""Tests of the Docker files and compose deployment."""

@@ -1,0 +1,1 @@
+"""Tests of the evaluator (evaluator_worker/): gate, protocol, timing, comparison, corpus."""

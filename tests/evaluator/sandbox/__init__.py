@@ -1,0 +1,1 @@
+"""Tests of the OS sandbox around candidates and tasks (evaluator_worker/sandbox)."""

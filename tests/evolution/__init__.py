@@ -1,0 +1,1 @@
+"""Tests of the search core (evolution/): descriptors, emitters, grid, the loop."""

@@ -1,0 +1,1 @@
+"""Tests of the service (services/), one folder per room."""

@@ -1,0 +1,1 @@
+"""Tests of the REST API (services/api/): routes, auth, fuzzing, metrics."""

@@ -1,0 +1,1 @@
+"""Tests of the embedded Redis (services/broker/)."""

@@ -1,0 +1,1 @@
+"""Tests of the kernelmap command (services/cli/)."""

@@ -1,0 +1,1 @@
+"""Tests of run wiring and the controller (services/runs/)."""

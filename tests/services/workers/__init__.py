@@ -1,0 +1,1 @@
+"""Tests of the workers (services/workers/): Celery fleet, heartbeats, remote workers."""

@@ -1,0 +1,1 @@
+"""Tests of the template library (evolution/templates/), one module per family."""
