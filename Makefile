@@ -21,7 +21,7 @@ demo: $(STAMP)
 # Two processes, a test file each at a time: most of the suite waits on subprocesses and servers.
 test: $(STAMP)
 	$(PY) -m ruff check .
-	$(PY) -m pytest -n 2 --dist loadfile
+	$(PY) -m pytest -n 2 --dist loadfile --durations=15
 
 lint: $(STAMP)
 	$(PY) -m ruff check .
