@@ -29,6 +29,9 @@ Modules
 ``run_control``
     A run's lifecycle: which action (pause, resume, cancel) applies in which status, and the
     runs the controller manages.
+``run_leases``
+    Who drives a run: one owner at a time by a lease with an epoch (the fence every write of
+    the run's store passes), the global per-user limit, the controllers' heartbeats.
 ``run_store``
     :class:`RunStore`, the search loop's :class:`evolution.ports.Store` for one run.
 ``rows``

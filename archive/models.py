@@ -338,3 +338,39 @@ class RemoteJob(Base):
     finished_at: Mapped[dt.datetime | None]
 
     __table_args__ = (sa.Index("ix_remote_jobs_claim", "hardware_class", "status"),)
+
+
+class RunLease(Base):
+    """Who drives a run now: one owner (a controller, or a ``kernelmap run`` process) at a time.
+
+    The owner searches the run only while ``expires_at`` is ahead and renews it by heartbeat;
+    ``epoch`` grows with each change of owner and fences the old owner's writes (see
+    :mod:`archive.run_leases`). ``host`` and ``pid`` let a crashed local owner be replaced at
+    once.
+    """
+
+    __tablename__ = "run_leases"
+
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id"), primary_key=True)
+    owner: Mapped[str] = mapped_column(sa.String(128), index=True)
+    host: Mapped[str] = mapped_column(sa.String(255))
+    pid: Mapped[int | None]
+    epoch: Mapped[int]
+    expires_at: Mapped[dt.datetime]
+    acquired_at: Mapped[dt.datetime]
+    renewed_at: Mapped[dt.datetime]
+    renewals: Mapped[int] = mapped_column(default=0)
+
+
+class ControllerRow(Base):
+    """A controller process by name (``kernelmap controller --id NAME``), seen by heartbeat."""
+
+    __tablename__ = "controllers"
+
+    name: Mapped[str] = mapped_column(sa.String(128), primary_key=True)
+    host: Mapped[str] = mapped_column(sa.String(255))
+    pid: Mapped[int]
+    max_runs: Mapped[int]
+    started_at: Mapped[dt.datetime]
+    seen_at: Mapped[dt.datetime]
+    stopped_at: Mapped[dt.datetime | None]

@@ -77,6 +77,10 @@ class RunStore:
         Makes sessions (see :func:`archive.db.session_factory`); the schema must be current.
     run_id:
         The run; raises :class:`~archive.errors.RunNotFound` if there is none.
+    fence:
+        Called first in every write transaction with its session; it raises to refuse the
+        write (:meth:`services.runs.ownership.RunOwnership.fence`: the run's lease is no
+        longer this process's, see :mod:`archive.run_leases`).
 
     Raises
     ------
@@ -84,9 +88,16 @@ class RunStore:
         The database is neither PostgreSQL nor SQLite.
     """
 
-    def __init__(self, session_factory: Callable[[], Session], run_id: int) -> None:
+    def __init__(
+        self,
+        session_factory: Callable[[], Session],
+        run_id: int,
+        *,
+        fence: Callable[[Session], None] | None = None,
+    ) -> None:
         self._sessions = session_factory
         self.run_id = run_id
+        self._fence = fence or (lambda session: None)
         with self._sessions() as session:
             self.task_id = repository.get_run(session, run_id).task_id
             backend = session.get_bind().dialect.name
@@ -116,6 +127,7 @@ class RunStore:
         hashes = [candidate_keys(spec) for spec in specs]
         keys = [key for key, _ in hashes]
         with self._sessions() as session:
+            self._fence(session)
             ids = repository.candidate_ids_by_key(session, self.task_id, keys)
             # key -> (the first spec with it, its source sha256), for keys the task lacks
             new: dict[str, tuple[CandidateSpec, str]] = {}
@@ -188,6 +200,7 @@ class RunStore:
     def reject(self, candidate_id: int, result: dict[str, Any]) -> None:
         """Record a static-gate refusal as the candidate's evaluation (no job)."""
         with self._sessions() as session:
+            self._fence(session)
             session.execute(sa.insert(_EVALUATIONS), [evaluation_values(candidate_id, result)])
             session.commit()
 
@@ -220,6 +233,7 @@ class RunStore:
             where=_JOBS.c.status != JobStatus.DONE,
         )
         with self._sessions() as session:
+            self._fence(session)
             session.execute(stmt, rows)
             session.commit()
 
@@ -256,6 +270,7 @@ class RunStore:
             return fresh
         now = m.utcnow()
         with self._sessions() as session:
+            self._fence(session)
             # An ingested job is skipped by the statements themselves (its job row is done,
             # its evaluation exists): no lookup first, and no race between lookup and write.
             for job_id in self._store_results(session, [results[i] for i in first.values()], now):
@@ -392,6 +407,7 @@ class RunStore:
             sa.select(m.Job.candidate_id).where(m.Job.run_id == self.run_id),
         )
         with self._sessions() as session:
+            self._fence(session)
             stmt = (
                 sa.select(m.Candidate)
                 .where(m.Candidate.id.in_(created), unevaluated)

@@ -70,7 +70,22 @@ class Settings(BaseSettings):
     )
 
     max_active_runs: int = Field(
-        default=16, ge=1, description="Runs the controller searches at once, all users together"
+        default=16, ge=1, description="Runs one controller searches at once, all users together"
+    )
+    controller_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._:@-]*$",
+        description="This controller's name among those sharing the database (`kernelmap"
+        " controller --id`); default: <host>:<pid>",
+    )
+    lease_s: float = Field(
+        default=15.0,
+        gt=0,
+        le=3600,
+        description="Seconds a controller's lease on a run lasts unless renewed (every third of"
+        " it); a standby takes the runs of a controller that died after this long",
     )
     max_runs_per_user: int = Field(
         default=2,

@@ -168,6 +168,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     ct = sub.add_parser("controller", help="the cluster's controller: searches the API's runs")
     ct.add_argument("--data-dir", default=None, metavar="DIR", help="data directory")
+    ct.add_argument(
+        "--id",
+        default=None,
+        metavar="NAME",
+        help="this controller's name among those sharing the database (default:"
+        " KERNELMAP_CONTROLLER_ID, else <host>:<pid>); GET /api/v1/controllers lists them",
+    )
 
     ls = sub.add_parser("runs", help="list runs")
     ls.add_argument("--db", default=None, metavar="URL")

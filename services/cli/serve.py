@@ -215,7 +215,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     try:
-        Controller(settings, sessions).serve_forever(stop)
+        Controller(settings, sessions, name=args.id).serve_forever(stop)
     finally:
         engine.dispose()
     return 0

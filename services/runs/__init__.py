@@ -1,7 +1,8 @@
 """services.runs: a run from its task to its archive, and reading it back.
 
 A run is one MAP-Elites search over candidate kernels for one task. ``kernelmap run`` drives
-one in its own process; through the API a run is queued and the controller drives it.
+one in its own process; through the API a run is queued and one of the controllers sharing the
+database drives it. Either way the driver holds the run's lease while it searches.
 
 Modules
 -------
@@ -23,8 +24,12 @@ Modules
 ``search``
     The search loop (:mod:`evolution`) over the database (:mod:`archive`) and a dispatcher:
     starting, resuming and stopping a run; ``kernelmap run``.
+``ownership``
+    :class:`ownership.RunOwnership`: taking, renewing and releasing a run's lease, and the
+    fence its store writes through (:mod:`archive.run_leases`).
 ``controller``
-    The service's controller: starts, resumes, pauses and cancels the API's runs.
+    The service's controllers: each takes free runs up to its limits, resumes those whose
+    owner died, stops paused and cancelled ones, and stops a run whose lease it lost.
 ``views``, ``html_report``
     A run read back from the database: summaries, tables, exports, the HTML report.
 """

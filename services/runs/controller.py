@@ -1,16 +1,23 @@
-"""The controller: the one process that searches the API's runs.
+"""The controller: searches the API's runs, sharing them with any other controllers.
 
-It owns every active run made through the API (runs with an owner): it starts ``queued`` runs
-(in order, at most ``max_runs_per_user`` at once per owner and ``max_active_runs`` in all),
-searches each in a thread of its own with :func:`services.runs.search.search_stored_run` (one
-pyribs archive per run, owned by that thread), notices when an owner pauses or cancels a run,
-and when it starts it resumes the runs a previous controller left ``running``: their archives
-are rebuilt from the database and the jobs that were in flight are dispatched again under
-their own job ids (ingestion keeps one result per job id, see :mod:`archive.run_store`).
+Controllers share the API's active runs (runs with an owner) through the database: a
+controller drives a run only while it holds that run's lease (:mod:`archive.run_leases`,
+held by :class:`services.runs.ownership.RunOwnership`), so one run has one owner at any time
+however many controllers run. Each tick a controller heartbeats its row, stops runs that were
+paused or cancelled, and takes runs nobody holds (``queued`` ones in order, and ``running``
+ones whose owner died: its lease expired, or its process is gone from this host), at most
+``max_active_runs`` for itself and ``max_runs_per_user`` per user across all controllers.
 
-A stopped controller leaves its runs ``running`` so the next one resumes them. Runs made by
-the local CLI (no owner) are never touched: the process that made them owns them. Run one
-controller per database.
+Each run is searched in a thread of its own with :func:`services.runs.search.search_stored_run`
+(one pyribs archive per run, owned by that thread). Taking over a run is a restart: its archive
+is rebuilt from the database and the jobs that were in flight are dispatched again under their
+own job ids (ingestion keeps one result per job id, see :mod:`archive.run_store`). A
+controller that loses a lease (it stalled longer than the lease and another took the run)
+stops that run's search at once and says so; its writes are fenced out.
+
+A stopped controller leaves its runs ``running`` and releases their leases, so a standby takes
+them at once. Runs made by the local CLI (no owner) are never touched: the process that made
+them holds their leases.
 """
 
 from __future__ import annotations
@@ -18,6 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -25,16 +33,23 @@ from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
-from archive import repository, run_control
+from archive import repository, run_control, run_leases
+from archive.run_leases import LeaseLost
 from archive.status import RunStatus
+from kernelmap_errors import KernelmapError
 from services.config import Settings
 from services.runs import wiring
+from services.runs.ownership import RunOwnership, default_owner
 from services.runs.seeds import Seed
 
 log = logging.getLogger(__name__)
 
 #: How often the controller looks for new, paused and cancelled runs when nobody wakes it.
 TICK_S = 1.0
+
+
+class ControllerError(KernelmapError):
+    """This controller cannot start (another live controller has its name)."""
 
 
 @dataclasses.dataclass
@@ -62,6 +77,9 @@ class Controller:
     probe_templates:
         ``probe_templates(task_source, device)`` -> (seeds, notes); default: the sandboxed
         template matcher of :mod:`services.runs.template_probe`.
+    name:
+        This controller's name among those sharing the database; default:
+        ``settings.controller_id``, else ``<host>:<pid>``.
     """
 
     def __init__(
@@ -71,8 +89,10 @@ class Controller:
         *,
         make_dispatcher: Callable[..., Any] | None = None,
         probe_templates: Callable[[str, str], tuple[list[Seed], list[str]]] | None = None,
+        name: str | None = None,
     ) -> None:
         self.settings = settings
+        self.name = name or settings.controller_id or default_owner()
         self.sessions = session_factory
         self.make_dispatcher = make_dispatcher or functools.partial(
             wiring.make_dispatcher, settings, route="fleet", session_factory=session_factory
@@ -94,18 +114,41 @@ class Controller:
         with self._lock:
             return sorted(self._active)
 
+    def check_name(self) -> None:
+        """Raise :class:`ControllerError` if a live controller elsewhere has this name."""
+        with self.sessions() as s:
+            for row in run_leases.list_controllers(s, alive_s=2 * self.settings.lease_s):
+                same = (row["host"], row["pid"]) == (run_leases.this_host(), os.getpid())
+                if row["name"] == self.name and row["alive"] and not same:
+                    raise ControllerError(
+                        f"a controller named {self.name!r} is alive on {row['host']} (pid"
+                        f" {row['pid']}, seen {row['seen_s']:.0f} s ago): give this one another"
+                        " --id (or KERNELMAP_CONTROLLER_ID)"
+                    )
+
     def tick(self) -> None:
-        """One pass: stop runs that were paused or cancelled, start what the limits allow."""
+        """One pass: heartbeat, stop runs that were paused or cancelled, take free runs."""
         with self._lock:
             for run_id, a in list(self._active.items()):
                 if not a.thread.is_alive():
                     del self._active[run_id]
             with self.sessions() as s:
+                run_leases.heartbeat(s, self.name, max_runs=self.settings.max_active_runs)
+                s.commit()
                 for run_id, a in self._active.items():
                     if run_control.status_of(s, run_id) not in run_control.ACTIVE:
                         a.stop.set()  # paused or cancelled by its owner
+                held = {
+                    lease.run_id
+                    for lease in run_leases.live_leases(s)
+                    if not run_leases.dead_locally(lease)  # its process is gone: take it
+                }
                 candidates = run_control.managed_runs(s)
-                todo = [(r.id, r.owner_id) for r in candidates if r.id not in self._active]
+                todo = [
+                    (r.id, r.owner_id)
+                    for r in candidates
+                    if r.id not in self._active and r.id not in held
+                ]
             for run_id, owner_id in todo:
                 if len(self._active) >= self.settings.max_active_runs:
                     break
@@ -116,7 +159,13 @@ class Controller:
 
     def serve_forever(self, stop: threading.Event) -> None:
         """Tick until ``stop`` is set, then stop every run (they stay ``running``)."""
-        log.info("controller started")
+        self.check_name()
+        log.info(
+            "controller %s started (leases of %g s, up to %d runs)",
+            self.name,
+            self.settings.lease_s,
+            self.settings.max_active_runs,
+        )
         try:
             while not stop.is_set():
                 try:
@@ -139,7 +188,15 @@ class Controller:
             a.thread.join(max(0.0, deadline - time.monotonic()))
         with self._lock:
             self._active = {k: v for k, v in self._active.items() if v.thread.is_alive()}
-        log.info("controller stopped")
+        try:
+            with self.sessions() as s:
+                run_leases.heartbeat(
+                    s, self.name, max_runs=self.settings.max_active_runs, stopping=True
+                )
+                s.commit()
+        except Exception:  # the database is away: the row simply ages out
+            log.debug("could not record the controller's stop", exc_info=True)
+        log.info("controller %s stopped", self.name)
 
     # --- internals ----------------------------------------------------------------------------
 
@@ -150,21 +207,42 @@ class Controller:
         )
         self._active[run_id] = _Active(run_id, owner_id, stop, thread)
         thread.start()
-        log.info("run %s started", run_id)
 
     def _search(self, run_id: int, stop: threading.Event) -> None:
-        from services.runs.search import search_stored_run
+        from services.runs.search import LOST, search_stored_run
 
+        ownership = RunOwnership(self.sessions, run_id, self.name, self.settings.lease_s)
         try:
+            if not ownership.acquire(per_user_limit=self.settings.max_runs_per_user):
+                # Another controller took it first, or its user has runs enough elsewhere.
+                log.debug("run %s: not taken (held by %s)", run_id, ownership.holder())
+                return
+            ownership.keep(stop)
+            log.info(
+                "run %s started by controller %s (lease epoch %s)",
+                run_id,
+                self.name,
+                ownership.lease.epoch,
+            )
             summary = search_stored_run(
                 self.settings,
                 self.sessions,
                 run_id,
                 stop=stop,
+                ownership=ownership,
                 make_dispatcher=self.make_dispatcher,
                 probe_templates=self.probe_templates,
                 status_on_stop=None,
             )
+            if summary.get("status") == LOST:
+                log.warning(
+                    "run %s: controller %s lost its lease to %s and stopped dispatching and"
+                    " ingesting for it",
+                    run_id,
+                    self.name,
+                    summary.get("owner") or "another controller",
+                )
+                return
             log.info(
                 "run %s %s after %s evaluations",
                 run_id,
@@ -175,9 +253,15 @@ class Controller:
             # search_stored_run marked the run failed with this error; the controller goes on.
             log.exception("run %s failed", run_id)
             with self.sessions() as s:
+                try:
+                    ownership.fence(s)  # only the run's owner may say it failed
+                except LeaseLost:
+                    return
                 if run_control.status_of(s, run_id) in run_control.ACTIVE:
                     error = f"{type(e).__name__}: {e}"
                     repository.set_run_status(s, run_id, RunStatus.FAILED, error=error)
                     s.commit()
         finally:
+            if ownership.lease is not None:
+                ownership.release()
             self._wake.set()  # a slot is free: start a queued run

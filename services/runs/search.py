@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from archive import db, repository, run_control
+from archive.run_leases import LeaseLost
 from archive.run_store import RunStore
 from archive.status import RunStatus
 from evaluator_worker import static_gate
@@ -36,11 +37,16 @@ from services.config import Settings
 from services.dispatch.local import failure
 from services.runs import wiring
 from services.runs.config import ARCHIVES, VARIATIONS, RunConfig, objective_label
+from services.runs.ownership import RunOwnership, default_owner
 from services.runs.seeds import Seed, load_seed, reference_seed
 from services.runs.task_validation import validate_source
 
 #: A run in one of these can be continued with ``kernelmap run --resume``.
 RESUMABLE = {RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.QUEUED, RunStatus.FAILED}
+
+#: The ``status`` of a search's summary when another owner took its run (the run's own status
+#: is then the new owner's to write).
+LOST = "lost"
 
 
 class RunError(KernelmapError):
@@ -150,9 +156,39 @@ def run_search(
             run_id, task_file, config = _resume(settings, sessions, opts)
         else:
             run_id, task_file, config = _create(settings, sessions, opts)
-        return _search(settings, sessions, run_id, task_file, config, on_progress, stop)
+        ownership = _own(settings, sessions, run_id)
+        stop = stop or threading.Event()
+        ownership.keep(stop)
+        try:
+            return _search(
+                settings, sessions, run_id, task_file, config, on_progress, stop,
+                ownership=ownership,
+            )  # fmt: skip
+        finally:
+            ownership.release()
     finally:
         engine.dispose()
+
+
+def _own(settings: Settings, sessions, run_id: int) -> RunOwnership:
+    """The lease of a run ``kernelmap run`` is about to search, or :class:`RunError`.
+
+    A run another live process searches is refused; one whose owner died on this host is taken
+    at once, one whose owner died elsewhere once that owner's lease has expired.
+    """
+    owner = settings.controller_id or default_owner()
+    ownership = RunOwnership(sessions, run_id, owner, settings.lease_s)
+    for _ in range(2):  # a lease that expires between the two looks is taken the second time
+        if ownership.acquire():
+            return ownership
+        holder = ownership.holder()
+        if holder is not None:
+            raise RunError(
+                f"run {run_id} is being searched by {holder}, which renews its lease while it"
+                f" runs: stop it first (if it died on another host, its lease expires within"
+                f" {settings.lease_s:g} s)"
+            )
+    raise RunError(f"run {run_id}: could not take its lease; try again")
 
 
 def _task_name(path: Path) -> str:
@@ -259,52 +295,65 @@ def search_stored_run(
     run_id: int,
     *,
     stop: threading.Event,
+    ownership: RunOwnership,
     make_dispatcher: Callable[..., Any] | None = None,
     probe_templates: Callable[[str, str], tuple[list[Seed], list[str]]] | None = None,
     status_on_stop: str | None = None,
 ) -> dict[str, Any]:
     """Search (or resume) a run stored by the API, as the controller does.
 
+    ``ownership`` holds the run's lease (acquired, kept and released by the caller): every
+    write is fenced by it, and a search whose lease another owner took ends with status
+    :data:`LOST`.
+
     The first time, the template library's seeds are matched in a sandboxed child
     (:func:`services.runs.template_probe.probe_templates`) and stored in the run's configuration,
     so a resumed run rebuilds the same emitters. At least ``settings.run_jobs_in_flight`` jobs
     are kept in flight. A run its owner paused or cancelled before it started is left alone.
     """
-    with sessions() as s:
-        run = repository.get_run(s, run_id)
-        task = repository.get_task(s, run.task_id)
-        config = RunConfig.from_json(run.config)
-        device, source, task_id = run.device, task.source, task.id
-    if config.templates and not config.templates_added:
-        if probe_templates is None:
-            from services.runs.template_probe import probe_templates as probe
+    try:
+        with sessions() as s:
+            run = repository.get_run(s, run_id)
+            task = repository.get_task(s, run.task_id)
+            config = RunConfig.from_json(run.config)
+            device, source, task_id = run.device, task.source, task.id
+        if config.templates and not config.templates_added:
+            if probe_templates is None:
+                from services.runs.template_probe import probe_templates as probe
 
-            probe_templates = functools.partial(probe, sandbox=settings.sandbox)
-        found, notes = probe_templates(source, "cpu" if device == "cpu" else "cuda")
+                probe_templates = functools.partial(probe, sandbox=settings.sandbox)
+            found, notes = probe_templates(source, "cpu" if device == "cpu" else "cuda")
+            config = dataclasses.replace(
+                config, seeds=config.seeds + found, templates_added=True, template_notes=notes[:20]
+            )
+            with sessions() as s:
+                ownership.fence(s)
+                repository.get_run(s, run_id).config = config.to_json()
+                s.commit()
+        # Not stored: the controller's own floor of jobs in flight.
         config = dataclasses.replace(
-            config, seeds=config.seeds + found, templates_added=True, template_notes=notes[:20]
+            config, workers=max(config.workers, settings.run_jobs_in_flight)
         )
         with sessions() as s:
-            repository.get_run(s, run_id).config = config.to_json()
+            ownership.fence(s)
+            if not run_control.mark_running(s, run_id):
+                s.rollback()
+                return {"run_id": run_id, "status": run_control.status_of(s, run_id)}
             s.commit()
-    # Not stored: the controller's own floor of jobs in flight.
-    config = dataclasses.replace(config, workers=max(config.workers, settings.run_jobs_in_flight))
-    with sessions() as s:
-        if not run_control.mark_running(s, run_id):
-            s.rollback()
-            return {"run_id": run_id, "status": run_control.status_of(s, run_id)}
-        s.commit()
-    return _search(
-        settings,
-        sessions,
-        run_id,
-        _task_file(settings, task_id, source),
-        config,
-        None,
-        stop,
-        make_dispatcher=make_dispatcher,
-        status_on_stop=status_on_stop,
-    )
+        return _search(
+            settings,
+            sessions,
+            run_id,
+            _task_file(settings, task_id, source),
+            config,
+            None,
+            stop,
+            ownership=ownership,
+            make_dispatcher=make_dispatcher,
+            status_on_stop=status_on_stop,
+        )
+    except LeaseLost:
+        return _lost(run_id, ownership)
 
 
 def _search(
@@ -316,6 +365,7 @@ def _search(
     on_progress,
     stop: threading.Event | None,
     *,
+    ownership: RunOwnership,
     make_dispatcher: Callable[..., Any] | None = None,
     status_on_stop: str | None = RunStatus.INTERRUPTED,
 ) -> dict[str, Any]:
@@ -325,9 +375,39 @@ def _search(
     dispatcher (default: :func:`services.runs.wiring.make_dispatcher`, the local pool or the
     Celery queue). When ``stop`` ends the search, the run becomes ``status_on_stop`` (None
     leaves it ``running``, for a controller that will resume it), unless its owner paused or
-    cancelled it meanwhile: that status stays.
+    cancelled it meanwhile: that status stays. ``ownership`` holds the run's lease (its
+    keeper sets ``stop`` when the lease is lost): when another owner takes the run the search
+    stops, writes nothing more and returns the status :data:`LOST`.
     """
+    stop = stop or threading.Event()
+    try:
+        return _search_owned(
+            settings, sessions, run_id, task_file, config, on_progress, stop,
+            ownership=ownership, make_dispatcher=make_dispatcher, status_on_stop=status_on_stop,
+        )  # fmt: skip
+    except LeaseLost:
+        return _lost(run_id, ownership)
+
+
+def _lost(run_id: int, ownership: RunOwnership) -> dict[str, Any]:
+    return {"run_id": run_id, "status": LOST, "owner": ownership.holder()}
+
+
+def _search_owned(
+    settings: Settings,
+    sessions,
+    run_id: int,
+    task_file: Path,
+    config: RunConfig,
+    on_progress,
+    stop: threading.Event,
+    *,
+    ownership: RunOwnership,
+    make_dispatcher: Callable[..., Any] | None,
+    status_on_stop: str | None,
+) -> dict[str, Any]:
     with sessions() as s:
+        ownership.fence(s)
         run = repository.get_run(s, run_id)
         budget, rng_seed, device = run.budget, run.seed, run.device
         state = dict(run.archive_state or {})
@@ -356,11 +436,10 @@ def _search(
         eval_config=eval_config,
         workers=config.workers,
     )
-    store = RunStore(sessions, run_id)
+    store = RunStore(sessions, run_id, fence=ownership.fence)
     loop = SearchLoop(
         archive, emitters, pool, store, budget, prefilter=_prefilter({}), on_progress=on_progress
     )
-    stop = stop or threading.Event()
     previous = signal.getsignal(signal.SIGINT)
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
@@ -372,6 +451,8 @@ def _search(
         status = RunStatus.INTERRUPTED if stop.is_set() else RunStatus.FINISHED
         if summary.refused is not None:
             status, error = RunStatus.FAILED, summary.refused
+    except LeaseLost:
+        raise
     except Exception as e:
         error = f"{type(e).__name__}: {e}"
         raise
@@ -379,18 +460,31 @@ def _search(
         if in_main:
             signal.signal(signal.SIGINT, previous)
         pool.close()
-        with sessions() as s:
-            current = run_control.status_of(s, run_id)
-            stopped = status == RunStatus.INTERRUPTED
-            if stopped and current in (RunStatus.PAUSED, RunStatus.CANCELLED):
-                status = current  # its owner stopped it: that is its status
-            elif stopped and status_on_stop is None:
-                status = RunStatus.RUNNING  # the controller resumes it when it starts again
-            else:
-                if stopped:
-                    status = status_on_stop or status
-                repository.set_run_status(s, run_id, status, error=error)
-            s.commit()
+        if ownership.lost.is_set():
+            status = LOST  # the run is another owner's now: its status is theirs to write
+        else:
+            status = _write_end(sessions, run_id, status, error, status_on_stop, ownership)
     out = dataclasses.asdict(summary) if dataclasses.is_dataclass(summary) else dict(summary)
     out.update(run_id=run_id, status=status)
     return out
+
+
+def _write_end(sessions, run_id, status, error, status_on_stop, ownership) -> str:
+    """Store how the search ended (see :func:`_search`); returns the run's status."""
+    with sessions() as s:
+        try:
+            ownership.fence(s)
+        except LeaseLost:
+            return LOST
+        current = run_control.status_of(s, run_id)
+        stopped = status == RunStatus.INTERRUPTED
+        if stopped and current in (RunStatus.PAUSED, RunStatus.CANCELLED):
+            status = current  # its owner stopped it: that is its status
+        elif stopped and status_on_stop is None:
+            status = RunStatus.RUNNING  # the controller resumes it when it starts again
+        else:
+            if stopped:
+                status = status_on_stop or status
+            repository.set_run_status(s, run_id, status, error=error)
+        s.commit()
+    return status

@@ -12,6 +12,8 @@ Modules
     ``/keys`` (admin): make, list and revoke API keys.
 ``remote``
     ``/workers``: remote workers enrol, claim jobs with leases, post results; the fleet list.
+``controllers``
+    ``/controllers`` (admin): the controllers sharing the database and the runs each owns.
 ``health``
     ``/healthz`` at the root: liveness, no key needed.
 ``metrics``
@@ -20,7 +22,7 @@ Modules
 
 from fastapi import APIRouter
 
-from services.api.routes import candidates, keys, remote, runs, tasks
+from services.api.routes import candidates, controllers, keys, remote, runs, tasks
 
 api_router = APIRouter()
 api_router.include_router(tasks.router)
@@ -28,3 +30,4 @@ api_router.include_router(runs.router)
 api_router.include_router(candidates.router)
 api_router.include_router(keys.router)
 api_router.include_router(remote.router)
+api_router.include_router(controllers.router)
