@@ -37,6 +37,7 @@ from archive.run_results import (  # noqa: F401
     candidates_of_run,
     count_candidates_of_run,
     count_current_elites,
+    count_proposals,
     current_elite_cells,
     current_elites,
     elite_history,

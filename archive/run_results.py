@@ -222,6 +222,12 @@ def current_elite_cells(session: Session, run_id: int) -> list[sa.Row[Any]]:
     return list(session.execute(stmt))
 
 
+def count_proposals(session: Session, run_id: int) -> int:
+    """How many proposals the run has stored (duplicates included)."""
+    stmt = sa.select(sa.func.count()).select_from(Proposal).where(Proposal.run_id == run_id)
+    return int(session.scalar(stmt) or 0)
+
+
 def count_current_elites(session: Session, run_id: int) -> int:
     """How many cells of the run's archive are occupied."""
     stmt = sa.select(sa.func.count()).where(Elite.run_id == run_id, Elite.replaced_at.is_(None))

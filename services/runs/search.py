@@ -424,7 +424,10 @@ def _search_owned(
         with sessions() as s:
             repository.set_archive_state(s, run_id, {"centroids": archive.centroids.tolist()})
             s.commit()
-    emitters = wiring.build_emitters(config.seeds, dims, rng_seed, config.variation)
+    with sessions() as s:
+        proposed = repository.count_proposals(s, run_id)
+    seed = wiring.emitter_seed(rng_seed, proposed)
+    emitters = wiring.build_emitters(config.seeds, dims, seed, config.variation)
     eval_config = settings.eval_config(
         device=device, timeout_s=config.timeout_s, time_interpreted=device == "cpu"
     )

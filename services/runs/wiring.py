@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -47,6 +48,20 @@ def build_archive(dims: list, config: RunConfig, state: dict[str, Any], seed: in
             centroids=np.asarray(saved) if saved is not None else None,
         )
     return MapArchive(dims, seed=seed)
+
+
+def emitter_seed(run_seed: int, proposed: int) -> int:
+    """The emitters' random seed for a search of a run that has ``proposed`` proposals stored.
+
+    A fresh run's is the run's own seed; a resumed (or taken-over) run's advances with what is
+    stored, so its new owner draws a stream of its own rather than replaying the first owner's
+    draws (the emitters skip points already proposed, so a replay would spend its draws on
+    misses), and the same stored state always gives the same seed.
+    """
+    if proposed == 0:
+        return run_seed
+    digest = hashlib.sha256(f"{run_seed}:{proposed}".encode()).digest()
+    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
 def build_emitters(

@@ -16,7 +16,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive import repository, run_control
-from archive.models import Candidate, Evaluation, Job
+from archive.models import Candidate, Evaluation, Job, Proposal
 from evolution.fakes import FakeDispatcher, bowl_ms, fake_result
 from evolution.ports import Job as JobSpec
 from services.api.launch import create_queued_run
@@ -278,3 +278,45 @@ def test_cli_runs_are_left_alone(harness: Harness) -> None:
     harness.start()
     time.sleep(1.5)
     assert harness.status(run_id) == "queued" and harness.controller.active_runs == []
+
+
+def test_a_resumed_search_does_not_repropose_what_the_first_owner_proposed(
+    harness: Harness,
+) -> None:
+    """The emitters' seed advances with what the run has stored, so the second owner of a run
+    explores on from the first instead of replaying its proposals."""
+    harness.delay_s = 0.05
+    run_id = harness.new_run(budget=14)
+    harness.start()
+    while harness.evaluations(run_id) < 5:
+        time.sleep(0.02)
+    harness.stop.set()
+    harness.thread.join(30)
+    with harness.sessions() as s:
+        before = s.execute(
+            sa.select(Proposal.id, Proposal.candidate_id).where(Proposal.run_id == run_id)
+        ).all()
+    boundary = max(pid for pid, _ in before)
+    first = {cid for _, cid in before}
+    harness.controller = harness._controller()
+    harness.start()
+    assert harness.wait_status(run_id, "finished") == "finished"
+    with harness.sessions() as s:
+        after = s.scalars(
+            sa.select(Proposal.candidate_id).where(
+                Proposal.run_id == run_id, Proposal.id > boundary
+            )
+        ).all()
+    assert after, "the second owner proposed nothing"
+    replayed = [cid for cid in after if cid in first]
+    assert replayed == [], f"{len(replayed)} of {len(after)} proposals replayed the first owner's"
+
+
+def test_the_emitters_seed_advances_with_what_the_run_stored() -> None:
+    from services.runs.wiring import emitter_seed
+
+    assert emitter_seed(1234, 0) == 1234  # a fresh run draws from its own seed
+    resumed = {emitter_seed(1234, n) for n in (1, 7, 40)}
+    assert 1234 not in resumed and len(resumed) == 3  # each stored state: a stream of its own
+    assert emitter_seed(1234, 7) == emitter_seed(1234, 7)  # deterministic
+    assert all(0 <= s < 2**31 for s in resumed)
