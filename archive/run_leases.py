@@ -292,7 +292,12 @@ def list_controllers(
     return out
 
 
-def renewal_counts(session: Session) -> dict[str, int]:
+def renewal_counts(session: Session, *, now: dt.datetime | None = None) -> dict[str, int]:
     """Lease renewals per owner, summed over the leases each owner holds now."""
-    stmt = sa.select(RunLease.owner, sa.func.sum(RunLease.renewals)).group_by(RunLease.owner)
+    now = now or utcnow()
+    stmt = (
+        sa.select(RunLease.owner, sa.func.sum(RunLease.renewals))
+        .where(RunLease.expires_at > now)
+        .group_by(RunLease.owner)
+    )
     return {owner: int(total or 0) for owner, total in session.execute(stmt)}

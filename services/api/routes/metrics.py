@@ -26,6 +26,16 @@ Metrics
     live worker is reported as 0, so an alert can fire on it.
 ``kernelmap_remote_jobs{status}``
     Jobs offered to remote workers, by status.
+``kernelmap_run_owner{run_id,owner}``
+    1 for each run whose lease is held now, labelled with its owner (a controller's name, or
+    ``<host>:<pid>`` of a ``kernelmap run``) (:mod:`archive.run_leases`).
+``kernelmap_controller_runs{controller}``
+    Runs each controller owns now (0 for a known controller that owns none).
+``kernelmap_controller_heartbeat_age_seconds{controller}``
+    Seconds since each controller that has not stopped was last seen.
+``kernelmap_lease_renewals_total{owner}``
+    Lease renewals by each owner, summed over the leases it holds now (a counter that resets
+    when a run changes owner).
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ from fastapi import APIRouter
 from fastapi.responses import PlainTextResponse
 from sqlalchemy.orm import Session
 
+from archive import run_leases
 from archive.models import REMOTE_JOB_STATUSES, RUN_STATUSES
 from archive.service_stats import (
     REMOTE_LIVE_S,
@@ -176,6 +187,7 @@ def collect(session: Session, settings: Settings, now: dt.datetime | None = None
     for status, n in _with_zeros(remote_jobs_by_status(session), REMOTE_JOB_STATUSES).items():
         remote.add(n, status=status)
     enrolled = enrolled_workers(session)
+    ownership = _ownership_families(session, settings, now)
     session.rollback()
 
     age = Family(
@@ -197,7 +209,33 @@ def collect(session: Session, settings: Settings, now: dt.datetime | None = None
         live[("remote", hardware_class)] = live.get(("remote", hardware_class), 0) + alive
     for (kind, hardware_class), n in sorted(live.items()):
         workers.add(n, kind=kind, hardware_class=hardware_class)
-    return [*families, evaluations, rate, runs, age, workers, remote]
+    return [*families, evaluations, rate, runs, age, workers, remote, *ownership]
+
+
+def _ownership_families(session: Session, settings: Settings, now: dt.datetime) -> list[Family]:
+    """Who owns which run, the controllers' heartbeats and the owners' lease renewals."""
+    owner = Family("kernelmap_run_owner", "gauge", "1 per run whose lease is held, by owner")
+    owned = Family("kernelmap_controller_runs", "gauge", "Runs each controller owns now")
+    age = Family(
+        "kernelmap_controller_heartbeat_age_seconds",
+        "gauge",
+        "Seconds since each running controller was last seen",
+    )
+    renewals = Family(
+        "kernelmap_lease_renewals_total",
+        "counter",
+        "Lease renewals by each owner, over the leases it holds now",
+    )
+    for c in run_leases.list_controllers(session, alive_s=2 * settings.lease_s, now=now):
+        for lease in c["runs"]:
+            owner.add(1, run_id=str(lease["run_id"]), owner=c["name"])
+        if c["host"] is not None:  # a controller (not a `kernelmap run` process)
+            owned.add(len(c["runs"]), controller=c["name"])
+            if c["alive"] or c["runs"]:
+                age.add(c["seen_s"], controller=c["name"])
+    for name, n in sorted(run_leases.renewal_counts(session, now=now).items()):
+        renewals.add(n, owner=name)
+    return [owner, owned, age, renewals]
 
 
 def _with_zeros(counts: Mapping[str, int], known: Iterable[str]) -> dict[str, int]:

@@ -20,7 +20,7 @@ from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy.orm import Session, sessionmaker
 
-from archive import repository
+from archive import repository, run_leases
 from archive.models import RemoteJob, Worker, utcnow
 from archive.run_store import RunStore
 from evaluator_worker.verdict import Verdict
@@ -324,3 +324,50 @@ def test_an_unreachable_redis_is_reported_not_failed(sessions, tmp_path):
     assert scrape.value("kernelmap_redis_up") == 0
     assert "kernelmap_queue_depth" not in scrape.types
     assert scrape.value("kernelmap_runs", status="running") == 0  # the rest is still there
+
+
+def test_run_owners_controllers_and_lease_renewals_are_reported(api):
+    held, other, expired = (add_run(api.sessions, "running") for _ in range(3))
+    now = utcnow()
+    with api.sessions() as s:
+        run_leases.heartbeat(s, "ctl-a", max_runs=8, now=now)
+        run_leases.heartbeat(s, "ctl-idle", max_runs=8, now=now)
+        a = run_leases.acquire(s, held, "ctl-a", 60.0, now=now)
+        run_leases.acquire(s, other, "cli-box:42", 60.0, now=now)
+        run_leases.acquire(s, expired, "ctl-gone", 1.0, now=now - dt.timedelta(seconds=30))
+        for _ in range(3):
+            a = run_leases.renew(s, a, 60.0, now=now)
+        s.commit()
+    scrape = api.scrape()
+    assert scrape.of("kernelmap_run_owner") == {
+        frozenset({("run_id", str(held)), ("owner", "ctl-a")}): 1,
+        frozenset({("run_id", str(other)), ("owner", "cli-box:42")}): 1,
+    }
+    assert scrape.value("kernelmap_controller_runs", controller="ctl-a") == 1
+    assert scrape.value("kernelmap_controller_runs", controller="ctl-idle") == 0
+    assert 0 <= scrape.value("kernelmap_controller_heartbeat_age_seconds", controller="ctl-a") < 30
+    assert scrape.types["kernelmap_lease_renewals"] == "counter"
+    assert scrape.value("kernelmap_lease_renewals_total", owner="ctl-a") == 3
+    assert scrape.value("kernelmap_lease_renewals_total", owner="cli-box:42") == 0
+    assert "ctl-gone" not in str(scrape.of("kernelmap_lease_renewals_total"))
+
+
+def test_admins_list_the_controllers_and_their_runs(api):
+    run_id = add_run(api.sessions, "running")
+    with api.sessions() as s:
+        run_leases.heartbeat(s, "ctl-a", max_runs=8)
+        run_leases.acquire(s, run_id, "ctl-a", 60.0)
+        s.commit()
+    for key in (api.user, api.worker):
+        denied = api.client.get("/api/v1/controllers", headers={"Authorization": f"Bearer {key}"})
+        assert denied.status_code == 403
+    response = api.client.get(
+        "/api/v1/controllers", headers={"Authorization": f"Bearer {api.admin}"}
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["lease_s"] == api.settings.lease_s
+    (ctl,) = body["items"]
+    assert ctl["name"] == "ctl-a" and ctl["alive"] and ctl["max_runs"] == 8
+    assert [r["run_id"] for r in ctl["runs"]] == [run_id]
+    assert ctl["runs"][0]["epoch"] == 1 and 0 < ctl["runs"][0]["expires_in_s"] <= 60
