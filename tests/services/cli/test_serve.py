@@ -30,14 +30,22 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _serve(data_dir: Path, port: int) -> subprocess.Popen:
+def _serve_env() -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("KERNELMAP_")}
     env["KERNELMAP_DEVICE"] = "cpu"
     env["KERNELMAP_TIMEOUT_S"] = "60"
     env["PYTHONPATH"] = str(ROOT)
+    return env
+
+
+def _serve_cmd(data_dir: Path, port: int) -> list[str]:
+    return [sys.executable, "-c", CLI, "serve", "--port", str(port), "--data-dir", str(data_dir)]
+
+
+def _serve(data_dir: Path, port: int) -> subprocess.Popen:
     return subprocess.Popen(
-        [sys.executable, "-c", CLI, "serve", "--port", str(port), "--data-dir", str(data_dir)],
-        env=env,
+        _serve_cmd(data_dir, port),
+        env=_serve_env(),
         stdout=subprocess.PIPE,
         stderr=open(data_dir / "serve.err", "wb"),  # noqa: SIM115 - closed with the process
         text=True,
@@ -108,6 +116,19 @@ def test_serve_runs_a_search_end_to_end(tmp_path: Path) -> None:
         assert summary["evaluations"] >= 1 and summary["verdicts"].get("OK", 0) >= 1
         best = httpx.get(f"{base}/api/v1/runs/{run_id}/best.py", headers=auth)
         assert best.status_code == 200 and "class ModelNew" in best.text
+
+        # A second serve on the same data directory while this one runs would drive the same
+        # SQLite database and broker: it is refused, with a message that says why.
+        second = subprocess.run(
+            _serve_cmd(data_dir, _free_port()),
+            env=_serve_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert second.returncode != 0
+        assert f"another kernelmap process (pid {proc.pid}" in second.stderr, second.stderr
+        assert httpx.get(f"{base}/healthz").status_code == 200  # the first one is untouched
     finally:
         code = _stop(proc)
     assert code == 0, (data_dir / "serve.err").read_text()[-3000:]

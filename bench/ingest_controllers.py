@@ -1,0 +1,145 @@
+"""Many controllers ingesting at once: ``controller_ingest_bench.py --controllers N --runs M``.
+
+``N`` controller processes start together on one database holding ``M`` runs. Each takes runs
+the way a real controller does, by their leases (:class:`services.runs.ownership.RunOwnership`,
+up to ``ceil(M / N)`` runs each), and drives every run it holds in a thread of its own: the
+real :class:`~evolution.loop.SearchLoop` over the real, fenced
+:class:`~archive.run_store.RunStore`, with the instant simulated fleet of
+``controller_ingest_bench.py`` (so the time measured is the controllers').
+
+The figure is every result of every run divided by the wall clock from the common start to the
+last run's end. After the clock stops the database is checked: each run was driven by one owner
+(epoch 1, never taken over), every run reached its budget with one evaluation per job and its
+progress curve ends there, and no job was evaluated twice.
+"""
+
+from __future__ import annotations
+
+import math
+import multiprocessing as mp
+import threading
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from archive import db, repository
+from archive import models as m
+from archive.run_store import RunStore
+from evolution.loop import SearchLoop
+from services.runs.ownership import RunOwnership
+
+#: A lease long enough that no bench run is taken over by accident.
+LEASE_S = 30.0
+
+
+def _drive(args: tuple[str, str, list[int], int, int, int, float, Any]) -> dict[str, Any]:
+    """One controller process: take runs by lease (up to ``limit``), drive them in threads."""
+    from controller_ingest_bench import InstantFleet, build  # the bench's own fleet and emitters
+
+    url, name, run_ids, limit, results, capacity, start_at, out = args
+    engine = db.make_engine(url)
+    sessions = db.session_factory(engine)
+    time.sleep(max(0.0, start_at - time.time()))
+    t0 = time.perf_counter()
+    held: list[RunOwnership] = []
+    for run_id in run_ids:
+        if len(held) >= limit:
+            break
+        ownership = RunOwnership(sessions, run_id, name, LEASE_S)
+        if ownership.acquire():
+            held.append(ownership)
+    done: dict[int, int] = {}
+
+    def drive(ownership: RunOwnership) -> None:
+        stop = threading.Event()
+        ownership.keep(stop)
+        try:
+            archive, emitters = build(results, ownership.run_id)
+            store = RunStore(sessions, ownership.run_id, fence=ownership.fence)
+            fleet = InstantFleet(capacity, ownership.run_id)
+            loop = SearchLoop(archive, emitters, fleet, store, results)
+            done[ownership.run_id] = loop.run(stop).evaluations
+        finally:
+            ownership.release()
+
+    threads = [threading.Thread(target=drive, args=(o,)) for o in held]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    engine.dispose()
+    out.put({"name": name, "runs": done, "wall_s": time.perf_counter() - t0})
+    return {}
+
+
+def run_many(url: str, controllers: int, runs: int, results: int, capacity: int) -> dict:
+    """``runs`` runs of ``results`` results each driven by ``controllers`` processes."""
+    from controller_ingest_bench import new_run
+
+    engine = db.make_engine(url)
+    db.ensure_schema(engine)
+    sessions = db.session_factory(engine)
+    run_ids = [new_run(sessions, results) for _ in range(runs)]
+    limit = math.ceil(runs / controllers)
+    ctx = mp.get_context("spawn")
+    out = ctx.Queue()
+    start_at = time.time() + 3.0  # every process imported and connected before the clock
+    procs = [
+        ctx.Process(
+            target=_drive,
+            args=((url, f"bench-{i}", run_ids, limit, results, capacity, start_at, out),),
+        )
+        for i in range(controllers)
+    ]
+    for p in procs:
+        p.start()
+    reports = [out.get(timeout=3600) for _ in procs]
+    wall = time.time() - start_at
+    for p in procs:
+        p.join()
+    checks = _check(sessions, run_ids, results, reports)
+    engine.dispose()
+    total = sum(n for r in reports for n in r["runs"].values())
+    return {"results": total, "wall_s": wall, "reports": reports, "checks": checks}
+
+
+def _check(sessions, run_ids: list[int], results: int, reports: list[dict]) -> list[str]:
+    failures = []
+    owners: dict[int, list[str]] = {}
+    for r in reports:
+        for run_id in r["runs"]:
+            owners.setdefault(run_id, []).append(r["name"])
+    for run_id in run_ids:
+        if len(owners.get(run_id, [])) != 1:
+            failures.append(f"run {run_id} was driven by {owners.get(run_id, [])}")
+    with sessions() as s:
+        epochs = dict(s.execute(sa.select(m.RunLease.run_id, m.RunLease.epoch)).all())
+        if any(epochs.get(r) != 1 for r in run_ids):
+            failures.append(f"a run changed owner: epochs {epochs}")
+        per_run = dict(
+            s.execute(
+                sa.select(m.Job.run_id, sa.func.count())
+                .join(m.Evaluation, m.Evaluation.job_id == m.Job.id)
+                .group_by(m.Job.run_id)
+            ).all()
+        )
+        short = {r: per_run.get(r, 0) for r in run_ids if per_run.get(r, 0) != results}
+        if short:
+            failures.append(f"runs without {results} evaluations: {short}")
+        twice = s.scalar(
+            sa.select(sa.func.count()).select_from(
+                sa.select(m.Evaluation.job_id)
+                .where(m.Evaluation.job_id.is_not(None))
+                .group_by(m.Evaluation.job_id)
+                .having(sa.func.count() > 1)
+                .subquery()
+            )
+        )
+        if twice:
+            failures.append(f"{twice} jobs were evaluated twice")
+        for run_id in run_ids:
+            last = repository.latest_run_stat(s, run_id)
+            if last is None or last.evaluations != results:
+                failures.append(f"run {run_id}'s progress does not end at its budget")
+    return failures

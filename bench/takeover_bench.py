@@ -1,0 +1,158 @@
+"""How long a standby controller takes to take over a run whose owner was SIGKILLed.
+
+Real ``kernelmap controller`` processes on PostgreSQL and Redis: for each repeat, a fresh
+database with one queued run, two controllers started together, and no worker (jobs stay in the
+queue, where they can be counted). Once the run's owner has dispatched its first jobs, it is
+killed with SIGKILL; the clock runs from the kill to the first job the standby dispatches (the
+jobs in flight, sent again under their ids: the run's queue in Redis grows). Prints each
+repeat, the median and a PASS/FAIL line against the target (issue 12: under 30 s with the
+default lease, ``KERNELMAP_LEASE_S`` = 15 s).
+
+Usage::
+
+    .venv/bin/python bench/takeover_bench.py [--repeats 5] [--lease-s 15] [--db URL]
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+import redis  # noqa: E402
+import sqlalchemy as sa  # noqa: E402
+
+from archive import db, repository  # noqa: E402
+from archive.models import RunLease  # noqa: E402
+from archive.testing import temporary_postgres_database  # noqa: E402
+from services.api.launch import create_queued_run  # noqa: E402
+
+DEFAULT_DB = "postgresql+psycopg://postgres@127.0.0.1:5432/test"
+REDIS_URL = "redis://127.0.0.1:6379/0"
+DATA = ROOT / "tests" / "data"
+TARGET_S = 30.0
+
+
+def _queued_run(sessions) -> int:
+    with sessions() as s:
+        user = repository.add_user(s, "bench", "user")
+        task = repository.add_task(
+            s, name="softmax", source=(DATA / "softmax_task.py").read_text(), meta={}
+        )
+        task.owner_id = user.id
+        run = create_queued_run(
+            s,
+            user,
+            task,
+            budget=1000,
+            hardware="cpu",
+            seed_sources=[(DATA / "chunked_softmax.py").read_text()],
+            timeout_s=60,
+            emitters=["gaussian"],
+        )
+        s.commit()
+        return run.id
+
+
+def _queue_length(client: redis.Redis, prefix: str) -> int:
+    """Messages waiting in the run's evaluation queue (kombu keeps a Redis list per queue)."""
+    return int(client.llen(f"{prefix}eval.cpu"))
+
+
+def _owner(sessions, run_id: int) -> str | None:
+    with sessions() as s:
+        return s.scalar(sa.select(RunLease.owner).where(RunLease.run_id == run_id))
+
+
+def once(server: str, lease_s: float, workdir: Path) -> float:
+    """One takeover; seconds from the kill to the standby's first dispatched job."""
+    prefix = f"kernelmap-bench-{uuid.uuid4().hex[:12]}:"
+    client = redis.Redis.from_url(REDIS_URL)
+    with temporary_postgres_database(server) as url:
+        engine = db.make_engine(url)
+        db.ensure_schema(engine)
+        sessions = db.session_factory(engine)
+        run_id = _queued_run(sessions)
+        env = dict(
+            os.environ,
+            KERNELMAP_DATABASE_URL=url,
+            KERNELMAP_REDIS_URL=REDIS_URL,
+            KERNELMAP_REDIS_KEY_PREFIX=prefix,
+            KERNELMAP_DATA_DIR=str(workdir / "data"),
+            KERNELMAP_LEASE_S=str(lease_s),
+            KERNELMAP_RUN_JOBS_IN_FLIGHT="4",
+        )
+        procs = {}
+        for name in ("a", "b"):
+            procs[name] = subprocess.Popen(
+                [sys.executable, "-m", "services.cli.main", "controller", "--id", name],
+                cwd=ROOT,
+                env=env,
+                stdout=(workdir / f"{name}.log").open("ab"),
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        try:
+            deadline = time.monotonic() + 120
+            while (owner := _owner(sessions, run_id)) is None or _queue_length(
+                client, prefix
+            ) < 4:
+                if time.monotonic() > deadline:
+                    raise SystemExit("the first owner dispatched nothing in 120 s")
+                time.sleep(0.05)
+            before = _queue_length(client, prefix)
+            os.killpg(procs[owner].pid, signal.SIGKILL)
+            killed = time.monotonic()
+            procs[owner].wait(10)
+            while _queue_length(client, prefix) <= before:
+                if time.monotonic() - killed > 10 * lease_s + 60:
+                    raise SystemExit("the standby never dispatched")
+                time.sleep(0.02)
+            return time.monotonic() - killed
+        finally:
+            for p in procs.values():
+                if p.poll() is None:
+                    os.killpg(p.pid, signal.SIGKILL)
+                    p.wait(10)
+            engine.dispose()
+            keys = list(client.scan_iter(match=f"{prefix}*"))
+            if keys:
+                client.delete(*keys)
+            client.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; exit status 0 on PASS."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--db", default=DEFAULT_DB, help=f"PostgreSQL server URL ({DEFAULT_DB})")
+    p.add_argument("--repeats", type=int, default=5, help="takeovers; the median counts (5)")
+    p.add_argument("--lease-s", type=float, default=15.0, help="KERNELMAP_LEASE_S (15)")
+    args = p.parse_args(argv)
+    print(f"takeover after SIGKILL, lease {args.lease_s:g} s, {args.repeats} repeats")
+    times = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for i in range(1, args.repeats + 1):
+            seconds = once(args.db, args.lease_s, Path(tmp))
+            times.append(seconds)
+            print(f"  repeat {i}: kill -> first job of the new owner {seconds:.2f} s", flush=True)
+    median = statistics.median(times)
+    ok = median < TARGET_S
+    print(
+        f"{'PASS' if ok else 'FAIL'}: median {median:.2f} s (min {min(times):.2f}, max"
+        f" {max(times):.2f}; target < {TARGET_S:g} s with a {args.lease_s:g} s lease)"
+    )
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
