@@ -33,14 +33,17 @@ from services.runs.ownership import RunOwnership
 LEASE_S = 30.0
 
 
-def _drive(args: tuple[str, str, list[int], int, int, int, float, Any]) -> dict[str, Any]:
+def _drive(args: tuple[str, str, list[int], int, int, int, Any, Any]) -> dict[str, Any]:
     """One controller process: take runs by lease (up to ``limit``), drive them in threads."""
     from controller_ingest_bench import InstantFleet, build  # the bench's own fleet and emitters
 
-    url, name, run_ids, limit, results, capacity, start_at, out = args
+    url, name, run_ids, limit, results, capacity, go, out = args
     engine = db.make_engine(url)
     sessions = db.session_factory(engine)
-    time.sleep(max(0.0, start_at - time.time()))
+    with sessions() as s:  # connected before the clock starts
+        s.execute(sa.select(1))
+    out.put({"ready": name})
+    go.wait()
     t0 = time.perf_counter()
     held: list[RunOwnership] = []
     for run_id in run_ids:
@@ -84,18 +87,22 @@ def run_many(url: str, controllers: int, runs: int, results: int, capacity: int)
     limit = math.ceil(runs / controllers)
     ctx = mp.get_context("spawn")
     out = ctx.Queue()
-    start_at = time.time() + 3.0  # every process imported and connected before the clock
+    go = ctx.Event()
     procs = [
         ctx.Process(
             target=_drive,
-            args=((url, f"bench-{i}", run_ids, limit, results, capacity, start_at, out),),
+            args=((url, f"bench-{i}", run_ids, limit, results, capacity, go, out),),
         )
         for i in range(controllers)
     ]
     for p in procs:
         p.start()
+    for _ in procs:  # every process imported and connected before the clock starts
+        out.get(timeout=600)
+    start = time.perf_counter()
+    go.set()
     reports = [out.get(timeout=3600) for _ in procs]
-    wall = time.time() - start_at
+    wall = time.perf_counter() - start
     for p in procs:
         p.join()
     checks = _check(sessions, run_ids, results, reports)
