@@ -51,6 +51,7 @@ ADMIN_ONLY = {
     ("DELETE", f"{API}/keys/{{key_id}}"),
     ("GET", f"{API}/workers"),
     ("DELETE", f"{API}/workers/{{worker_id}}"),
+    ("GET", f"{API}/controllers"),
     ("GET", "/metrics"),
 }
 #: Operations on API keys that a worker key may call (every other one is 403 to it).

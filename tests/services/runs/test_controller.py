@@ -286,9 +286,9 @@ def test_a_resumed_search_does_not_repropose_what_the_first_owner_proposed(
     """The emitters' seed advances with what the run has stored, so the second owner of a run
     explores on from the first instead of replaying its proposals."""
     harness.delay_s = 0.05
-    run_id = harness.new_run(budget=14)
+    run_id = harness.new_run(budget=24)
     harness.start()
-    while harness.evaluations(run_id) < 5:
+    while harness.evaluations(run_id) < 3:
         time.sleep(0.02)
     harness.stop.set()
     harness.thread.join(30)
