@@ -44,6 +44,27 @@ def fleet_settings(env: dict[str, str]) -> Settings:
     )
 
 
+def start_controller(env: dict[str, str], log: Path, name: str | None = None) -> subprocess.Popen:
+    """A ``kernelmap controller`` process (named ``name``) in its own process group, logging
+    to ``log``; stop it with :func:`kill_group`."""
+    cmd = [sys.executable, "-m", "services.cli.main", "controller"]
+    return subprocess.Popen(
+        [*cmd, "--id", name] if name else cmd,
+        cwd=ROOT,
+        env=env,
+        stdout=log.open("ab"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+
+
+def kill_group(proc: subprocess.Popen) -> None:
+    """SIGKILL ``proc``'s whole process group (if it still runs) and reap it."""
+    if proc.poll() is None:
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait(10)
+
+
 def new_queue() -> str:
     """A hardware class (queue ``eval.<class>``) no other test uses."""
     return f"test{uuid.uuid4().hex[:8]}"

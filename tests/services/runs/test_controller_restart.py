@@ -4,10 +4,6 @@ duplicate candidate and no job evaluated twice."""
 
 from __future__ import annotations
 
-import os
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -18,28 +14,11 @@ from archive import db, repository, run_control
 from archive.models import Candidate, Evaluation, Job
 from archive.testing import temporary_database
 from services.api.launch import create_queued_run
-from tests.fleet_fixtures import ROOT
+from tests.fleet_fixtures import kill_group, start_controller
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
 DATA = Path(__file__).parents[2] / "data"
-
-
-def _controller(env: dict[str, str], log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "controller"],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
 
 
 def _evaluations(sessions, run_id: int) -> int:
@@ -79,7 +58,7 @@ def test_a_killed_controller_is_restarted_and_the_run_completes(env, start_worke
             run_id = run.id
         env = dict(env, KERNELMAP_DATABASE_URL=url, KERNELMAP_RUN_JOBS_IN_FLIGHT="2")
         start_worker(env, "cpu")
-        first = _controller(env, log)
+        first = start_controller(env, log)
         try:
             deadline = time.monotonic() + 120
             while _evaluations(sessions, run_id) < 3:
@@ -87,11 +66,11 @@ def test_a_killed_controller_is_restarted_and_the_run_completes(env, start_worke
                 assert first.poll() is None, log.read_text()[-3000:]
                 time.sleep(0.2)
         finally:
-            _kill(first)  # mid-run, jobs in flight
+            kill_group(first)  # mid-run, jobs in flight
         with sessions() as s:
             assert run_control.status_of(s, run_id) == "running"
             in_flight = {j.id for j in s.scalars(sa.select(Job).where(Job.status == "dispatched"))}
-        second = _controller(env, log)
+        second = start_controller(env, log)
         try:
             deadline = time.monotonic() + 240
             while True:
@@ -102,7 +81,7 @@ def test_a_killed_controller_is_restarted_and_the_run_completes(env, start_worke
                 assert time.monotonic() < deadline, log.read_text()[-3000:]
                 time.sleep(0.5)
         finally:
-            _kill(second)
+            kill_group(second)
         assert status == "finished", log.read_text()[-3000:]
         with sessions() as s:
             keys = s.scalars(sa.select(Candidate.key_sha256)).all()

@@ -11,11 +11,7 @@ with no duplicate evaluation.
 
 from __future__ import annotations
 
-import os
 import re
-import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -26,29 +22,12 @@ from archive import db, repository, run_control
 from archive.models import Candidate, Evaluation, Job, RunLease
 from archive.testing import temporary_database
 from services.api.launch import create_queued_run
-from tests.fleet_fixtures import ROOT
+from tests.fleet_fixtures import kill_group, start_controller
 
 pytestmark = [pytest.mark.redis, pytest.mark.postgres, pytest.mark.slow]
 
 DATA = Path(__file__).parents[2] / "data"
 LEASE_S = 3.0
-
-
-def _controller(env: dict[str, str], name: str, log: Path) -> subprocess.Popen:
-    return subprocess.Popen(
-        [sys.executable, "-m", "services.cli.main", "controller", "--id", name],
-        cwd=ROOT,
-        env=env,
-        stdout=log.open("ab"),
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-
-
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait(10)
 
 
 def _runs(sessions, n: int, budget: int) -> list[int]:
@@ -129,7 +108,7 @@ def test_controllers_started_at_once_drive_each_run_with_one_owner(
             KERNELMAP_LEASE_S=str(LEASE_S),
         )
         start_worker(env, "cpu")
-        procs = [_controller(env, name, log) for name, log in logs.items()]
+        procs = [start_controller(env, log, name) for name, log in logs.items()]
         seen: dict[int, set[str]] = {r: set() for r in run_ids}
         try:
             deadline = time.monotonic() + 240
@@ -144,7 +123,7 @@ def test_controllers_started_at_once_drive_each_run_with_one_owner(
                 time.sleep(0.2)
         finally:
             for p in procs:
-                _kill(p)
+                kill_group(p)
         assert set(statuses.values()) == {"finished"}, _logs(logs)
         text = {name: log.read_text() for name, log in logs.items()}
         for run_id in run_ids:
@@ -170,7 +149,7 @@ def test_a_standby_takes_over_a_killed_owners_run(env, start_worker, tmp_path):
             KERNELMAP_LEASE_S=str(LEASE_S),
         )
         start_worker(env, "cpu")
-        procs = {n: _controller(env, n, log) for n, log in logs.items()}
+        procs = {n: start_controller(env, log, n) for n, log in logs.items()}
         try:
             deadline = time.monotonic() + 120
             while True:  # mid-run: the owner has results in and jobs in flight
@@ -184,7 +163,7 @@ def test_a_standby_takes_over_a_killed_owners_run(env, start_worker, tmp_path):
                 assert time.monotonic() < deadline, _logs(logs)
                 time.sleep(0.2)
             standby = "b" if owner == "a" else "a"
-            _kill(procs[owner])
+            kill_group(procs[owner])
             killed_at = time.monotonic()
             while _owners(sessions).get(run_id) != standby:
                 # Within the lease plus one controller tick and a margin for a loaded machine.
@@ -197,7 +176,7 @@ def test_a_standby_takes_over_a_killed_owners_run(env, start_worker, tmp_path):
                 time.sleep(0.3)
         finally:
             for p in procs.values():
-                _kill(p)
+                kill_group(p)
         assert _statuses(sessions, [run_id])[run_id] == "finished", _logs(logs)
         assert re.search(rf"run {run_id} started", logs[standby].read_text()), _logs(logs)
         with sessions() as s:
