@@ -26,6 +26,7 @@ import dataclasses
 import functools
 import logging
 import os
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -43,6 +44,9 @@ from services.runs.ownership import RunOwnership, default_owner
 from services.runs.seeds import Seed
 
 log = logging.getLogger(__name__)
+
+#: What a controller's name may be (as ``Settings.controller_id``).
+NAME_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:@-]{0,127}")
 
 #: How often the controller looks for new, paused and cancelled runs when nobody wakes it.
 TICK_S = 1.0
@@ -93,6 +97,11 @@ class Controller:
     ) -> None:
         self.settings = settings
         self.name = name or settings.controller_id or default_owner()
+        if not NAME_RE.fullmatch(self.name):
+            raise ControllerError(
+                f"controller name {self.name!r}: use 1 to 128 letters, digits and . _ : @ -,"
+                " starting with a letter or digit"
+            )
         self.sessions = session_factory
         self.make_dispatcher = make_dispatcher or functools.partial(
             wiring.make_dispatcher, settings, route="fleet", session_factory=session_factory

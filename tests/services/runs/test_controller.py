@@ -320,3 +320,11 @@ def test_the_emitters_seed_advances_with_what_the_run_stored() -> None:
     assert 1234 not in resumed and len(resumed) == 3  # each stored state: a stream of its own
     assert emitter_seed(1234, 7) == emitter_seed(1234, 7)  # deterministic
     assert all(0 <= s < 2**31 for s in resumed)
+
+
+def test_a_bad_controller_name_is_refused(sessions, tmp_path: Path) -> None:
+    from services.runs.controller import ControllerError
+
+    with pytest.raises(ControllerError, match="controller name 'bad name'"):
+        Controller(Settings(data_dir=tmp_path), sessions, name="bad name")
+    assert Controller(Settings(data_dir=tmp_path), sessions, name="ctl-1.eu:a@b").name
