@@ -50,7 +50,6 @@ from tests.fleet_fixtures import (
     ROOT,
     SEED,
     TASK,
-    Worker,
     celery_dispatcher,
     fleet_settings,
     new_queue,
@@ -155,22 +154,6 @@ def shared_env(tmp_path: Path) -> Iterator[dict[str, str]]:
     if keys:
         client.delete(*keys)
     client.close()
-
-
-@pytest.fixture
-def start_worker(tmp_path: Path) -> Iterator[Callable[..., Worker]]:
-    """Starts ``kernelmap worker`` processes (waiting until ready); kills them all afterwards."""
-    workers: list[Worker] = []
-
-    def start(env: dict[str, str], queue: str) -> Worker:
-        w = Worker(env, queue, tmp_path / f"worker{len(workers)}.log")
-        workers.append(w)
-        w.wait_for(r"ready\.")
-        return w
-
-    yield start
-    for w in workers:
-        w.kill()
 
 
 def _job(candidate_id: int = 1, params: dict | None = None) -> Job:
