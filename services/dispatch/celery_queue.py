@@ -13,6 +13,11 @@ after a redelivery) are returned too: the loop and the store keep one result per
 Delivery is at least once: whenever a job may have been lost (the broker went away or
 restarted, or its result missed its deadline) it is sent again under its job id; what the
 dispatcher does for each fault is in :mod:`services.dispatch.celery_faults`.
+
+When jobs wait on the queue and no result has come back for :data:`NO_WORKER_AFTER_S`, the
+heartbeats of the class's workers tell why (:func:`stall_note`): workers that are alive are
+busy (said once, at INFO in the log), while no live worker of the class is a warning with
+what to start.
 """
 
 from __future__ import annotations
@@ -21,8 +26,9 @@ import logging
 import queue
 import sys
 import time
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any, Literal
 
 from celery import Celery
 from kombu.exceptions import OperationalError
@@ -48,13 +54,22 @@ from services.workers.celery_app import (
     broker_client,
     controller_queue,
     eval_queue,
+    key_prefix,
     time_limit_s,
 )
+from services.workers.fleet import read_workers
 
 log = logging.getLogger(__name__)
 
 NO_WORKER_AFTER_S = 30.0
-"""Say so when jobs wait this long in the queue and no result comes back."""
+"""Say why when jobs wait this long in the queue and no result comes back."""
+
+STALL_CHECK_EVERY_S = 5.0
+"""While such a stall lasts, how often the queue and the heartbeats are read again (a busy
+worker that dies meanwhile is then said to be gone)."""
+
+NAMED_WORKERS = 3
+"""Workers named in a note; more are counted."""
 
 DEADLINE_MARGIN_S = 60.0
 """Added to a job's hard time limit and the visibility timeout to make its result deadline
@@ -67,6 +82,102 @@ class BrokerError(KernelmapError):
 
 def _stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
+
+
+@dataclass(frozen=True)
+class StallNote:
+    """What to say about jobs that wait on a queue with no result coming back.
+
+    Attributes
+    ----------
+    kind:
+        ``"busy"``: workers of the class are alive (their heartbeats are fresh), so they are
+        evaluating earlier jobs; ``"absent"``: no worker of the class consumes the queue.
+    level:
+        The :mod:`logging` level it deserves: ``INFO`` for busy, ``WARNING`` for absent.
+    text:
+        The note itself.
+    """
+
+    kind: Literal["busy", "absent"]
+    level: int
+    text: str
+
+
+def _plural(n: int, one: str, many: str) -> str:
+    return f"{n} {one if n == 1 else many}"
+
+
+def stall_note(
+    queue: str,
+    hardware_class: str,
+    idle_s: float,
+    waiting: int,
+    workers: Sequence[Mapping[str, Any]],
+    remote_alive: int = 0,
+    broker: str = "",
+) -> StallNote | None:
+    """Why jobs wait on ``queue``, from who is alive; None when there is nothing to say.
+
+    Parameters
+    ----------
+    queue, hardware_class:
+        The queue (``eval.<hardware_class>``) and its class.
+    idle_s:
+        Seconds since the last result came back (or since the oldest job in flight was sent,
+        if later). Under :data:`NO_WORKER_AFTER_S` nothing is said.
+    waiting:
+        Jobs waiting in the queue, not yet taken by a worker. With none, nothing is said.
+    workers:
+        Heartbeat records of the live Celery workers
+        (:func:`services.workers.fleet.read_workers`: ``name``, ``hardware_class``, ``age_s``),
+        of every class: those of other classes are ignored.
+    remote_alive:
+        Remote workers of the class alive now. They take leased jobs only, never this queue's,
+        but a note saying that no worker of the class is alive would be false.
+    broker:
+        The broker's URL (without its password), named when no worker is alive.
+    """
+    if waiting <= 0 or idle_s < NO_WORKER_AFTER_S:
+        return None
+    stall = (
+        f"{_plural(waiting, 'job waits', 'jobs wait')} on {queue} and no result for {idle_s:.0f} s"
+    )
+    mine = [w for w in workers if w.get("hardware_class") == hardware_class]
+    if mine:
+        named = []
+        for w in mine[:NAMED_WORKERS]:
+            age = w.get("age_s")
+            seen = f", heartbeat {age:.0f} s ago" if isinstance(age, int | float) else ""
+            named.append(f"{w['name']}{seen}")
+        more = len(mine) - NAMED_WORKERS
+        if more > 0:
+            named.append(f"{more} more")
+        one = len(mine) == 1
+        return StallNote(
+            "busy",
+            logging.INFO,
+            f"{stall}: {_plural(len(mine), 'worker', 'workers')} of class {hardware_class}"
+            f" {'is' if one else 'are'} alive and busy ({'; '.join(named)}); the waiting jobs"
+            f" start as {'it frees' if one else 'they free'} up",
+        )
+    start = f"start one with `kernelmap worker --queue {hardware_class}`; still waiting"
+    where = f" on {broker}" if broker else ""
+    if remote_alive:
+        remote = _plural(remote_alive, "remote worker", "remote workers")
+        return StallNote(
+            "absent",
+            logging.WARNING,
+            f"{stall}: no cluster worker is alive for {queue}{where}"
+            f" ({remote} of class {hardware_class} {'is' if remote_alive == 1 else 'are'} alive,"
+            f" but remote workers take leased jobs only, not this queue's): {start}",
+        )
+    return StallNote(
+        "absent",
+        logging.WARNING,
+        f"{stall}: no worker is alive for {queue}{where} (no heartbeat of class"
+        f" {hardware_class}): {start}",
+    )
 
 
 class CeleryDispatcher(BrokerFaults):
@@ -87,8 +198,12 @@ class CeleryDispatcher(BrokerFaults):
     eval_config:
         The run's evaluator settings (``EvalConfig`` fields); also sets the jobs' time limits.
     notify:
-        Where to say that no worker seems to consume the queue, or that the broker is away
-        (default: stderr).
+        Where to say that no worker of the class is alive while jobs wait, or that the broker
+        is away (default: stderr). That live workers are busy is only logged, at INFO.
+    remote_alive:
+        ``remote_alive()`` -> remote workers of the class alive now (they do not take this
+        queue's jobs; named in the note when no Celery worker is alive). Default: none. The
+        :class:`services.dispatch.fleet.FleetDispatcher` sets it as :attr:`remote_alive`.
     result_deadline_s:
         Seconds without a result after which a job the broker does not hold is sent again
         (see the module notes); default: the job's hard time limit + the broker's visibility
@@ -101,6 +216,8 @@ class CeleryDispatcher(BrokerFaults):
     outages_s:
         How long each broker outage lasted, from the first error seen to the reconnection
         (0 for a restart noticed only by the server's new ``run_id``).
+    remote_alive:
+        As the parameter.
 
     Raises
     ------
@@ -118,6 +235,7 @@ class CeleryDispatcher(BrokerFaults):
         eval_config: dict[str, Any] | None = None,
         notify: Callable[[str], None] = _stderr,
         result_deadline_s: float | None = None,
+        remote_alive: Callable[[], int] | None = None,
     ) -> None:
         if capacity < 1:
             raise ValueError(f"capacity must be at least 1, got {capacity}")
@@ -125,6 +243,7 @@ class CeleryDispatcher(BrokerFaults):
         self.hardware_class = hardware_class
         self.queue = eval_queue(hardware_class)
         self.reply_to = controller_queue(run_id)
+        self._run_id = run_id
         self._capacity = capacity
         self._task_source = task_source
         self._config = dict(eval_config or {})
@@ -139,7 +258,9 @@ class CeleryDispatcher(BrokerFaults):
         self._url = maybe_sanitize_url(app.conf.broker_url)
         self._jobs: dict[str, Sent] = {}
         self._last_result = time.monotonic()
-        self._warned = False
+        self.remote_alive = remote_alive
+        self._said: str | None = None  # kind of the last stall note said
+        self._next_stall_check = 0.0
         self.resubmitted = 0
         self.outages_s: list[float] = []
         self._down_since: float | None = None
@@ -213,7 +334,9 @@ class CeleryDispatcher(BrokerFaults):
         out = self._read(timeout_s)
         if out:
             self._last_result = time.monotonic()
-            self._warned = False
+            # The next absence is said again; that workers are busy is said once for all.
+            if self._said == "absent":
+                self._said = None
             for r in out:
                 self._jobs.pop(r.job_id, None)
         if self._down_since is None:
@@ -294,21 +417,30 @@ class CeleryDispatcher(BrokerFaults):
             log.debug("releasing the broker connection failed", exc_info=True)
 
     def _check_workers(self) -> None:
-        if self._warned or not self._jobs:
+        """Say why jobs wait, when they have for :data:`NO_WORKER_AFTER_S` (see
+        :func:`stall_note`): each kind of note once, and again only after another was said."""
+        if not self._jobs:
             return
         now = time.monotonic()
         oldest = min(s.submitted_at for s in self._jobs.values())
-        if now - max(oldest, self._last_result) < NO_WORKER_AFTER_S:
+        idle_s = now - max(oldest, self._last_result)
+        if idle_s < NO_WORKER_AFTER_S or now < self._next_stall_check:
             return
-        try:
+        self._next_stall_check = now + STALL_CHECK_EVERY_S
+        try:  # only a hint: never let it stop the run
             waiting = waiting_count(self._conn, self.queue)
-        except Exception:  # only a hint: never let it stop the run
-            log.debug("could not read the length of %s", self.queue, exc_info=True)
+            workers = read_workers(self._redis, key_prefix(self.app)) if waiting else []
+            remote = self.remote_alive() if waiting and self.remote_alive else 0
+        except Exception:
+            log.debug("could not tell who consumes %s", self.queue, exc_info=True)
             return
-        if waiting:
-            self._warned = True
-            self._notify(
-                f"no worker has taken a job from {self.queue} on {self._url} for"
-                f" {NO_WORKER_AFTER_S:.0f} s ({waiting} waiting): start one with"
-                f" `kernelmap worker --queue {self.hardware_class}`; still waiting"
-            )
+        note = stall_note(
+            self.queue, self.hardware_class, idle_s, waiting, workers, remote, self._url
+        )
+        if note is None or note.kind == self._said:
+            return
+        self._said = note.kind
+        if note.level >= logging.WARNING:
+            self._notify(note.text)
+        else:  # nothing to do about it: for the log only
+            log.log(note.level, "run %s: %s", self._run_id, note.text)

@@ -79,6 +79,10 @@ class FleetDispatcher:
         self._parked: dict[str, tuple[Job, float]] = {}  # jobs waiting for any worker
         self._warned = False
         self._unverified: dict[int, dict[str, Any]] = {}  # candidate -> remote result
+        if hasattr(celery, "remote_alive"):
+            # Its stall note must not say that nobody of the class is alive when remote
+            # workers are (they take leased jobs only, never the Celery queue's).
+            celery.remote_alive = lambda: self.counts()[1]
 
     @property
     def capacity(self) -> int:

@@ -6,7 +6,8 @@ Every ``kernelmap worker`` reports what it runs on
 ``{redis_key_prefix}kernelmap:workers:{name}`` every ``interval_s`` seconds with an expiry of
 :data:`EXPIRY_INTERVALS` intervals. A worker that stops cleanly deletes its key; one that is
 killed disappears by itself once the key expires, so nothing has to sweep the list.
-:func:`live_workers` reads the records back (the API's worker list, ``/metrics``) and
+:func:`live_workers` reads the records back (the API's worker list, ``/metrics``; a
+dispatcher's stall note through :func:`read_workers`) and
 :func:`queue_depths` counts the jobs waiting in each ``eval.*`` queue.
 
 The interval is ``Settings.heartbeat_s`` (``KERNELMAP_HEARTBEAT_S``, 10 s by default); readers
@@ -256,19 +257,32 @@ def live_workers(settings: Settings) -> list[dict[str, Any]]:
     """
     if not settings.redis_url:
         return []
-    prefix = f"{settings.redis_key_prefix}{WORKERS_KEY}"
     client = _client(settings.redis_url)
     try:
-        keys = list(client.scan_iter(match=_glob_escape(prefix) + "*", count=500))
-        with client.pipeline(transaction=False) as pipe:
-            for key in keys:
-                pipe.get(key)
-                pipe.pttl(key)
-            replies = pipe.execute()
+        return read_workers(client, settings.redis_key_prefix)
     except redis.RedisError as exc:
         raise _unreachable(settings.redis_url, exc) from exc
     finally:
         client.close()
+
+
+def read_workers(client: redis.Redis, key_prefix: str) -> list[dict[str, Any]]:
+    """The live workers' records under ``key_prefix``, read with ``client`` (see
+    :func:`live_workers`, which opens its own client; this one is for a caller that holds one,
+    such as a dispatcher's broker client).
+
+    Raises
+    ------
+    redis.RedisError
+        When Redis does not answer.
+    """
+    prefix = f"{key_prefix}{WORKERS_KEY}"
+    keys = list(client.scan_iter(match=_glob_escape(prefix) + "*", count=500))
+    with client.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.get(key)
+            pipe.pttl(key)
+        replies = pipe.execute()
     workers = []
     for key, raw, pttl in zip(keys, replies[::2], replies[1::2], strict=True):
         if raw is None:
