@@ -87,10 +87,16 @@ def measure(run: Evaluation, cand: CandidateProcess, n_samples: int) -> tuple[Ti
         cfg.compile_baseline == "auto" and run.device.type == "cuda"
     )
     variants = ["eager"] + (["compile"] if want_compile else [])
-    if not want_compile:
+    # Named as the user sets it: the environment variable of services.config.Settings.
+    if cfg.compile_baseline == "never":
+        res.messages.append(
+            "torch.compile baseline not timed (KERNELMAP_COMPILE_BASELINE=never);"
+            " set KERNELMAP_COMPILE_BASELINE=always to time it (auto: on a GPU only)"
+        )
+    elif not want_compile:
         res.messages.append(
             "torch.compile baseline not timed on the CPU (inductor's CPU compile"
-            " takes tens of seconds); set compile_baseline='always' to time it"
+            " takes tens of seconds); set KERNELMAP_COMPILE_BASELINE=always to time it"
         )
     base = Baselines(run, variants)
     run.baselines = base

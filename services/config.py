@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from evaluator_worker.config import EvalConfig
@@ -94,6 +94,11 @@ class Settings(BaseSettings):
     )
     run_jobs_in_flight: int = Field(
         default=4, ge=1, description="Evaluation jobs the controller keeps in flight per run"
+    )
+    worker_token: SecretStr | None = Field(
+        default=None,
+        description="The enrolment token of `kernelmap worker --join` (a worker-role key), kept"
+        " out of `ps`; `--token-file` or `--token` win over it",
     )
 
     def eval_config(self, **overrides: Any) -> EvalConfig:

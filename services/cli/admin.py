@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from services.config import Settings
+from services.cli.options import settings_from
 
 
 def cmd_db(args: argparse.Namespace) -> int:
@@ -13,7 +13,7 @@ def cmd_db(args: argparse.Namespace) -> int:
     from archive import db
     from services.runs.search import database_url
 
-    url = database_url(Settings(), args.db)
+    url = database_url(settings_from(args), args.db)
     db.upgrade(url)
     print(f"database at revision {db.head_revision()}", file=sys.stderr)
     return 0
@@ -24,7 +24,7 @@ def cmd_keys(args: argparse.Namespace) -> int:
     from services.keys import create_key
     from services.runs.search import open_database
 
-    engine, sessions = open_database(Settings(), args.db)
+    engine, sessions = open_database(settings_from(args), args.db)
     try:
         with sessions() as s:
             user, key = create_key(s, args.role, args.name or f"{args.role} key")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from kernelmap_errors import KernelmapError
 from services.cli.errors import UsageError
+from services.cli.options import settings_from
 from services.config import Settings
 
 #: The shipped examples (a checkout's ``examples/``).
@@ -52,7 +53,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
     if not EXAMPLES.is_dir():
         raise KernelmapError(f"the shipped examples are not at {EXAMPLES}: run from a checkout")
-    settings = Settings()
+    settings = settings_from(args)
     task = EXAMPLES / "softmax" / "task.py"
     seed = EXAMPLES / "softmax" / "triton_softmax_looped.py"
     budget = args.budget or 12

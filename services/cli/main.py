@@ -11,9 +11,11 @@ import json
 import sys
 from typing import Any, NoReturn
 
+from evaluator_worker.verdict import Verdict
 from evolution.emitters import VARIATIONS
 from kernelmap_errors import KernelmapError
 from services.cli.errors import UsageError
+from services.cli.options import add_data_dir
 
 
 class _Parser(argparse.ArgumentParser):
@@ -65,6 +67,7 @@ def build_parser() -> argparse.ArgumentParser:
     d = sub.add_parser("demo", help="a short search on the shipped softmax example")
     d.add_argument("--device", choices=["auto", "cpu", "cuda"], default=None)
     d.add_argument("--budget", type=int, default=None, help="evaluations (default 12)")
+    add_data_dir(d)
 
     r = sub.add_parser("run", help="search for fast kernels for a task (MAP-Elites)")
     r.add_argument("task", nargs="?", help="task file (not needed with --resume)")
@@ -84,7 +87,10 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NAME[:BINS],...",
         help="1-3 descriptor dimensions (default per device)",
     )
-    r.add_argument("--db", default=None, metavar="URL", help="database URL (default: SQLite)")
+    r.add_argument(
+        "--db", default=None, metavar="URL", help="database URL (default: SQLite in --data-dir)"
+    )
+    add_data_dir(r)
     r.add_argument(
         "--resume", type=int, default=None, metavar="RUN_ID", help="continue an interrupted run"
     )
@@ -137,10 +143,21 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         metavar="URL",
         help="a remote worker: join the kernelmap server at URL over HTTPS and pull jobs"
-        " (needs --token)",
+        " (needs an enrolment token: --token-file, KERNELMAP_WORKER_TOKEN or --token)",
     )
-    w.add_argument(
-        "--token", default=None, metavar="KEY", help="the enrolment token (a worker-role key)"
+    token = w.add_mutually_exclusive_group()
+    token.add_argument(
+        "--token-file",
+        default=None,
+        metavar="PATH",
+        help="a file holding the enrolment token (a worker-role key); keep it mode 0600",
+    )
+    token.add_argument(
+        "--token",
+        default=None,
+        metavar="KEY",
+        help="the enrolment token itself (visible to every user in `ps`: prefer --token-file"
+        " or KERNELMAP_WORKER_TOKEN)",
     )
     w.add_argument(
         "--name", default=None, help="the remote worker's name (default: this host's name)"
@@ -151,13 +168,18 @@ def build_parser() -> argparse.ArgumentParser:
         help="allow --join over plain http:// to a non-loopback host (the token travels in"
         " clear: only on a network you trust)",
     )
+    add_data_dir(
+        w,
+        "with --join: where the worker keeps its token and results not yet delivered"
+        " (default: KERNELMAP_DATA_DIR, else ~/.kernelmap)",
+    )
 
     sv = sub.add_parser(
         "serve", help="the service: REST API + controller (+ embedded broker and local worker)"
     )
     sv.add_argument("--host", default="127.0.0.1", help="address to listen on (127.0.0.1)")
     sv.add_argument("--port", type=int, default=8000, help="port (8000)")
-    sv.add_argument("--data-dir", default=None, metavar="DIR", help="data directory")
+    add_data_dir(sv)
     sv.add_argument(
         "--local-worker",
         action="store_true",
@@ -167,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     sv.add_argument("--no-controller", action="store_true", help="API only (cluster replicas)")
 
     ct = sub.add_parser("controller", help="the cluster's controller: searches the API's runs")
-    ct.add_argument("--data-dir", default=None, metavar="DIR", help="data directory")
+    add_data_dir(ct)
     ct.add_argument(
         "--id",
         default=None,
@@ -178,30 +200,57 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("runs", help="list runs")
     ls.add_argument("--db", default=None, metavar="URL")
+    add_data_dir(ls)
     ls.add_argument("--json", action="store_true")
 
-    sh = sub.add_parser("show", help="print a run's archive as a table")
+    sh = sub.add_parser("show", help="print a run's archive (its elites) as a table")
     sh.add_argument("run_id", type=int)
     sh.add_argument("--db", default=None, metavar="URL")
+    add_data_dir(sh)
     sh.add_argument("--json", action="store_true")
+
+    cd = sub.add_parser("candidates", help="list a run's candidates (every one it proposed, by id)")
+    cd.add_argument("run_id", type=int)
+    cd.add_argument(
+        "--verdict",
+        choices=[v.value for v in Verdict],
+        default=None,
+        metavar="VERDICT",
+        help="only candidates whose newest evaluation has this verdict (OK, INCORRECT,"
+        " TIMEOUT, ...)",
+    )
+    cd.add_argument(
+        "--limit", type=int, default=100, metavar="N", help="at most N candidates (default 100)"
+    )
+    cd.add_argument("--db", default=None, metavar="URL")
+    add_data_dir(cd)
+    cd.add_argument("--json", action="store_true")
 
     ex = sub.add_parser("export", help="write a standalone candidate file from a run")
     ex.add_argument("run_id", type=int)
     which = ex.add_mutually_exclusive_group(required=True)
     which.add_argument("--best", action="store_true", help="the run's best elite")
-    which.add_argument("--candidate", type=int, metavar="ID", help="a candidate of the run")
+    which.add_argument(
+        "--candidate",
+        type=int,
+        metavar="ID",
+        help="a candidate of the run (`kernelmap candidates RUN_ID` lists them)",
+    )
     ex.add_argument("-o", "--output", required=True, metavar="FILE")
     ex.add_argument("--db", default=None, metavar="URL")
+    add_data_dir(ex)
 
     kp = sub.add_parser("keys", help="API keys")
     kp.add_argument("action", choices=["create"], help="create a key (printed once, on stdout)")
     kp.add_argument("--role", choices=["admin", "user", "worker"], required=True)
     kp.add_argument("--name", default=None, help="who or what the key is for")
     kp.add_argument("--db", default=None, metavar="URL")
+    add_data_dir(kp)
 
     dbp = sub.add_parser("db", help="database maintenance")
     dbp.add_argument("action", choices=["upgrade"], help="apply migrations")
     dbp.add_argument("--db", default=None, metavar="URL")
+    add_data_dir(dbp)
     return p
 
 
@@ -218,6 +267,7 @@ def main(argv: list[str] | None = None) -> int:
             "run": runs.cmd_run,
             "runs": runs.cmd_runs,
             "show": runs.cmd_show,
+            "candidates": runs.cmd_candidates,
             "export": runs.cmd_export,
             "db": admin.cmd_db,
             "keys": admin.cmd_keys,

@@ -97,7 +97,7 @@ class ProgressLine:
     def __call__(self, p: Progress) -> None:
         verdicts = " ".join(f"{k}:{v}" for k, v in sorted(p.verdicts.items()))
         best = "n/a" if p.best_objective is None else f"{math.exp(p.best_objective):.3g}x"
-        label = "" if p.objective_label == "gpu-speedup" else f" [{p.objective_label}]"
+        label = "" if p.objective_label in (None, "gpu-speedup") else f" [{p.objective_label}]"
         text = (
             f"[{p.evaluations}/{p.budget}] in flight {p.in_flight}  best {best}{label}"
             f"  elites {p.elites}  coverage {100 * p.coverage:.1f}%  {verdicts}"

@@ -1,24 +1,19 @@
 """The search commands: ``kernelmap run`` (search, then print the summary), ``runs`` (list
-them), ``show`` (a run's archive as a table) and ``export`` (a candidate as a standalone file)."""
+them), ``show`` (a run's archive as a table), ``candidates`` (every candidate a run proposed)
+and ``export`` (a candidate as a standalone file)."""
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from pathlib import Path
 
 from archive.status import RunStatus
 from kernelmap_errors import KernelmapError
+from services.cli.options import settings_from
 from services.config import Settings
-
-STOP_REASONS = {
-    "budget": "the budget is spent",
-    "stopped": "stopped by the user",
-    "exhausted": "every emitter has proposed its whole search space",
-    "stalled": "no emitter proposed anything new for a while",
-    "task_refused": "a worker refused the task; see the error below",
-}
 
 
 def print_finished_run(
@@ -28,9 +23,17 @@ def print_finished_run(
     as_json: bool,
     stopped_reason: str | None = None,
 ) -> int:
-    """Print a run's summary (one JSON object with ``as_json``) and write its HTML report."""
+    """Print a run's summary (one JSON object with ``as_json``) and write its HTML report.
+
+    ``stopped_reason`` is the search's own (the stored one when None)."""
     from services.runs.search import open_database
-    from services.runs.views import archive_table, format_table, run_summary, write_report
+    from services.runs.views import (
+        STOP_REASONS,
+        archive_table,
+        format_table,
+        run_summary,
+        write_report,
+    )
 
     engine, sessions = open_database(settings, db_url)
     try:
@@ -41,33 +44,19 @@ def print_finished_run(
     finally:
         engine.dispose()
     summary["report"] = str(report)
-    summary["stopped_reason"] = stopped_reason
+    if stopped_reason is not None and summary["stop_reason"] is None:
+        summary["stop_reason"] = stopped_reason
+        summary["stop_reason_text"] = STOP_REASONS.get(stopped_reason, stopped_reason)
     if as_json:
         print(json.dumps(summary))
         return 0
-    best = summary["best"]
-    label = summary["objective_label"]
-    why = STOP_REASONS.get(stopped_reason or "", stopped_reason)
-    print(
-        f"run {run_id} ({summary['task']}, {summary['device']}): {summary['status']}"
-        + (f" ({why})" if why else "")
-    )
-    print(
-        f"  evaluations {summary['evaluations']}/{summary['budget']}   elites {summary['elites']}"
-        f"   coverage {100 * summary['coverage']:.1f}%   QD-score {summary['qd_score']:.4g}"
-    )
-    print("  verdicts    " + ", ".join(f"{k} {v}" for k, v in sorted(summary["verdicts"].items())))
-    if summary.get("error"):
-        print(f"  error       {summary['error']}")
-    if best:
-        print(f"  best        candidate {best['candidate_id']}: {best['ratio']:.4g}x ({label})")
-    else:
-        print("  best        none (no correct candidate)")
+    print(summary_text(summary))
     if elites:
         print()
         print(
             format_table(
-                elites[:15], ["cell", "candidate_id", "ratio", "measures", "params", "label"]
+                elites[:15],
+                ["cell", "candidate_id", "ratio", "objective_label", "measures", "params", "label"],
             )
         )
     print()
@@ -75,6 +64,50 @@ def print_finished_run(
     if summary["status"] == RunStatus.INTERRUPTED:
         print(f"interrupted: continue with `kernelmap run --resume {run_id}`", file=sys.stderr)
     return 0
+
+
+def summary_text(summary: dict) -> str:
+    """A run's summary (:func:`services.runs.views.run_summary`) as the lines the CLI prints:
+    every number says what it counts and every ratio how it was measured."""
+    counts = summary["counts"]
+    why = summary.get("stop_reason_text")
+    lines = [
+        f"run {summary['run_id']} ({summary['task']}, {summary['device']}): {summary['status']}"
+        + (f" ({why})" if why else "")
+    ]
+    breakdown = f"{counts['candidates_evaluated']} candidates"
+    if counts["remeasures"]:
+        breakdown += f", {counts['remeasures']} re-measures"
+    if counts["duplicates"]:
+        breakdown += f"; {counts['duplicates']} duplicate proposals not evaluated again"
+    lines.append(
+        f"  evaluations {summary['evaluations']}/{summary['budget']} ({breakdown})"
+        f"   elites {summary['elites']}   coverage {100 * summary['coverage']:.1f}%"
+        f"   QD-score {summary['qd_score']:.4g}"
+    )
+    verdicts = ", ".join(f"{k} {v}" for k, v in sorted(summary["verdicts"].items()))
+    lines.append(f"  verdicts    {verdicts or 'none yet'} (one per evaluation or static reject)")
+    if summary.get("error"):
+        lines.append(f"  error       {summary['error']}")
+    best = summary["best"]
+    if best:
+        spread = best.get("ratio_ci95")
+        within = f", 95% interval {spread[0]:.3g}-{spread[1]:.3g}x" if spread else ""
+        lines.append(
+            f"  best        candidate {best['candidate_id']} ({best['label']}):"
+            f" {best['ratio']:.4g}x ({best['objective_label']}{within})"
+        )
+    else:
+        lines.append("  best        none (no correct candidate)")
+    templates = summary.get("templates") or {}
+    if templates.get("wanted"):
+        matched = ", ".join(templates["matched"])
+        why_not = "; ".join(templates.get("notes", [])[:3])
+        if not matched:
+            matched = "none applies" + (f" ({why_not})" if why_not else "")
+        lines.append(f"  templates   {matched}")
+    lines += [f"  note        {n}" for n in summary.get("notes", [])]
+    return "\n".join(lines)
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -86,7 +119,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         raise KernelmapError("give a task file, or --resume RUN_ID (see kernelmap run --help)")
     if args.task is not None and args.resume is not None:
         raise KernelmapError("give either a task file or --resume RUN_ID, not both")
-    settings = Settings()
+    settings = settings_from(args)
     opts = RunOptions(
         task=Path(args.task) if args.task else None,
         seeds=[Path(p) for p in args.seed_candidate],
@@ -117,7 +150,7 @@ def cmd_runs(args: argparse.Namespace) -> int:
     from services.runs.search import open_database
     from services.runs.views import format_table, runs_table
 
-    engine, sessions = open_database(Settings(), args.db)
+    engine, sessions = open_database(settings_from(args), args.db)
     try:
         with sessions() as s:
             rows = runs_table(s)
@@ -153,7 +186,7 @@ def cmd_show(args: argparse.Namespace) -> int:
     from services.runs.search import open_database
     from services.runs.views import archive_table, format_table, run_summary
 
-    engine, sessions = open_database(Settings(), args.db)
+    engine, sessions = open_database(settings_from(args), args.db)
     try:
         with sessions() as s:
             summary = run_summary(s, args.run_id)
@@ -165,26 +198,80 @@ def cmd_show(args: argparse.Namespace) -> int:
         return 0
     print(
         f"run {args.run_id} ({summary['task']}, {summary['status']}): {summary['elites']} elites,"
-        f" {summary['evaluations']} evaluations, objective {summary['objective_label']}"
+        f" {summary['evaluations']} evaluations (each ratio labelled by how it was measured)"
     )
-    print(
-        format_table(
-            rows, ["cell", "candidate_id", "ratio", "measures", "params", "label", "emitter"]
-        )
-        if rows
-        else "the archive is empty"
-    )
+    columns = ["cell", "candidate_id", "ratio", "objective_label", "measures", "params", "label"]
+    print(format_table(rows, [*columns, "emitter"]) if rows else "the archive is empty")
+    return 0
+
+
+def candidate_rows(session, run_id: int, verdict: str | None, limit: int) -> list[dict]:
+    """The first ``limit`` candidates of run ``run_id`` (only ``verdict`` if given), by id:
+    one row each with its newest evaluation's verdict, ratio and what that ratio measures."""
+    from archive import repository
+
+    repository.get_run(session, run_id)  # RunNotFound for an unknown run
+    return [
+        {
+            "candidate_id": c.id,
+            "verdict": e.verdict if e else None,
+            "ratio": None if e is None or e.objective is None else math.exp(e.objective),
+            "objective_label": e.objective_label if e else None,
+            "emitter": c.emitter,
+            "params": dict(c.params),
+            "label": c.label,
+        }
+        for c, e in repository.candidates_of_run(session, run_id, verdict=verdict, limit=limit)
+    ]
+
+
+def cmd_candidates(args: argparse.Namespace) -> int:
+    """``kernelmap candidates RUN_ID``: every candidate the run proposed (not only its elites,
+    which ``show`` lists), by id, with the verdict of its newest evaluation."""
+    from archive import repository
+    from services.runs.search import open_database
+    from services.runs.views import format_table
+
+    if args.limit < 1:
+        raise KernelmapError(f"--limit must be at least 1, got {args.limit}")
+    engine, sessions = open_database(settings_from(args), args.db)
+    try:
+        with sessions() as s:
+            rows = candidate_rows(s, args.run_id, args.verdict, args.limit)
+            total = repository.count_candidates_of_run(s, args.run_id, args.verdict)
+    finally:
+        engine.dispose()
+    if args.json:
+        print(json.dumps({"run_id": args.run_id, "total": total, "candidates": rows}))
+        return 0
+    which = f" with verdict {args.verdict}" if args.verdict else ""
+    if not rows:
+        print(f"run {args.run_id} has no candidates{which}")
+        return 0
+    print(f"run {args.run_id}: {len(rows)} of {total} candidates{which}, by id")
+    columns = ["candidate_id", "verdict", "ratio", "objective_label", "emitter", "params", "label"]
+    print(format_table(rows, columns))
+    if total > len(rows):
+        print(f"({total - len(rows)} more: raise --limit)")
     return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:
     """``kernelmap export``: a standalone candidate file with its parameters baked in."""
+    from archive import repository
     from services.runs.search import open_database
     from services.runs.views import export_candidate
 
-    engine, sessions = open_database(Settings(), args.db)
+    engine, sessions = open_database(settings_from(args), args.db)
     try:
         with sessions() as s:
+            if args.candidate is not None:
+                repository.get_run(s, args.run_id)  # RunNotFound first: it has its own hint
+                if not repository.candidate_in_run(s, args.run_id, args.candidate):
+                    raise KernelmapError(
+                        f"run {args.run_id} has no candidate {args.candidate}:"
+                        f" `kernelmap candidates {args.run_id}` lists its candidates"
+                    )
             info = export_candidate(
                 s, args.run_id, None if args.best else args.candidate, Path(args.output)
             )

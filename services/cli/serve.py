@@ -25,9 +25,10 @@ import signal
 import subprocess
 import sys
 import threading
-from pathlib import Path
 
 from kernelmap_errors import KernelmapError
+from services.cli.options import settings_from
+from services.cli.worker_token import enrolment_token
 from services.config import Settings
 
 log = logging.getLogger(__name__)
@@ -50,9 +51,7 @@ def _raise_stop(signum, frame) -> None:
 
 
 def _settings(args: argparse.Namespace) -> Settings:
-    settings = Settings()
-    if getattr(args, "data_dir", None):
-        settings = settings.model_copy(update={"data_dir": Path(args.data_dir).expanduser()})
+    settings = settings_from(args)
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return settings
 
@@ -222,17 +221,22 @@ def cmd_controller(args: argparse.Namespace) -> int:
 
 
 def run_remote(args: argparse.Namespace) -> int:
-    """``kernelmap worker --join URL --token KEY``: a remote worker pulling jobs over HTTPS."""
+    """``kernelmap worker --join URL --token-file PATH``: a remote worker pulling jobs over
+    HTTPS (the token also from ``KERNELMAP_WORKER_TOKEN`` or ``--token KEY``)."""
     from services.workers.remote import run_remote_worker
 
-    if not (args.join and args.token):
-        raise KernelmapError("a remote worker needs both --join URL and --token KEY")
+    settings = settings_from(args)
+    token = enrolment_token(args, settings)
+    if not (args.join and token):
+        raise KernelmapError(
+            "a remote worker needs both --join URL and an enrolment token: --token-file PATH,"
+            " KERNELMAP_WORKER_TOKEN or --token KEY"
+        )
     if args.device is not None and not args.device.isdigit():
         raise KernelmapError(f"--device must be a GPU index (0, 1, ...), got {args.device!r}")
-    settings = Settings()
     return run_remote_worker(
         args.join,
-        args.token,
+        token,
         hardware_class=args.queue,
         device=args.device,
         name=args.name,
@@ -251,8 +255,10 @@ def _has_gpu() -> bool:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     """``kernelmap worker``: a Celery worker evaluating jobs from ``eval.<CLASS>``; with
-    ``--join URL --token KEY``, a remote worker pulling jobs from a server over HTTPS."""
-    if args.join or args.token:
+    ``--join URL`` (and an enrolment token), a remote worker pulling jobs from a server over
+    HTTPS."""
+    # KERNELMAP_WORKER_TOKEN alone does not make a remote worker: it may be set for the shell.
+    if args.join or args.token or args.token_file:
         return run_remote(args)
     from kombu.utils.url import maybe_sanitize_url
 
@@ -273,7 +279,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
         overrides["device"] = "cpu"
     # Handed to the Celery app: its pool processes, forked from this one, evaluate with them
     # (services.workers.tasks reads them from the app's configuration).
-    settings = Settings().model_copy(update=overrides)
+    settings = settings_from(args).model_copy(update=overrides)
     device = settings.device if settings.device != "auto" else ("cuda" if _has_gpu() else "cpu")
     if device == "cuda" and not _has_gpu():
         raise KernelmapError(

@@ -1,6 +1,7 @@
 """A remote GPU worker: joins a kernelmap server over HTTPS and pulls jobs with leases.
 
-``kernelmap worker --join URL --token KEY`` runs :func:`run_remote_worker`. The worker enrols
+``kernelmap worker --join URL --token-file PATH`` (or ``KERNELMAP_WORKER_TOKEN``, or ``--token
+KEY``; see :mod:`services.cli.worker_token`) runs :func:`run_remote_worker`. The worker enrols
 once with the enrolment key (a ``worker``-role API key) and keeps the token it gets in
 ``<data_dir>/remote_worker.json`` (mode 0600) for its next start
 (:mod:`services.workers.remote_client`). Then, one job at a time:
@@ -262,7 +263,10 @@ def run_remote_worker(
     if max_jobs is not None and max_jobs < 1:
         raise RemoteWorkerError(f"max_jobs must be at least 1, got {max_jobs}")
     if not token or not token.strip():
-        raise RemoteWorkerError("an enrolment key is needed: --token KEY (a worker API key)")
+        raise RemoteWorkerError(
+            "an enrolment key is needed (a worker API key): --token-file PATH,"
+            " KERNELMAP_WORKER_TOKEN or --token KEY"
+        )
     dev = _device(device)
     hw_class = hardware_class or dev
     if not HARDWARE_CLASS_RE.fullmatch(hw_class):
