@@ -27,7 +27,8 @@ Routes (``routes/``, one router per resource, mounted by ``routes.api_router``)
 ``routes.runs``
     ``/runs``: start a search, follow it, pause/resume/cancel it, browse its archive.
 ``routes.candidates``
-    ``/candidates/{id}``: one candidate's source and newest evaluation.
+    ``/candidates/{id}``: one candidate's source, newest evaluation (with its verification)
+    and lineage.
 ``routes.keys``
     ``/keys`` (admin): make, list and revoke API keys.
 ``routes.remote``

@@ -58,6 +58,17 @@ class PayloadTooLarge(ApiError):
     status_code = 413
 
 
+def task_file_too_large(max_bytes: int) -> PayloadTooLarge:
+    """The one 413 for a task file over ``max_bytes``: the same body whether the declared size
+    said so (:class:`services.api.app.UploadLimit`, before the body is read) or the bytes the
+    route read (a chunked upload declares no size)."""
+    return PayloadTooLarge(
+        f"the task file is over {max_bytes} bytes: a task needs only the reference model and"
+        " its input generators",
+        field="file",
+    )
+
+
 class Unprocessable(ApiError):
     """Well-formed but unusable input: a file that is not UTF-8, a bad seed (422)."""
 
@@ -97,11 +108,20 @@ class AsciiJSONResponse(JSONResponse):
         return json.dumps(content, ensure_ascii=True, allow_nan=False).encode("ascii")
 
 
-async def _kernelmap_error(_request: Request, exc: Exception) -> JSONResponse:
-    assert isinstance(exc, KernelmapError)
+def error_response(exc: KernelmapError) -> JSONResponse:
+    """The response for a user-caused error: ``{"detail": ..., **extra}`` with its status.
+
+    Also what a middleware sends when it refuses a request before any route runs, so both
+    answer alike.
+    """
     body: dict[str, Any] = {"detail": str(exc)}
     body.update(getattr(exc, "extra", {}))
     return AsciiJSONResponse(body, status_code=status_of(exc))
+
+
+async def _kernelmap_error(_request: Request, exc: Exception) -> JSONResponse:
+    assert isinstance(exc, KernelmapError)
+    return error_response(exc)
 
 
 async def _validation_error(_request: Request, exc: Exception) -> JSONResponse:

@@ -17,7 +17,7 @@ from services.api.deps import (
     SessionDep,
     owner_filter,
 )
-from services.api.errors import ErrorBody, PayloadTooLarge, Unprocessable
+from services.api.errors import ErrorBody, Unprocessable, task_file_too_large
 from services.api.schemas import Page, TaskDetail, TaskOut, storable
 from services.api.validation import validate_task_source
 
@@ -56,11 +56,7 @@ def create_task(
     """Upload a task file; it is validated (loads, runs, output not near-constant) first."""
     data = file.file.read(config.max_task_bytes + 1)
     if len(data) > config.max_task_bytes:
-        raise PayloadTooLarge(
-            f"the task file is over {config.max_task_bytes} bytes: a task needs only the"
-            " reference model and its input generators",
-            field="file",
-        )
+        raise task_file_too_large(config.max_task_bytes)
     try:
         source = storable(data.decode("utf-8"))
     except (UnicodeDecodeError, ValueError) as e:
