@@ -19,8 +19,11 @@ Modules
     re-exporting those of ``run_results`` and ``users``.
 ``run_results``
     Reading back what runs found: candidates with their newest evaluations
-    (``candidates_of_run``), evaluations, verdict counts, elites (``best_elite``) and
-    progress points.
+    (``candidates_of_run``), evaluations, verdict counts, what a run's proposals and jobs came
+    to (``run_counts``), elites (``best_elite``) and progress points.
+``lineage``
+    Where a candidate comes from: its ancestors back to a seed (``ancestors``, two queries at
+    any depth) and whether its newest evaluation was verified (``verification``).
 ``users``
     Users and their API keys (``add_user``, ``api_key_by_hash``, ``revoke_api_key``...).
 ``credentials``

@@ -33,7 +33,7 @@ class CandidateNotFound(NotFoundError):
 
     def __init__(self, candidate_id: object) -> None:
         super().__init__(
-            "candidate", candidate_id, "`kernelmap show RUN_ID` lists a run's candidates"
+            "candidate", candidate_id, "`kernelmap candidates RUN_ID` lists a run's candidates"
         )
 
 

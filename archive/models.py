@@ -119,6 +119,8 @@ class Run(Base):
     finished_at: Mapped[dt.datetime | None]
     archive_state: Mapped[dict[str, Any] | None]
     error: Mapped[str | None] = mapped_column(sa.Text)
+    #: Why its latest search stopped (:mod:`evolution.progress`'s ``STOP_*``); NULL before.
+    stop_reason: Mapped[str | None] = mapped_column(sa.String(32))
     #: The user who started it through the API; NULL for runs made by the local CLI.
     owner_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"), index=True)
 

@@ -45,6 +45,7 @@ from archive.run_results import (  # noqa: F401
     get_candidate,
     latest_evaluation,
     latest_run_stat,
+    run_counts,
     run_stats,
     verdict_counts,
 )
@@ -182,8 +183,8 @@ def list_runs(session: Session, limit: int = 50, status: str | None = None) -> l
 def set_run_status(session: Session, run_id: int, status: str, error: str | None = None) -> Run:
     """Move a run to ``status`` and stamp the time.
 
-    ``running`` sets ``started_at`` (the first time) and clears ``finished_at`` and
-    ``error`` (a resumed run); a terminal status sets ``finished_at``.
+    ``running`` sets ``started_at`` (the first time) and clears ``finished_at``, ``error`` and
+    ``stop_reason`` (a resumed run); a terminal status sets ``finished_at``.
 
     Raises
     ------
@@ -200,6 +201,7 @@ def set_run_status(session: Session, run_id: int, status: str, error: str | None
         run.started_at = run.started_at or now
         run.finished_at = None
         run.error = None
+        run.stop_reason = None
     elif status in TERMINAL_STATUSES:
         run.finished_at = now
     if error is not None:

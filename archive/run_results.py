@@ -14,7 +14,7 @@ import sqlalchemy as sa
 from sqlalchemy.orm import Session, defer
 
 from archive.errors import CandidateNotFound
-from archive.models import Candidate, Elite, Evaluation, Proposal, RunStat
+from archive.models import Candidate, Elite, Evaluation, Job, Proposal, RunStat
 
 # -- candidates and evaluations ----------------------------------------------------------------
 
@@ -178,6 +178,35 @@ def verdict_counts(session: Session, run_id: int) -> dict[str, int]:
     return {v: n for v, n in session.execute(stmt)}
 
 
+def run_counts(session: Session, run_id: int) -> dict[str, int]:
+    """What the run's proposals and jobs came to, in two queries.
+
+    ``proposed``: proposals of its emitters (duplicates included); ``duplicates``: those that
+    repeated a candidate already proposed (by this run or an earlier run of the task), answered
+    from its stored result where it had one; ``job_evaluations``: evaluations of this run's
+    jobs (re-measures of near-ties and verifications of remote claims included);
+    ``candidates_evaluated``: distinct candidates among them.
+    """
+    proposed, duplicates = session.execute(
+        sa.select(
+            sa.func.count(),
+            sa.func.coalesce(sa.func.sum(sa.case((Proposal.duplicate, 1), else_=0)), 0),
+        ).where(Proposal.run_id == run_id)
+    ).one()
+    evaluations, candidates = session.execute(
+        sa.select(sa.func.count(), sa.func.count(sa.distinct(Job.candidate_id)))
+        .select_from(Job)
+        .join(Evaluation, Evaluation.job_id == Job.id)
+        .where(Job.run_id == run_id)
+    ).one()
+    return {
+        "proposed": int(proposed),
+        "duplicates": int(duplicates),
+        "job_evaluations": int(evaluations),
+        "candidates_evaluated": int(candidates),
+    }
+
+
 # -- elites and progress -----------------------------------------------------------------------
 
 
@@ -194,8 +223,20 @@ def current_elites(session: Session, run_id: int) -> list[Elite]:
 def current_elite_cells(session: Session, run_id: int) -> list[sa.Row[Any]]:
     """The run's current elites with what a table of them shows of their candidates, best
     first, in one query: rows with ``cell, candidate_id, objective, measures`` (the elite's),
-    ``params, label, emitter`` (its candidate's) and ``verified`` (a worker other than a remote
-    one evaluated it: see :mod:`archive.leases`)."""
+    ``params, label, emitter`` (its candidate's), ``objective_label`` (how its newest timed
+    evaluation measured it) and ``verified`` (a worker other than a remote one evaluated it:
+    see :mod:`archive.leases`)."""
+    measured = (
+        sa.select(Evaluation.objective_label)
+        .where(
+            Evaluation.candidate_id == Elite.candidate_id, Evaluation.objective_label.is_not(None)
+        )
+        .order_by(Evaluation.id.desc())
+        .limit(1)
+        .correlate(Elite)
+        .scalar_subquery()
+        .label("objective_label")
+    )
     trusted = (
         sa.exists()
         .where(
@@ -213,6 +254,7 @@ def current_elite_cells(session: Session, run_id: int) -> list[sa.Row[Any]]:
             Candidate.params,
             Candidate.label,
             Candidate.emitter,
+            measured,
             trusted,
         )
         .join(Candidate, Candidate.id == Elite.candidate_id)

@@ -128,3 +128,26 @@ def outcome_from_result(candidate_id: int, result: dict[str, Any]) -> Outcome:
         speedup_vs_eager=result.get("speedup_vs_eager"),
         speedup_vs_compile=result.get("speedup_vs_compile"),
     )
+
+
+def ratio_interval(timing: dict[str, Any] | None) -> tuple[float, float] | None:
+    """The spread of an evaluation's ratio (baseline time over candidate time, the speedup the
+    objective is the log of): ``(low, high)`` from the two 95% confidence intervals of the
+    medians, the baseline being the faster of eager and torch.compile as in
+    :func:`outcome_from_result`; None without both intervals.
+
+    The reference timed against itself shows what this spread means: its ratio is 1 up to
+    noise, and any ratio inside ``(low, high)`` of a candidate is as good as that candidate's.
+    """
+    timing = timing or {}
+    cand = timing.get("candidate") or {}
+    bases = [b for b in (timing.get("eager"), timing.get("compile")) if b and b.get("median_ms")]
+    if not bases or not cand.get("ci95_ms"):
+        return None
+    base = min(bases, key=lambda b: b["median_ms"])
+    if not base.get("ci95_ms"):
+        return None
+    (c_lo, c_hi), (b_lo, b_hi) = cand["ci95_ms"], base["ci95_ms"]
+    if min(c_lo, c_hi, b_lo, b_hi) <= 0:
+        return None
+    return float(b_lo) / float(c_hi), float(b_hi) / float(c_lo)

@@ -154,7 +154,7 @@ class SearchLoop:
         self._verifier = Verifier()
         self._verdicts: collections.Counter[str] = collections.Counter()
         self._refused: str | None = None
-        self._label: str | None = None
+        self._labels: dict[int, str] = {}  # candidate id -> how its objective was measured
         self._rr = 0
         self._dirty = False
         # Learned but not stored yet: written with the batch of results (or round) they
@@ -190,9 +190,11 @@ class SearchLoop:
         """
         everything = self.store.evaluated()
         for _, _, result in everything:
+            if result.get(OTHER_RUN):
+                continue  # another run's evaluation: not counted here, as it was not live
             verdict = str(result.get("verdict", "RUNTIME_ERROR"))
             self._verdicts[verdict] += 1
-            if verdict != STATIC_REJECT and not result.get(OTHER_RUN):
+            if verdict != STATIC_REJECT:
                 self.evaluations += 1
         # Remote claims never re-measured stay out of the map, as they did live; see below.
         rows, claims = split_claims(everything)
@@ -202,7 +204,7 @@ class SearchLoop:
         for (_cid, spec, _result), (outcome, decision) in zip(rows, decisions, strict=True):
             emitter = self._owner(spec)
             if outcome.objective is not None:
-                self._label = outcome.objective_label
+                self._labels[outcome.candidate_id] = outcome.objective_label
             if emitter is not None:
                 emitter.tell(spec, outcome, decision)
         for cid, (spec, result) in claims.items():
@@ -258,7 +260,7 @@ class SearchLoop:
         self._save([])
         self._progress()
         return summary_of(
-            self.archive, self.evaluations, self._verdicts, self._label, reason, self._refused
+            self.archive, self.evaluations, self._verdicts, self._labels, reason, self._refused
         )
 
     # --- dispatch -----------------------------------------------------------------------------
@@ -415,7 +417,7 @@ class SearchLoop:
     ) -> None:
         outcome = outcome_from_result(cid, result)
         if outcome.objective is not None:
-            self._label = outcome.objective_label
+            self._labels[cid] = outcome.objective_label
         decision = self.archive.consider(outcome)
         if must_verify(result, decision, spec):
             # A remote worker's timing is its own claim: the map takes it only once a trusted
@@ -471,6 +473,6 @@ class SearchLoop:
                     self.budget,
                     self.in_flight,
                     self._verdicts,
-                    self._label,
+                    self._labels,
                 )
             )

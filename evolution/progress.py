@@ -25,11 +25,14 @@ STOP_REFUSED = "task_refused"
 
 @dataclasses.dataclass(frozen=True)
 class Best:
-    """The best elite: candidate id, objective (log-speedup), ``speedup = exp(objective)``."""
+    """The best elite: candidate id, objective (log-speedup), ``speedup = exp(objective)`` and
+    ``label``, how its own evaluation measured it (``gpu-speedup``, ``cpu-time`` or
+    ``cpu-interpreter``; None where unknown)."""
 
     candidate_id: int
     objective: float
     speedup: float
+    label: str | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,8 +53,8 @@ class Progress:
     coverage, elites:
         Fraction of cells filled and number of elites.
     objective_label:
-        What the objective measures (``gpu-speedup``, ``cpu-time``, ``cpu-interpreter``), from
-        the latest timed outcome; None before any.
+        How the best elite's own evaluation was measured (``gpu-speedup``, ``cpu-time``,
+        ``cpu-interpreter``): the label of the figure shown beside it; None before any.
     """
 
     evaluations: int
@@ -95,13 +98,14 @@ class Summary:
     refused: str | None = None
 
 
-def best_of(archive: MapArchive) -> Best | None:
-    """The archive's best elite, or None; ``speedup`` is capped against overflow."""
+def best_of(archive: MapArchive, labels: Mapping[int, str] | None = None) -> Best | None:
+    """The archive's best elite, or None; ``speedup`` is capped against overflow and
+    ``labels`` (candidate id -> objective label) gives its label."""
     best = archive.stats().best
     if best is None:
         return None
     cid, obj = best
-    return Best(cid, obj, math.exp(min(obj, 700.0)))
+    return Best(cid, obj, math.exp(min(obj, 700.0)), (labels or {}).get(cid))
 
 
 def run_stats(archive: MapArchive, evaluations: int, verdicts: Mapping[str, int]) -> RunStats:
@@ -154,19 +158,21 @@ def progress_of(
     budget: int,
     in_flight: int,
     verdicts: Mapping[str, int],
-    label: str | None,
+    labels: Mapping[int, str],
 ) -> Progress:
-    """The :class:`Progress` of a run with this archive and these counters."""
+    """The :class:`Progress` of a run with this archive and these counters; ``labels`` maps
+    a candidate id to how its objective was measured."""
     s = archive.stats()
+    best = best_of(archive, labels)
     return Progress(
         evaluations=evaluations,
         budget=budget,
         in_flight=in_flight,
         verdicts=dict(verdicts),
-        best=best_of(archive),
+        best=best,
         coverage=s.coverage,
         elites=s.num_elites,
-        objective_label=label,
+        objective_label=None if best is None else best.label,
     )
 
 
@@ -174,19 +180,21 @@ def summary_of(
     archive: MapArchive,
     evaluations: int,
     verdicts: Mapping[str, int],
-    label: str | None,
+    labels: Mapping[int, str],
     reason: str,
     refused: str | None,
 ) -> Summary:
-    """The :class:`Summary` of a run that stopped for ``reason``."""
+    """The :class:`Summary` of a run that stopped for ``reason`` (``labels`` as in
+    :func:`progress_of`)."""
     s = archive.stats()
+    best = best_of(archive, labels)
     return Summary(
         evaluations=evaluations,
         elites=s.num_elites,
         coverage=s.coverage,
         qd_score=s.qd_score,
-        best=best_of(archive),
-        objective_label=label,
+        best=best,
+        objective_label=None if best is None else best.label,
         stopped_reason=reason,
         verdicts=dict(verdicts),
         refused=refused,

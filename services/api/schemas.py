@@ -10,6 +10,7 @@ from typing import Annotated, Any, Generic, Literal, TypeVar
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from archive.lineage import MAX_DEPTH as MAX_LINEAGE
 from evolution.emitters import VARIATIONS
 
 #: Largest id accepted anywhere (ids are 32-bit integers in the database).
@@ -133,12 +134,44 @@ class BestOut(BaseModel):
     """A run's best elite so far."""
 
     candidate_id: int
+    label: str = Field(description="The candidate's label (``reference`` for the task's own)")
+    is_reference: bool = Field(
+        description="The best is the unchanged reference: its ratio is timing noise"
+    )
     verdict: str | None
     speedup_vs_eager: float | None
     speedup_vs_compile: float | None
-    objective: float
-    ratio: float | None
-    objective_label: str
+    objective: float = Field(description="log(ratio)")
+    ratio: float | None = Field(description="Baseline time over the candidate's")
+    ratio_ci95: list[float] | None = Field(
+        description="The ratio's spread: from the 95% confidence intervals of both medians"
+    )
+    objective_label: str = Field(description="How this elite's own evaluation measured it")
+
+
+class RunCounts(BaseModel):
+    """What a run's numbers count."""
+
+    evaluations: int = Field(
+        description="Evaluations run for this run (what the budget counts): re-measures of"
+        " near-ties and verifications included, static rejects and duplicates excluded"
+    )
+    candidates_evaluated: int = Field(description="Distinct candidates among them")
+    remeasures: int = Field(description="Evaluations beyond the first of a candidate")
+    static_rejects: int = Field(description="Candidates the static gate refused (no evaluation)")
+    proposed: int = Field(description="Proposals of the run's emitters, duplicates included")
+    duplicates: int = Field(
+        description="Proposals repeating a candidate already proposed (by this run or an"
+        " earlier run of the task), answered from its stored result"
+    )
+
+
+class TemplatesOut(BaseModel):
+    """What the template library made of the run's task."""
+
+    wanted: bool = Field(description="Whether the run asked for template seeds")
+    matched: list[str] = Field(description="The templates that apply (their seeds' labels)")
+    notes: list[str] = Field(description="What the matcher said (why a template does not apply)")
 
 
 class RunSummary(BaseModel):
@@ -148,14 +181,31 @@ class RunSummary(BaseModel):
     status: str
     task: str
     device: str
-    objective_label: str
+    objective_label: str = Field(
+        description="The run's timing set-up: cpu-interpreter where some of its candidates are"
+        " Triton run by the CPU interpreter; each figure carries its own label besides"
+    )
     budget: int
-    evaluations: int
+    evaluations: int = Field(description="As counts.evaluations (the progress line's count)")
+    counts: RunCounts
     elites: int
     coverage: float
     qd_score: float
-    verdicts: dict[str, int]
+    qd_score_offset: float = Field(
+        description="qd_score sums max(objective, offset) - offset over the elites"
+    )
+    verdicts: dict[str, int] = Field(
+        description="One verdict per evaluation, plus STATIC_REJECT per static reject"
+    )
     best: BestOut | None
+    stop_reason: str | None = Field(
+        description="Why its latest search stopped: budget, stopped, exhausted, stalled or"
+        " task_refused; null while running or before"
+    )
+    stop_reason_text: str | None = Field(description="stop_reason in words")
+    templates: TemplatesOut
+    notes: list[str] = Field(description="Lines that say why the figures look as they do")
+    error: str | None = None
 
 
 class RunOut(BaseModel):
@@ -178,6 +228,9 @@ class Cell(BaseModel):
     measures: list[float]
     params: dict[str, Any]
     label: str
+    objective_label: str | None = Field(
+        default=None, description="How this elite's newest timed evaluation measured it"
+    )
     emitter: str
     verified: bool = Field(
         description="A trusted (cluster) worker measured this elite; false while its timing is"
@@ -194,6 +247,32 @@ class ArchiveOut(BaseModel):
 
 
 # -- candidates --------------------------------------------------------------------------------
+
+
+class VerificationOut(BaseModel):
+    """Whether an evaluation's numbers can be trusted, and on whose word (as stored)."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    status: Literal["trusted", "unverified", "verified"] = Field(
+        description="`trusted`: a worker kernelmap controls measured it (a cluster worker or"
+        " this machine); `unverified`: a remote worker's own claim; `verified`: a trusted"
+        " measurement of a candidate a remote worker had claimed first"
+    )
+    by: str | None = Field(
+        description="The worker that measured this evaluation (`remote:<name>` for a remote"
+        " worker; null for an in-process evaluation)"
+    )
+    remote_worker_id: int | None = Field(
+        default=None, description="For `unverified`: the remote worker's id (`GET /workers`)"
+    )
+    claimed_by: str | None = Field(
+        default=None, description="For `verified`: the remote worker whose claim was re-measured"
+    )
+    reason: str | None = Field(
+        default=None,
+        description="For `unverified`: why no trusted worker re-measured it, when known",
+    )
 
 
 class EvaluationOut(BaseModel):
@@ -214,6 +293,9 @@ class EvaluationOut(BaseModel):
     worker: str | None
     duration_s: float | None
     created_at: dt.datetime | None = None
+    verification: VerificationOut | None = Field(
+        default=None, description="Whether and how this result was verified"
+    )
 
 
 class CandidateItem(BaseModel):
@@ -229,6 +311,17 @@ class CandidateItem(BaseModel):
     speedup_vs_eager: float | None
 
 
+class LineageStep(BaseModel):
+    """One ancestor of a candidate."""
+
+    model_config = ConfigDict(from_attributes=True)
+
+    candidate_id: int
+    emitter: str
+    label: str
+    parent_ids: list[int]
+
+
 class CandidateDetail(BaseModel):
     """A candidate: its source, parameters, lineage and newest evaluation."""
 
@@ -241,6 +334,10 @@ class CandidateDetail(BaseModel):
     emitter: str
     label: str
     evaluation: EvaluationOut | None
+    lineage: list[LineageStep] = Field(
+        description="Its ancestors by first parents: the parent first, a seed (no parents)"
+        f" last; empty for a seed. At most {MAX_LINEAGE} steps"
+    )
 
 
 # -- keys --------------------------------------------------------------------------------------

@@ -136,6 +136,8 @@ def render(data: ReportData) -> str:
         f"<tr><td>{esc(k)}</td><td>{v}</td></tr>" for k, v in sorted(data.verdicts.items())
     )
     best_html = "<p>No correct candidate yet.</p>"
+    best_out = s.get("best") or {}
+    best_label = LABELS.get(best_out.get("objective_label"), best_out.get("objective_label"))
     if data.best:
         ev = data.best.get("evaluation") or {}
         msgs = "".join(f"<li>{esc(str(m))}</li>" for m in ev.get("messages", []))
@@ -143,27 +145,37 @@ def render(data: ReportData) -> str:
         best_html = (
             f"<p>candidate {data.best['candidate_id']}"
             f" &middot; verdict {esc(ev.get('verdict', '?'))}"
-            f" &middot; objective {math.exp(data.best['objective']):.4g}x ({esc(label)})"
+            f" &middot; ratio {math.exp(data.best['objective']):.4g}x ({esc(str(best_label))})"
             f" &middot; params {params or 'none'}</p><ul>{msgs}</ul>"
             f"<pre>{esc(data.best['source'])}</pre>"
         )
     points = [(c["evaluations"], c.get("best_objective")) for c in data.curve]
     qd = [(c["evaluations"], c.get("qd_score")) for c in data.curve]
     best_speed = s.get("best_ratio")
+    counts = s.get("counts") or {}
+    counted = (
+        f" ({counts.get('candidates_evaluated', 0)} candidates,"
+        f" {counts.get('remeasures', 0)} re-measures)"
+        if counts
+        else ""
+    )
+    why = s.get("stop_reason_text")
+    notes = "".join(f"<li>{esc(n)}</li>" for n in s.get("notes", []))
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>kernelmap run {data.run_id}</title>
 <style>body{{font-family:sans-serif;margin:2em;max-width:70em}}pre{{background:#f6f6f6;
 padding:1em;overflow:auto}}td{{padding:2px 10px}}.label{{color:#a50}}</style></head><body>
 <h1>kernelmap run {data.run_id}: {esc(data.task_name)}</h1>
-<p>status <b>{esc(data.status)}</b> &middot; evaluations {s.get("evaluations", 0)}
+<p>status <b>{esc(data.status)}</b>{f" ({esc(why)})" if why else ""}
+&middot; evaluations {s.get("evaluations", 0)}{counted}
 &middot; elites {s.get("elites", 0)} &middot; coverage {100 * s.get("coverage", 0):.1f}%
 &middot; QD-score {s.get("qd_score", 0):.3g}
-&middot; best {f"{best_speed:.3g}x" if best_speed else "n/a"}</p>
-<p class="label">objective: {esc(label)}</p>
+&middot; best {f"{best_speed:.3g}x ({esc(str(best_label))})" if best_speed else "n/a"}</p>
+<p class="label">this run's timings: {esc(label)}</p><ul>{notes}</ul>
 <h2>Archive</h2>{heatmap(data)}
 <h2>Progress</h2>{curve(points, "best ratio over evaluations", math.exp)}
 {curve(qd, "QD-score over evaluations")}
-<h2>Verdicts</h2><table>{rows}</table>
+<h2>Verdicts</h2><p>one per evaluation or static reject</p><table>{rows}</table>
 <h2>Best kernel</h2>{best_html}
 </body></html>
 """

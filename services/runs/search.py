@@ -40,6 +40,7 @@ from services.runs.config import ARCHIVES, VARIATIONS, RunConfig, objective_labe
 from services.runs.ownership import RunOwnership, default_owner
 from services.runs.seeds import Seed, load_seed, reference_seed
 from services.runs.task_validation import validate_source
+from services.runs.template_probe import template_seeds
 
 #: A run in one of these can be continued with ``kernelmap run --resume``.
 RESUMABLE = {RunStatus.RUNNING, RunStatus.INTERRUPTED, RunStatus.QUEUED, RunStatus.FAILED}
@@ -76,28 +77,6 @@ class RunOptions:
     cells: int | None = None
     redis_url: str | None = None
     notify: Callable[[str], None] = print_note
-
-
-def template_seeds(
-    source: str, device: str, notify: Callable[[str], None], *, sandbox: str = "strict"
-) -> list[Seed]:
-    """Seeds from the template library for what the reference computes.
-
-    Matched in a sandboxed child (:func:`services.runs.template_probe.probe_templates`): this
-    process never imports the task. What no template covers is said, and the run goes on with
-    its other emitters.
-    """
-    from services.runs.template_probe import probe_templates
-
-    seeds, notes = probe_templates(source, device, sandbox=sandbox)
-    if seeds:
-        for note in notes:  # a template bug: said, never hidden, and the run goes on
-            if note.startswith("template ") and " skipped: " in note:
-                notify(note)
-        notify("templates: " + ", ".join(s.label for s in seeds))
-    else:
-        notify("templates: none applies; " + "; ".join(notes[:6]))
-    return seeds
 
 
 def _read_task(path: Path) -> str:
@@ -227,8 +206,10 @@ def _create(settings: Settings, sessions, opts: RunOptions):
     ref = reference_seed(source)
     if ref is not None:
         seeds.insert(0, ref)
+    notes: list[str] = []
     if opts.templates:
-        seeds += template_seeds(source, device.type, opts.notify, sandbox=settings.sandbox)
+        found, notes = template_seeds(source, device.type, opts.notify, sandbox=settings.sandbox)
+        seeds += found
     dims_spec = opts.dims or ",".join(default_dims(device.type, [s.space for s in seeds]))
     try:
         parse_dims(dims_spec, device.type)  # refuses bad dimensions before anything starts
@@ -254,6 +235,7 @@ def _create(settings: Settings, sessions, opts: RunOptions):
         cells=opts.cells,
         templates=opts.templates,
         templates_added=opts.templates,  # matched above: they are among the seeds
+        template_notes=notes[:20],
     )
     with sessions() as s:
         task_row = repository.add_task(
@@ -328,7 +310,11 @@ def search_stored_run(
             )
             with sessions() as s:
                 ownership.fence(s)
-                repository.get_run(s, run_id).config = config.to_json()
+                row = repository.get_run(s, run_id)
+                row.config = config.to_json()
+                # What `kernelmap run` labels the same set-up (its templates are matched
+                # before the run is stored).
+                row.objective_label = objective_label(device_of_class(device), config.seeds)
                 s.commit()
         # Not stored: the controller's own floor of jobs in flight.
         config = dataclasses.replace(
@@ -447,10 +433,11 @@ def _search_owned(
     in_main = threading.current_thread() is threading.main_thread()
     if in_main:
         signal.signal(signal.SIGINT, lambda *_: stop.set())
-    status, error = RunStatus.FAILED, None
+    status, error, reason = RunStatus.FAILED, None, None
     try:
         loop.resume()
         summary = loop.run(stop)
+        reason = summary.stopped_reason
         status = RunStatus.INTERRUPTED if stop.is_set() else RunStatus.FINISHED
         if summary.refused is not None:
             status, error = RunStatus.FAILED, summary.refused
@@ -466,14 +453,19 @@ def _search_owned(
         if ownership.lost.is_set():
             status = LOST  # the run is another owner's now: its status is theirs to write
         else:
-            status = _write_end(sessions, run_id, status, error, status_on_stop, ownership)
+            status = _write_end(
+                sessions, run_id, status, error, status_on_stop, ownership, reason=reason
+            )
     out = dataclasses.asdict(summary) if dataclasses.is_dataclass(summary) else dict(summary)
     out.update(run_id=run_id, status=status)
     return out
 
 
-def _write_end(sessions, run_id, status, error, status_on_stop, ownership) -> str:
-    """Store how the search ended (see :func:`_search`); returns the run's status."""
+def _write_end(
+    sessions, run_id, status, error, status_on_stop, ownership, *, reason: str | None = None
+) -> str:
+    """Store how the search ended (see :func:`_search`) and why it stopped (``reason``, the
+    loop's ``stopped_reason``; None after a failure); returns the run's status."""
     with sessions() as s:
         try:
             ownership.fence(s)
@@ -489,5 +481,7 @@ def _write_end(sessions, run_id, status, error, status_on_stop, ownership) -> st
             if stopped:
                 status = status_on_stop or status
             repository.set_run_status(s, run_id, status, error=error)
+        if status != RunStatus.RUNNING:  # a run left running for its next owner has not stopped
+            repository.get_run(s, run_id).stop_reason = reason
         s.commit()
     return status

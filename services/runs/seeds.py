@@ -11,6 +11,9 @@ from typing import Any
 from evaluator_worker import static_gate
 from kernelmap_errors import KernelmapError
 
+#: The label of the seed that is the task's own reference, unchanged.
+REFERENCE_LABEL = "reference"
+
 
 @dataclasses.dataclass(frozen=True)
 class Seed:
@@ -75,7 +78,7 @@ def reference_seed(task_source: str) -> Seed | None:
     every run measures first. None when the gate would refuse the reference's own code."""
     source = re.sub(r"\bModel\b", "ModelNew", task_source)
     try:
-        return check_seed("reference", source)
+        return check_seed(REFERENCE_LABEL, source)
     except SeedError:
         return None
 

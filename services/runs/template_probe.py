@@ -10,6 +10,7 @@ configuration so a resumed run keeps the same emitters.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from evaluator_worker.task_child import SANDBOX_EXIT
 from services.runs.json_child import run_json_child
@@ -60,4 +61,25 @@ def probe_templates(
             seeds.append(check_seed(str(t["label"]), str(t["source"])))
         except (SeedError, KeyError) as e:  # a template bug: said, never hidden
             notes.append(f"template {t.get('label')} skipped: {e}")
+    return seeds, notes
+
+
+def template_seeds(
+    source: str, device: str, notify: Callable[[str], None], *, sandbox: str = "strict"
+) -> tuple[list[Seed], list[str]]:
+    """Seeds from the template library for what the reference computes, and the matcher's
+    notes (why a template does not apply).
+
+    Matched in a sandboxed child (:func:`services.runs.template_probe.probe_templates`): this
+    process never imports the task. What no template covers is said, and the run goes on with
+    its other emitters.
+    """
+    seeds, notes = probe_templates(source, device, sandbox=sandbox)
+    if seeds:
+        for note in notes:  # a template bug: said, never hidden, and the run goes on
+            if note.startswith("template ") and " skipped: " in note:
+                notify(note)
+        notify("templates: " + ", ".join(s.label for s in seeds))
+    else:
+        notify("templates: none applies; " + "; ".join(notes[:6]))
     return seeds, notes

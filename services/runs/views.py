@@ -7,37 +7,100 @@ from pathlib import Path
 from typing import Any
 
 from archive import repository
+from evolution.candidate import ratio_interval
 from evolution.descriptors import parse_dims
+from evolution.grid import DEFAULT_QD_OFFSET
+from evolution.progress import STOP_BUDGET, STOP_EXHAUSTED, STOP_REFUSED, STOP_STALLED, STOP_STOPPED
 from kernelmap_errors import KernelmapError
 from services.runs.config import RunConfig
 from services.runs.html_report import ReportData, render
-from services.runs.seeds import bake_params
+from services.runs.seeds import REFERENCE_LABEL, bake_params
 
 
 def _ratio(objective: float | None) -> float | None:
     return None if objective is None else math.exp(objective)
 
 
+#: What ``stop_reason`` means, in words (the CLI prints them; ``GET /runs/{id}`` returns them).
+STOP_REASONS = {
+    STOP_BUDGET: "the budget is spent",
+    STOP_STOPPED: "stopped (by its owner, Ctrl-C or a controller shutting down)",
+    STOP_EXHAUSTED: "every emitter has proposed its whole search space",
+    STOP_STALLED: "no emitter proposed anything new for a while",
+    STOP_REFUSED: "a worker refused the task; see the error",
+}
+
+
+def _counts(stat, verdicts: dict[str, int], stored: dict[str, int]) -> dict[str, int]:
+    """What each number of a run counts (see :func:`run_summary`)."""
+    return {
+        "evaluations": stat.evaluations if stat else 0,
+        "candidates_evaluated": stored["candidates_evaluated"],
+        "remeasures": max(0, stored["job_evaluations"] - stored["candidates_evaluated"]),
+        "static_rejects": int(verdicts.get("STATIC_REJECT", 0)),
+        "proposed": stored["proposed"],
+        "duplicates": stored["duplicates"],
+    }
+
+
+def _notes(run, best: dict[str, Any] | None, qd_offset: float) -> list[str]:
+    """The lines that say why a run's figures look as they do."""
+    notes = []
+    if run.device == "cpu" and run.objective_label == "cpu-interpreter":
+        notes.append(
+            "on this machine Triton runs in its interpreter, so a Triton kernel's speed is not"
+            " measured (its ratios are labelled cpu-interpreter) and the reference usually"
+            " stays best; on a GPU host the same command measures real speedups"
+        )
+    if best is not None and best.get("is_reference"):
+        spread = best.get("ratio_ci95")
+        within = f" (95% interval {spread[0]:.3g}x to {spread[1]:.3g}x)" if spread else ""
+        notes.append(
+            f"the best is the reference itself: its ratio {best['ratio']:.3g}x{within} against"
+            " its own baseline is timing noise, not a speedup"
+        )
+    notes.append(
+        f"QD-score: the sum over elites of log(ratio) + {-qd_offset:g}, floored at 0 per elite:"
+        f" the offset {-qd_offset:g} makes every elite count positively, one"
+        f" {math.exp(-qd_offset):.0f}x slower than its baseline or worse counting 0"
+    )
+    return notes
+
+
 def run_summary(session, run_id: int) -> dict[str, Any]:
-    """The JSON summary of a run (what ``kernelmap run --json`` prints)."""
+    """The JSON summary of a run: what ``kernelmap run --json`` prints and ``GET /runs/{id}``
+    returns.
+
+    ``evaluations`` and ``verdicts`` come from the search loop's latest progress point, so they
+    agree with its progress line: ``evaluations`` counts evaluations run for this run (what the
+    budget counts; re-measures of near-ties and verifications included, static rejects and
+    duplicates excluded), ``verdicts`` one verdict per evaluation plus one ``STATIC_REJECT``
+    per candidate the static gate refused before any evaluation. ``counts`` breaks them down
+    (:func:`_counts`). Every ratio carries the label of its own evaluation.
+    """
     run = repository.get_run(session, run_id)
     stat = repository.latest_run_stat(session, run_id)
-    verdicts = repository.verdict_counts(session, run_id)
-    # The loop's own count (re-measures of near-ties included) when it has recorded one.
-    evaluations = stat.evaluations if stat else sum(verdicts.values())
+    verdicts = dict(stat.verdicts) if stat else {}
     best = repository.best_elite(session, run_id)
     best_out = None
     if best is not None:
         ev = repository.latest_evaluation(session, best.candidate_id)
+        cand = repository.get_candidate(session, best.candidate_id)
+        spread = ratio_interval(ev.timing) if ev else None
         best_out = {
             "candidate_id": best.candidate_id,
+            "label": cand.label,
+            "is_reference": cand.label == REFERENCE_LABEL,
             "verdict": ev.verdict if ev else None,
             "speedup_vs_eager": ev.speedup_vs_eager if ev else None,
             "speedup_vs_compile": ev.speedup_vs_compile if ev else None,
             "objective": best.objective,
             "ratio": _ratio(best.objective),
-            "objective_label": run.objective_label,
+            "ratio_ci95": list(spread) if spread else None,
+            "objective_label": (ev.objective_label if ev else None) or run.objective_label,
         }
+    config = RunConfig.from_json(run.config)
+    qd_offset = DEFAULT_QD_OFFSET
     return {
         "run_id": run.id,
         "status": run.status,
@@ -45,12 +108,22 @@ def run_summary(session, run_id: int) -> dict[str, Any]:
         "device": run.device,
         "objective_label": run.objective_label,
         "budget": run.budget,
-        "evaluations": evaluations,
-        "elites": repository.count_current_elites(session, run_id),
+        "evaluations": stat.evaluations if stat else 0,
+        "counts": _counts(stat, verdicts, repository.run_counts(session, run_id)),
+        "elites": stat.elites if stat else repository.count_current_elites(session, run_id),
         "coverage": stat.coverage if stat else 0.0,
         "qd_score": stat.qd_score if stat else 0.0,
+        "qd_score_offset": qd_offset,
         "verdicts": verdicts,
         "best": best_out,
+        "stop_reason": run.stop_reason,
+        "stop_reason_text": STOP_REASONS.get(run.stop_reason or "", run.stop_reason),
+        "templates": {
+            "wanted": config.templates,
+            "matched": [s.label for s in config.seeds if s.label.startswith("template:")],
+            "notes": list(config.template_notes),
+        },
+        "notes": _notes(run, best_out, qd_offset),
         "error": run.error,
     }
 
@@ -87,6 +160,7 @@ def archive_table(session, run_id: int) -> list[dict[str, Any]]:
             "measures": list(r.measures),
             "params": r.params,
             "label": r.label,
+            "objective_label": r.objective_label,
             "emitter": r.emitter,
             "verified": bool(r.verified),
         }

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query
 from fastapi.responses import Response
 
 from archive import repository, run_control
+from evaluator_worker.verdict import Verdict
 from services.api.deps import (
     ConfigDep,
     CurrentUser,
@@ -29,7 +30,6 @@ from services.api.schemas import (
     RunOut,
     RunStatusOut,
     RunSummary,
-    Text,
 )
 from services.runs import views
 from services.runs.config import RunConfig
@@ -138,12 +138,16 @@ def list_candidates(
     session: SessionDep,
     page: PageDep,
     verdict: Annotated[
-        Text | None, Query(max_length=32, description="Only this verdict (e.g. OK, INCORRECT)")
+        Verdict | None, Query(description="Only this verdict (e.g. OK, INCORRECT)")
     ] = None,
 ) -> Page[CandidateItem]:
     """The candidates the run proposed, by id, each with its newest verdict."""
     rows = repository.candidates_of_run(
-        session, run.id, verdict=verdict, limit=page.limit, offset=page.offset
+        session,
+        run.id,
+        verdict=None if verdict is None else verdict.value,
+        limit=page.limit,
+        offset=page.offset,
     )
     items = [
         CandidateItem(
@@ -160,7 +164,9 @@ def list_candidates(
     ]
     return Page[CandidateItem](
         items=items,
-        total=repository.count_candidates_of_run(session, run.id, verdict),
+        total=repository.count_candidates_of_run(
+            session, run.id, None if verdict is None else verdict.value
+        ),
         limit=page.limit,
         offset=page.offset,
     )

@@ -121,7 +121,8 @@ def finish_run(api: Api, run_id: int) -> tuple[int, int]:
     wrong = {"verdict": "INCORRECT", "correct": False, "messages": ["max abs error 3.0"]}
     store.ingest(JobResult("job-2", bad.candidate_id, wrong))
     store.elite_changed(3, good.candidate_id, 0.69, [8.0, 2.0], None)
-    store.record_stats(RunStats(2, 1, 0.05, 1.69, 0.69, good.candidate_id, {"OK": 1}))
+    verdicts = {"OK": 1, "INCORRECT": 1}
+    store.record_stats(RunStats(2, 1, 0.05, 1.69, 0.69, good.candidate_id, verdicts))
     return good.candidate_id, bad.candidate_id
 
 
@@ -331,9 +332,33 @@ def test_archive_and_summary_of_a_finished_run(api):
     assert archive["dims"] == "block_size,num_warps_param"
     [cell] = archive["cells"]
     assert cell["cell"] == 3 and cell["candidate_id"] == good and cell["measures"] == [8.0, 2.0]
+    assert cell["objective_label"] == "cpu-time"  # how this elite's evaluation measured it
     summary = api.client.get(f"/api/v1/runs/{run_id}", headers=alice).json()
     assert summary["elites"] == 1 and summary["evaluations"] == 2
     assert summary["best"]["candidate_id"] == good
+    # Every number says what it counts, and they agree.
+    assert summary["verdicts"] == {"OK": 1, "INCORRECT": 1}
+    assert summary["counts"] == {
+        "evaluations": 2,
+        "candidates_evaluated": 2,
+        "remeasures": 0,
+        "static_rejects": 0,
+        "proposed": 2,
+        "duplicates": 0,
+    }
+    assert summary["best"]["objective_label"] == "cpu-time"
+    assert not summary["best"]["is_reference"]
+    assert summary["stop_reason"] is None  # never stopped: no reason yet
+    assert summary["templates"]["matched"] == []
+    assert any("QD-score" in n for n in summary["notes"])
+
+
+def test_a_bogus_verdict_filter_is_422_naming_the_verdicts(api):
+    run_id = add_run(api, api.alice_id)
+    alice = api.auth(api.alice)
+    r = api.client.get(f"/api/v1/runs/{run_id}/candidates?verdict=BOGUS", headers=alice)
+    assert r.status_code == 422
+    assert "INCORRECT" in r.text and r.json()["detail"][0]["loc"] == ["query", "verdict"]
 
 
 def test_best_py_is_404_on_an_empty_run_and_the_baked_elite_otherwise(api):

@@ -101,6 +101,21 @@ def test_run_fills_the_archive_and_exports_the_best(env, tmp_path):
     assert out["objective_label"] == "cpu-time"  # plain PyTorch: real CPU time
     assert Path(out["report"]).read_text().count("<svg") >= 2
     assert "[8/8]" in p.stderr and "coverage" in p.stderr  # progress on stderr
+    # Every count agrees: the progress line's, the summary's and the database's.
+    counts = out["counts"]
+    assert counts["evaluations"] == out["evaluations"] == 8
+    assert sum(out["verdicts"].values()) == 8 + counts["static_rejects"]
+    last = [ln for ln in p.stderr.splitlines() if ln.startswith("[8/8]")][-1]
+    shown = dict(tok.split(":") for tok in last.split() if ":" in tok and tok[0].isupper())
+    assert {k: int(v) for k, v in shown.items()} == out["verdicts"]
+    with _db(tmp_path).connect() as c:
+        stored = c.execute(
+            sa.text("select count(*), count(distinct candidate_id) from evaluations")
+        ).one()
+    assert counts["candidates_evaluated"] + counts["remeasures"] == stored[0]
+    assert counts["candidates_evaluated"] == stored[1]
+    assert out["stop_reason"] == "budget" and out["stop_reason_text"] == "the budget is spent"
+    assert out["templates"] == {"wanted": False, "matched": [], "notes": []}
 
     best = tmp_path / "best.py"
     e = kernelmap(env, "export", str(out["run_id"]), "--best", "-o", str(best))
@@ -165,8 +180,29 @@ def test_triton_on_the_cpu_is_labelled_cpu_interpreter(env, tmp_path):
     p = kernelmap(env, "run", str(TASK), "--seed-candidate", str(seed), "--budget", "3", "--json")
     assert p.returncode == 0, p.stderr
     out = json.loads(p.stdout)
-    assert out["objective_label"] == "cpu-interpreter"
+    assert out["objective_label"] == "cpu-interpreter"  # the run's set-up
     assert "cpu-interpreter" in Path(out["report"]).read_text()
+    # The best's figure carries its own evaluation's label, and the notes say why it won.
+    best = out["best"]
+    with _db(tmp_path).connect() as c:
+        own = c.execute(
+            sa.text(
+                "select objective_label from evaluations where candidate_id = :c"
+                " order by id desc limit 1"
+            ),
+            {"c": best["candidate_id"]},
+        ).scalar()
+    assert best["objective_label"] == own
+    assert any("Triton runs in its interpreter" in n for n in out["notes"])
+    if best["is_reference"]:
+        assert own == "cpu-time" and best["label"] == "reference"
+        assert any("the best is the reference itself" in n for n in out["notes"])
+        lo, hi = best["ratio_ci95"]
+        assert 0 < lo < hi
+    assert any("QD-score" in n for n in out["notes"]) and out["qd_score_offset"] == -5.0
+    assert out["templates"]["wanted"] and out["templates"]["matched"]  # softmax has templates
+    last = [ln for ln in p.stderr.splitlines() if ln.startswith("[3/3]")][-1]
+    assert f"[{own}]" in last  # the progress line labels the best as its evaluation did
     with _db(tmp_path).connect() as c:
         rows = c.execute(
             sa.text(
