@@ -21,6 +21,7 @@ from evolution.fakes import FakeDispatcher, bowl_ms, fake_result
 from evolution.ports import Job as JobSpec
 from services.api.launch import create_queued_run
 from services.config import Settings
+from services.runs import views
 from services.runs.controller import Controller
 from services.runs.seeds import check_seed
 
@@ -104,7 +105,9 @@ class Harness:
         if self.thread is not None:
             self.thread.join(30)
 
-    def new_run(self, owner_name: str = "alice", budget: int = 12, **kw) -> int:
+    def new_run(
+        self, owner_name: str = "alice", budget: int = 12, hardware: str = "cuda", **kw
+    ) -> int:
         with self.sessions() as s:
             user = next((u for u in _users(s) if u.name == owner_name), None)
             if user is None:
@@ -114,7 +117,7 @@ class Harness:
             )
             task.owner_id = user.id
             run = create_queued_run(
-                s, user, task, budget=budget, hardware="cuda", seed_sources=[], timeout_s=30, **kw
+                s, user, task, budget=budget, hardware=hardware, seed_sources=[], timeout_s=30, **kw
             )
             s.commit()
             return run.id
@@ -199,6 +202,30 @@ def test_queued_run_is_searched_to_its_budget(harness: Harness) -> None:
         assert config["template_notes"] == ["fake: only one template"]
         assert repository.current_elites(s, run_id)
     _no_duplicates(harness.sessions, run_id)
+
+
+def test_a_cpu_run_is_labelled_as_the_cli_labels_it_and_says_why_it_stopped(
+    harness: Harness,
+) -> None:
+    triton = "import triton\n" + TEMPLATE
+    harness._probe = lambda source, device: ([check_seed("template:fake", triton)], ["a note"])
+    harness.controller = harness._controller()
+    run_id = harness.new_run(budget=4, hardware="cpu")
+    with harness.sessions() as s:
+        assert repository.get_run(s, run_id).objective_label == "cpu-time"  # no template yet
+    harness.start()
+    assert harness.wait_status(run_id, "finished", "failed") == "finished"
+    with harness.sessions() as s:
+        summary = views.run_summary(s, run_id)
+    # A Triton template on the CPU: what `kernelmap run` says of the same set-up.
+    assert summary["objective_label"] == "cpu-interpreter"
+    assert summary["stop_reason"] == "budget"
+    assert summary["templates"] == {
+        "wanted": True,
+        "matched": ["template:fake"],
+        "notes": ["a note"],
+    }
+    assert summary["evaluations"] == summary["counts"]["evaluations"] == 4
 
 
 def test_templates_can_be_left_out(harness: Harness) -> None:
