@@ -247,7 +247,7 @@ def test_a_run_survives_a_redis_restart_that_loses_everything(
         watch.stop()
     assert run.returncode == 0, err[-3000:]
     summary = json.loads(out)
-    assert (summary["status"], summary["stopped_reason"]) == ("finished", "budget")
+    assert (summary["status"], summary["stop_reason"]) == ("finished", "budget")
     assert summary["evaluations"] == budget
     assert 2 <= before < budget, "Redis was not killed mid-run"
 
