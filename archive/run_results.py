@@ -11,7 +11,7 @@ import functools
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.orm import Session, defer
+from sqlalchemy.orm import Session, aliased, defer
 
 from archive.errors import CandidateNotFound
 from archive.models import Candidate, Elite, Evaluation, Job, Proposal, RunStat
@@ -226,24 +226,28 @@ def current_elite_cells(session: Session, run_id: int) -> list[sa.Row[Any]]:
     ``params, label, emitter`` (its candidate's), ``objective_label`` (how its newest timed
     evaluation measured it) and ``verified`` (a worker other than a remote one evaluated it:
     see :mod:`archive.leases`)."""
-    measured = (
-        sa.select(Evaluation.objective_label)
-        .where(
-            Evaluation.candidate_id == Elite.candidate_id, Evaluation.objective_label.is_not(None)
-        )
-        .order_by(Evaluation.id.desc())
-        .limit(1)
-        .correlate(Elite)
+    # Set-based, not one subquery per elite: the planner joins three small aggregates (a
+    # correlated subquery per row got a nested-loop plan on freshly loaded PostgreSQL tables).
+    elite_ids = (
+        sa.select(Elite.candidate_id)
+        .where(Elite.run_id == run_id, Elite.replaced_at.is_(None))
         .scalar_subquery()
-        .label("objective_label")
     )
+    newest_timed = (
+        sa.select(Evaluation.candidate_id, sa.func.max(Evaluation.id).label("evaluation_id"))
+        .where(Evaluation.candidate_id.in_(elite_ids), Evaluation.objective_label.is_not(None))
+        .group_by(Evaluation.candidate_id)
+        .subquery()
+    )
+    measured = aliased(Evaluation)
     trusted = (
-        sa.exists()
+        sa.select(Evaluation.candidate_id)
         .where(
-            Evaluation.candidate_id == Elite.candidate_id,
+            Evaluation.candidate_id.in_(elite_ids),
             sa.or_(Evaluation.worker.is_(None), ~Evaluation.worker.startswith("remote:")),
         )
-        .label("verified")
+        .group_by(Evaluation.candidate_id)
+        .subquery()
     )
     stmt = (
         sa.select(
@@ -254,10 +258,13 @@ def current_elite_cells(session: Session, run_id: int) -> list[sa.Row[Any]]:
             Candidate.params,
             Candidate.label,
             Candidate.emitter,
-            measured,
-            trusted,
+            measured.objective_label,
+            trusted.c.candidate_id.is_not(None).label("verified"),
         )
         .join(Candidate, Candidate.id == Elite.candidate_id)
+        .outerjoin(newest_timed, newest_timed.c.candidate_id == Elite.candidate_id)
+        .outerjoin(measured, measured.id == newest_timed.c.evaluation_id)
+        .outerjoin(trusted, trusted.c.candidate_id == Elite.candidate_id)
         .where(Elite.run_id == run_id, Elite.replaced_at.is_(None))
         .order_by(Elite.objective.desc(), Elite.cell)
     )

@@ -101,6 +101,20 @@ class Settings(BaseSettings):
         " out of `ps`; `--token-file` or `--token` win over it",
     )
 
+    session_secret: SecretStr | None = Field(
+        default=None,
+        description="Signs the dashboard's session cookies; unset, a random one is kept in"
+        " the data directory (set the same value on every API replica)",
+    )
+    session_ttl_s: int = Field(
+        default=8 * 3600, ge=60, description="How long a dashboard sign-in lasts (seconds)"
+    )
+    secure_cookies: Literal["auto", "always", "never"] = Field(
+        default="auto",
+        description="The session cookie's Secure flag: auto sets it on HTTPS requests"
+        " (behind a proxy, start uvicorn with --proxy-headers)",
+    )
+
     def eval_config(self, **overrides: Any) -> EvalConfig:
         """The evaluator's configuration, with command-line ``overrides`` applied."""
         base = {

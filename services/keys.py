@@ -61,8 +61,8 @@ def create_key(session: Session, role: str, name: str) -> tuple[User, str]:
     return user, key
 
 
-def authenticate(session: Session, key: str | None) -> User | None:
-    """The user a key belongs to; None for a missing, malformed, unknown or revoked key."""
+def valid_key(session: Session, key: str | None) -> ApiKey | None:
+    """The stored row of a key; None for a missing, malformed, unknown or revoked key."""
     if not credentials.well_formed(key, KEY_PREFIX):
         return None
     digest = hash_key(key)
@@ -71,7 +71,13 @@ def authenticate(session: Session, key: str | None) -> User | None:
         return None
     if not credentials.same_hash(row.key_hash, digest):
         return None
-    return session.get(User, row.user_id)
+    return row
+
+
+def authenticate(session: Session, key: str | None) -> User | None:
+    """The user a key belongs to; None for a missing, malformed, unknown or revoked key."""
+    row = valid_key(session, key)
+    return None if row is None else session.get(User, row.user_id)
 
 
 def ensure_admin(session: Session) -> str | None:

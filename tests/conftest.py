@@ -12,8 +12,9 @@ from sqlalchemy.orm import Session, sessionmaker
 from archive import db
 from archive.testing import temporary_database
 
-#: The fleet tests' fixtures (``env``, ``start_worker``), shared by several test modules.
-pytest_plugins = ["tests.fleet_fixtures"]
+#: The fleet tests' fixtures (``env``, ``start_worker``) and the browser tests' (``chromium``,
+#: ``page``, ``live_server``, ``screenshots``), shared by several test modules.
+pytest_plugins = ["tests.fleet_fixtures", "tests.web.browser"]
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 

@@ -17,6 +17,7 @@ from fastapi.staticfiles import StaticFiles
 from sqlalchemy.orm import Session, sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from services import web
 from services.api import errors
 from services.api.deps import MAX_TASK_BYTES, VALIDATE_TIMEOUT_S, ApiConfig
 from services.api.routes import api_router, health
@@ -134,5 +135,6 @@ def create_app(
     app.include_router(health.router)
     app.include_router(metrics_router)  # /metrics, where Prometheus looks by default
     add_docs(app)
+    web.install(app)  # the dashboard at / (pages, sign-in, its static files)
     app.add_middleware(UploadLimit, path=f"{API_PREFIX}/tasks", max_bytes=max_task_bytes)
     return app

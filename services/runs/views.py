@@ -6,14 +6,17 @@ import math
 from pathlib import Path
 from typing import Any
 
+import sqlalchemy as sa
+
 from archive import repository
+from archive.models import Evaluation, RunStat, Task, User
 from evolution.candidate import ratio_interval
 from evolution.descriptors import parse_dims
 from evolution.grid import DEFAULT_QD_OFFSET
 from evolution.progress import STOP_BUDGET, STOP_EXHAUSTED, STOP_REFUSED, STOP_STALLED, STOP_STOPPED
 from kernelmap_errors import KernelmapError
 from services.runs.config import RunConfig
-from services.runs.html_report import ReportData, render
+from services.runs.html_report import ReportData, baselines_of, render
 from services.runs.seeds import REFERENCE_LABEL, bake_params
 
 
@@ -263,3 +266,146 @@ def write_report(session, run_id: int, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(render(data))
     return path
+
+
+# -- the dashboard's reads (services.web): a page of runs, a run's map, curves and baselines ---
+
+
+def map_dims(run) -> list[dict[str, Any]]:
+    """The run's descriptor dimensions: ``name``, ``label``, ``low``, ``high``, ``bins`` each."""
+    spec = RunConfig.from_json(run.config).dims
+    return [
+        {"name": d.name, "label": d.label, "low": d.low, "high": d.high, "bins": b}
+        for d, b in (parse_dims(spec) if spec else [])
+    ]
+
+
+def map_cells(session, run_id: int) -> list[dict[str, Any]]:
+    """The run's current elites for its heatmap, best first, in one query: ``cell``,
+    ``candidate_id``, ``objective`` (log ratio), ``ratio``, ``measures``, ``params``,
+    ``label``, ``objective_label``, ``emitter``, ``verified``."""
+    return [
+        {
+            "cell": r.cell,
+            "candidate_id": r.candidate_id,
+            "objective": r.objective,
+            "ratio": _ratio(r.objective),
+            "measures": list(r.measures),
+            "params": dict(r.params or {}),
+            "label": r.label,
+            "objective_label": r.objective_label,
+            "emitter": r.emitter,
+            "verified": bool(r.verified),
+        }
+        for r in repository.current_elite_cells(session, run_id)
+    ]
+
+
+def progress_points(session, run_id: int) -> list[dict[str, Any]]:
+    """The run's progress points, oldest first, without their verdict counts (a long run has
+    thousands: only the columns the curves draw are read)."""
+    stmt = (
+        sa.select(RunStat.evaluations, RunStat.best_objective, RunStat.qd_score, RunStat.coverage)
+        .where(RunStat.run_id == run_id)
+        .order_by(RunStat.id)
+    )
+    keys = ("evaluations", "best_objective", "qd_score", "coverage")
+    return [dict(zip(keys, r, strict=True)) for r in session.execute(stmt)]
+
+
+def best_baselines(session, run_id: int) -> dict[str, Any] | None:
+    """What the run's best elite was measured against, from its newest evaluation's timing:
+    ``candidate_ms``, ``eager_ms``, ``compile_ms`` (medians, None when not measured),
+    ``floor_ms`` and ``floor_basis`` (the speed-of-light floor, when known), ``method``,
+    ``objective_label``. None without a best elite."""
+    best = repository.best_elite(session, run_id)
+    if best is None:
+        return None
+    ev = repository.latest_evaluation(session, best.candidate_id)
+    if ev is None:
+        return baselines_of(best.candidate_id, None, {})
+    fields = {
+        "objective_label": ev.objective_label,
+        "speedup_vs_eager": ev.speedup_vs_eager,
+        "speedup_vs_compile": ev.speedup_vs_compile,
+    }
+    return baselines_of(best.candidate_id, ev.timing, fields)
+
+
+def run_rows(session, runs: list) -> list[dict[str, Any]]:
+    """One row per run of a page of runs (as :func:`runs_table`, in four queries for the whole
+    page rather than :func:`run_summary`'s dozen per run): ``run_id``, ``task``, ``owner``
+    (None for a ``kernelmap run`` run), ``status``, ``device``, ``budget``, ``evaluations``,
+    ``progress`` (0..1), ``elites``, ``coverage``, ``qd_score``, ``best_ratio`` with the
+    ``best_label`` of the best's own evaluation, ``created_at``."""
+    if not runs:
+        return []
+    ids = [r.id for r in runs]
+    newest = (
+        sa.select(sa.func.max(RunStat.id)).where(RunStat.run_id.in_(ids)).group_by(RunStat.run_id)
+    )
+    stats = {
+        s.run_id: s
+        for s in session.execute(
+            sa.select(
+                RunStat.run_id,
+                RunStat.evaluations,
+                RunStat.elites,
+                RunStat.coverage,
+                RunStat.qd_score,
+                RunStat.best_objective,
+                RunStat.best_candidate_id,
+            ).where(RunStat.id.in_(newest))
+        )
+    }
+    task_ids = sorted({r.task_id for r in runs})
+    tasks = {
+        i: name
+        for i, name in session.execute(sa.select(Task.id, Task.name).where(Task.id.in_(task_ids)))
+    }
+    owner_ids = sorted({r.owner_id for r in runs if r.owner_id is not None})
+    owners = {
+        i: name
+        for i, name in session.execute(sa.select(User.id, User.name).where(User.id.in_(owner_ids)))
+    }
+    best_ids = sorted({s.best_candidate_id for s in stats.values() if s.best_candidate_id})
+    labelled = (
+        sa.select(sa.func.max(Evaluation.id))
+        .where(Evaluation.candidate_id.in_(best_ids), Evaluation.objective_label.is_not(None))
+        .group_by(Evaluation.candidate_id)
+    )
+    labels = {
+        cid: label
+        for cid, label in session.execute(
+            sa.select(Evaluation.candidate_id, Evaluation.objective_label).where(
+                Evaluation.id.in_(labelled)
+            )
+        )
+    }
+    rows = []
+    for run in runs:
+        s = stats.get(run.id)
+        evaluations = s.evaluations if s else 0
+        best = s.best_objective if s else None
+        rows.append(
+            {
+                "run_id": run.id,
+                "task": tasks.get(run.task_id, ""),
+                "owner": owners.get(run.owner_id),
+                "status": run.status,
+                "device": run.device,
+                "budget": run.budget,
+                "evaluations": evaluations,
+                "progress": min(1.0, evaluations / run.budget) if run.budget else 0.0,
+                "elites": s.elites if s else 0,
+                "coverage": s.coverage if s else 0.0,
+                "qd_score": s.qd_score if s else 0.0,
+                "best_ratio": _ratio(best),
+                "best_label": (labels.get(s.best_candidate_id) if s else None)
+                or run.objective_label,
+                "created_at": run.created_at.isoformat(timespec="seconds")
+                if run.created_at
+                else None,
+            }
+        )
+    return rows

@@ -7,10 +7,13 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query
 from fastapi.responses import Response
+from sqlalchemy.orm import Session
 
 from archive import repository, run_control
+from archive.models import Run, User
 from evaluator_worker.verdict import Verdict
 from services.api.deps import (
+    ApiConfig,
     ConfigDep,
     CurrentUser,
     OwnedRun,
@@ -40,11 +43,24 @@ log = logging.getLogger(__name__)
 router = APIRouter(prefix="/runs", tags=["runs"])
 
 
-@router.post("", status_code=201, response_model=RunCreated)
-def create_run(
-    body: RunCreate, session: SessionDep, user: CurrentUser, config: ConfigDep
-) -> RunCreated:
-    """Create a ``queued`` run on one of your tasks and hand it to the controller."""
+def hand_to_controller(config: ApiConfig, run_id: int) -> None:
+    """Call the app's ``start_run`` hook for a run just created or changed (if it has one)."""
+    if config.start_run is None:
+        return
+    try:
+        config.start_run(run_id)
+    except Exception:
+        # The run is stored: the controller picks queued runs up and notices changes on its own.
+        log.exception("handing run %s to the controller failed; it notices on its own", run_id)
+
+
+def start_queued_run(session: Session, user: User, config: ApiConfig, body: RunCreate) -> Run:
+    """Create (and commit) a ``queued`` run on one of ``user``'s tasks and hand it to the
+    controller: what ``POST /runs`` and the dashboard's start form both do.
+
+    Raises :class:`NotFound` for a task the user may not see, :class:`Unprocessable` (with its
+    ``field``) for a hardware class no worker serves, bad emitters, descriptors or seeds.
+    """
     task = find_task(session, user, body.task_id)
     hardware = body.hardware or config.default_hardware
     check_hardware(session, config.settings, hardware)
@@ -60,12 +76,16 @@ def create_run(
         descriptors=body.descriptors,
     )
     session.commit()
-    if config.start_run is not None:
-        try:
-            config.start_run(run.id)
-        except Exception:
-            # The run is stored and queued: the controller picks queued runs up on its own.
-            log.exception("handing run %s to the controller failed; it stays queued", run.id)
+    hand_to_controller(config, run.id)
+    return run
+
+
+@router.post("", status_code=201, response_model=RunCreated)
+def create_run(
+    body: RunCreate, session: SessionDep, user: CurrentUser, config: ConfigDep
+) -> RunCreated:
+    """Create a ``queued`` run on one of your tasks and hand it to the controller."""
+    run = start_queued_run(session, user, config, body)
     return RunCreated(id=run.id, status=run.status)
 
 
@@ -82,17 +102,21 @@ def list_runs(session: SessionDep, user: CurrentUser, page: PageDep) -> Page[Run
     )
 
 
-def _act(run, session, config, action: str) -> RunStatusOut:
+def act_on_run(session: Session, config: ApiConfig, run_id: int, action: str) -> Run:
+    """Pause, resume or cancel a run (committed) and wake the controller: what the API's
+    action routes and the dashboard's buttons both do. :class:`Conflict` (409) when the
+    action does not apply to the run's status."""
     try:
-        run = run_control.apply_action(session, run.id, action)
+        run = run_control.apply_action(session, run_id, action)
     except run_control.TransitionError as e:
         raise Conflict(str(e)) from None
     session.commit()
-    if config.start_run is not None:
-        try:
-            config.start_run(run.id)  # wakes the controller: it stops or starts the run now
-        except Exception:
-            log.exception("waking the controller for run %s failed; it notices on its own", run.id)
+    hand_to_controller(config, run.id)  # wakes the controller: it stops or starts the run now
+    return run
+
+
+def _act(run, session, config, action: str) -> RunStatusOut:
+    run = act_on_run(session, config, run.id, action)
     return RunStatusOut(id=run.id, status=run.status)
 
 
@@ -179,12 +203,18 @@ def list_candidates(
 )
 def get_best(run: OwnedRun, session: SessionDep) -> Response:
     """The run's best correct kernel as a standalone file, its parameters baked in."""
-    best = repository.best_elite(session, run.id)
+    return best_file(session, run.id)
+
+
+def best_file(session: Session, run_id: int) -> Response:
+    """The run's best correct kernel as a ``best.py`` download (the API's and the dashboard's);
+    :class:`NotFound` while the run has no correct candidate."""
+    best = repository.best_elite(session, run_id)
     if best is None:
-        raise NotFound(f"run {run.id} has no correct candidate yet: nothing to export")
+        raise NotFound(f"run {run_id} has no correct candidate yet: nothing to export")
     cand = repository.get_candidate(session, best.candidate_id)
     return Response(
         bake_params(cand.source, dict(cand.params)),
         media_type="text/x-python",
-        headers={"Content-Disposition": f'attachment; filename="run_{run.id}_best.py"'},
+        headers={"Content-Disposition": f'attachment; filename="run_{run_id}_best.py"'},
     )

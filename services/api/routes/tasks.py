@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from pathlib import PurePath
-from typing import Annotated
+from typing import Annotated, BinaryIO
 
 from fastapi import APIRouter, File, Form, UploadFile
 
 from archive import repository
+from archive.models import User
 from services.api.deps import (
+    ApiConfig,
     BriefUser,
     ConfigDep,
     CurrentUser,
@@ -46,15 +48,18 @@ _SANDBOX = {
 }
 
 
-@router.post("", status_code=201, response_model=TaskOut, responses=_SANDBOX)
-def create_task(
-    user: BriefUser,
-    config: ConfigDep,
-    file: Annotated[UploadFile, File(description="The task file (KernelBench format)")],
-    name: Annotated[str | None, Form(max_length=200)] = None,
+def store_upload(
+    config: ApiConfig, user: User, file: BinaryIO, filename: str | None, name: str | None
 ) -> TaskOut:
-    """Upload a task file; it is validated (loads, runs, output not near-constant) first."""
-    data = file.file.read(config.max_task_bytes + 1)
+    """Read, validate and store an uploaded task file for ``user``: what ``POST /tasks`` and the
+    dashboard's upload form both do.
+
+    At most ``config.max_task_bytes`` are read (413 beyond); the text must be UTF-8 the
+    database can hold (422); ``name`` (else the file's name) names the task; the source is
+    validated in a sandboxed child process (422 with the loader's message, 503 without a
+    sandbox) before it is stored in a session of its own (validating holds none).
+    """
+    data = file.read(config.max_task_bytes + 1)
     if len(data) > config.max_task_bytes:
         raise task_file_too_large(config.max_task_bytes)
     try:
@@ -62,7 +67,7 @@ def create_task(
     except (UnicodeDecodeError, ValueError) as e:
         msg = f"the task file must be UTF-8 Python source ({e})"
         raise Unprocessable(msg, field="file") from None
-    task_name = _task_name(name, file.filename)
+    task_name = _task_name(name, filename)
     meta = validate_task_source(
         source,
         device="cpu",
@@ -77,6 +82,17 @@ def create_task(
         )
         session.commit()
         return TaskOut.model_validate(task, from_attributes=True)
+
+
+@router.post("", status_code=201, response_model=TaskOut, responses=_SANDBOX)
+def create_task(
+    user: BriefUser,
+    config: ConfigDep,
+    file: Annotated[UploadFile, File(description="The task file (KernelBench format)")],
+    name: Annotated[str | None, Form(max_length=200)] = None,
+) -> TaskOut:
+    """Upload a task file; it is validated (loads, runs, output not near-constant) first."""
+    return store_upload(config, user, file.file, file.filename, name)
 
 
 @router.get("", response_model=Page[TaskOut])
