@@ -19,6 +19,9 @@ Rooms
     The embedded Redis that ``kernelmap serve`` starts when none is configured.
 ``api/``
     The REST API (FastAPI), everything under ``/api/v1``.
+``web/``
+    The dashboard the same app serves at ``/``: sign-in with an API key, runs, their maps,
+    candidates, lineage and the fleet, as server-rendered pages.
 
 Modules
 -------

@@ -34,7 +34,6 @@ from fastapi.staticfiles import StaticFiles
 
 from services.web.auth import CsrfRefused, LoginRequired, login_redirect
 from services.web.security import PageHeaders
-from services.web.session import SessionCodec, load_secret
 from services.web.templating import STATIC_URL, render
 
 STATIC = Path(__file__).parent / "static"
@@ -45,11 +44,7 @@ def install(app: FastAPI) -> None:
     from services.web import auth
     from services.web.pages import page_router
 
-    settings = app.state.api.settings
-    secret = settings.session_secret.get_secret_value() if settings.session_secret else None
-    app.state.web_codec = SessionCodec(
-        load_secret(secret, settings.data_dir), settings.session_ttl_s
-    )
+    app.state.web_codec = None  # made at the first page: building an app writes no file
     app.include_router(auth.router)
     app.include_router(page_router)
     app.mount(STATIC_URL, StaticFiles(directory=STATIC), name="web-static")

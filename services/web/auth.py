@@ -21,7 +21,15 @@ from fastapi.responses import RedirectResponse, Response
 from archive.models import ApiKey, User
 from services import keys
 from services.api.deps import ConfigDep
-from services.web.session import LOGIN_COOKIE, LOGIN_TTL_S, SESSION_COOKIE, Session, csrf_ok
+from services.web.session import (
+    LOGIN_COOKIE,
+    LOGIN_TTL_S,
+    SESSION_COOKIE,
+    Session,
+    SessionCodec,
+    csrf_ok,
+    load_secret,
+)
 from services.web.templating import render
 
 router = APIRouter(include_in_schema=False)
@@ -49,9 +57,17 @@ class WebContext:
     session: Session
 
 
-def codec(request: Request):
-    """The app's :class:`~services.web.session.SessionCodec`."""
-    return request.app.state.web_codec
+def codec(request: Request) -> SessionCodec:
+    """The app's :class:`~services.web.session.SessionCodec`, made at its first use (the
+    generated secret, if any, is written then, not when the app is built)."""
+    state = request.app.state
+    if state.web_codec is None:
+        settings = state.api.settings
+        secret = settings.session_secret.get_secret_value() if settings.session_secret else None
+        state.web_codec = SessionCodec(
+            load_secret(secret, settings.data_dir), settings.session_ttl_s
+        )
+    return state.web_codec
 
 
 def _secure(request: Request, setting: str) -> bool:

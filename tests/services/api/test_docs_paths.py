@@ -51,6 +51,32 @@ def _schema() -> dict[str, Any]:
     return create_app(sessionmaker(), Settings(device="cpu")).openapi()
 
 
+def _routes(routes: list[Any]) -> Iterator[Any]:
+    """Every route, through included routers (FastAPI keeps those as wrappers)."""
+    for route in routes:
+        inner = getattr(route, "original_router", None)
+        if inner is not None:
+            yield from _routes(inner.routes)
+        elif hasattr(route, "routes") and not hasattr(route, "path"):
+            yield from _routes(route.routes)
+        else:
+            yield route
+
+
+def _pages() -> set[tuple[str, str]]:
+    """The dashboard's pages: served at the root, kept out of the OpenAPI schema (routers
+    included without a prefix: the API's, under /api/v1, are in the schema)."""
+    app = create_app(sessionmaker(), Settings(device="cpu"))
+    return {
+        (method, route.path)
+        for route in _routes(app.routes)
+        if getattr(route, "include_in_schema", True) is False
+        and not route.path.startswith(API_PREFIX)
+        for method in getattr(route, "methods", None) or ()
+        if method in METHODS
+    }
+
+
 class Routes:
     """What the app serves: each operation, the root pages and the OpenAPI document."""
 
@@ -63,6 +89,7 @@ class Routes:
             if method.upper() in METHODS
         }
         self.extra = {("GET", p) for p in ROOT_PAGES} | {("GET", f"{API_PREFIX}/openapi.json")}
+        self.extra |= _pages()
         self._patterns = [
             (method, re.compile("^" + re.sub(r"\\\{[^/]*?\\\}", "[^/]+", re.escape(p)) + "$"), p)
             for method, p in [*self.operations, *self.extra]
