@@ -168,7 +168,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
             sessions, settings, start_run=controller.wake if controller is not None else None
         )
         print(
-            f"kernelmap: API on http://{args.host}:{args.port}/api/v1 (docs: /docs)",
+            f"kernelmap: dashboard on http://{args.host}:{args.port}/ (sign in with an API key),"
+            f" API on http://{args.host}:{args.port}/api/v1 (docs: /docs)",
             file=sys.stderr,
             flush=True,
         )

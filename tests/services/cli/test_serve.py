@@ -7,6 +7,7 @@ directory), its local CPU worker and its controller; the test talks to it over H
 from __future__ import annotations
 
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -116,6 +117,14 @@ def test_serve_runs_a_search_end_to_end(tmp_path: Path) -> None:
         assert summary["evaluations"] >= 1 and summary["verdicts"].get("OK", 0) >= 1
         best = httpx.get(f"{base}/api/v1/runs/{run_id}/best.py", headers=auth)
         assert best.status_code == 200 and "class ModelNew" in best.text
+        # The dashboard is served by the same process: the admin key signs in and sees the run.
+        with httpx.Client(base_url=base) as browser:
+            form = browser.get("/login")
+            token = re.search(r'name="login_token" value="([^"]+)"', form.text).group(1)
+            r = browser.post("/login", data={"api_key": key, "login_token": token})
+            assert r.status_code == 303 and r.headers["location"] == "/runs"
+            page = browser.get(f"/runs/{run_id}")
+            assert page.status_code == 200 and "finished" in page.text
 
         # A second serve on the same data directory while this one runs would drive the same
         # SQLite database and broker: it is refused, with a message that says why.
