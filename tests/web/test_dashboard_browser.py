@@ -28,6 +28,11 @@ from services.runs.seeds import check_seed
 from tests.services.runs.test_controller import TEMPLATE, SlowDispatcher
 from tests.web.browser import serve
 
+#: The template family the runs search: large enough that no run here exhausts it (a second
+#: run of the task would otherwise be answered from the first one's results and end at once).
+FAMILY = TEMPLATE.replace(
+    'SEARCH_SPACE = {"BLOCK"', f'SEARCH_SPACE = {{"UNROLL": {list(range(1, 41))}, "BLOCK"'
+)
 pytestmark = pytest.mark.browser
 
 TASK = Path(__file__).parents[1] / "data" / "softmax_task.py"
@@ -63,7 +68,7 @@ def dashboard(tmp_path_factory) -> Dashboard:
         make_dispatcher=lambda **kw: SlowDispatcher(0.15, capacity=kw["workers"]),
         # One template family (a search space), so the run's emitter breeds children of it.
         probe_templates=lambda source, device: (
-            [check_seed("template:fake", TEMPLATE)],
+            [check_seed("template:fake", FAMILY)],
             ["fake: one template"],
         ),
     )
