@@ -45,6 +45,9 @@ Where candidates come from
     CMA-ME), and ``VARIATIONS``, the names of the parameter emitters' variation operators.
 ``templates``
     The template library: parametric kernels instantiated for a task without an LLM.
+``llm``
+    The pure core of LLM-driven search: prompts, reply edits, the model/operator bandit and
+    the evolving prompt strategies.
 
 The edges
 

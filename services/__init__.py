@@ -22,6 +22,10 @@ Rooms
 ``web/``
     The dashboard the same app serves at ``/``: sign-in with an API key, runs, their maps,
     candidates, lineage and the fleet, as server-rendered pages.
+``llm/``
+    The adapter to OpenAI-compatible model endpoints for LLM search: the ``KERNELMAP_LLM_*``
+    settings checked, and a pool of chat-completion requests (submit now, poll later) with
+    retries, timeouts, a concurrency limit and hard caps on requests, tokens and cost.
 
 Modules
 -------

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -9,6 +10,7 @@ from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from evaluator_worker.config import EvalConfig
+from services.llm.config import LlmEndpoint, make_endpoint
 
 
 class Settings(BaseSettings):
@@ -114,6 +116,60 @@ class Settings(BaseSettings):
         description="The session cookie's Secure flag: auto sets it on HTTPS requests"
         " (behind a proxy, start uvicorn with --proxy-headers)",
     )
+
+    llm_base_url: str | None = Field(
+        default=None,
+        description="An OpenAI-compatible endpoint's /v1 URL (vLLM, Ollama, llama.cpp, OpenAI);"
+        " unset: LLM search is unavailable",
+    )
+    llm_api_key: SecretStr | None = Field(
+        default=None,
+        description="The endpoint's API key; unset: OPENAI_API_KEY, else none (local servers)."
+        " Never logged, stored or returned",
+    )
+    llm_models: str = Field(
+        default="",
+        description="The models LLM search may ask, name[:weight],... (e.g."
+        " 'gpt-4o-mini:3,qwen2.5-coder:32b:1'); checked when LLM search starts",
+    )
+    llm_prices: str | None = Field(
+        default=None,
+        description='Prices per model for cost caps, JSON {"model": [input_per_mtok,'
+        " output_per_mtok]}; without one a model's cost is unknown",
+    )
+    llm_timeout_s: float = Field(default=120.0, gt=0, description="Bound on each LLM request")
+    llm_retries: int = Field(
+        default=3, ge=0, le=10, description="Retries of a request on 408, 429, 5xx"
+    )
+    llm_concurrency: int = Field(
+        default=4, ge=1, le=64, description="LLM requests in flight at once, per run"
+    )
+
+    def llm_key(self) -> SecretStr | None:
+        """The LLM endpoint's key: ``KERNELMAP_LLM_API_KEY``, else ``OPENAI_API_KEY``, else None."""
+        if self.llm_api_key is not None and self.llm_api_key.get_secret_value():
+            return self.llm_api_key
+        fallback = os.environ.get("OPENAI_API_KEY")
+        return SecretStr(fallback) if fallback else None
+
+    def llm_endpoint(self) -> LlmEndpoint:
+        """The LLM endpoint these settings describe, checked here rather than at startup so that
+        a bad LLM setting stops only LLM search.
+
+        Raises
+        ------
+        services.llm.config.LlmConfigError
+            No base URL or no model, or a malformed ``KERNELMAP_LLM_*`` setting.
+        """
+        return make_endpoint(
+            base_url=self.llm_base_url,
+            api_key=self.llm_key(),
+            models=self.llm_models,
+            prices=self.llm_prices,
+            timeout_s=self.llm_timeout_s,
+            retries=self.llm_retries,
+            concurrency=self.llm_concurrency,
+        )
 
     def eval_config(self, **overrides: Any) -> EvalConfig:
         """The evaluator's configuration, with command-line ``overrides`` applied."""

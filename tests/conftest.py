@@ -12,9 +12,10 @@ from sqlalchemy.orm import Session, sessionmaker
 from archive import db
 from archive.testing import temporary_database
 
-#: The fleet tests' fixtures (``env``, ``start_worker``) and the browser tests' (``chromium``,
-#: ``page``, ``live_server``, ``screenshots``), shared by several test modules.
-pytest_plugins = ["tests.fleet_fixtures", "tests.web.browser"]
+#: The fleet tests' fixtures (``env``, ``start_worker``), the browser tests' (``chromium``,
+#: ``page``, ``live_server``, ``screenshots``) and the scripted LLM endpoint (``llm_server``),
+#: shared by several test modules.
+pytest_plugins = ["tests.fleet_fixtures", "tests.web.browser", "tests.llm_server"]
 
 BACKENDS = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
