@@ -178,14 +178,16 @@ def verdict_counts(session: Session, run_id: int) -> dict[str, int]:
     return {v: n for v, n in session.execute(stmt)}
 
 
-def run_counts(session: Session, run_id: int) -> dict[str, int]:
-    """What the run's proposals and jobs came to, in two queries.
+def run_counts(session: Session, run_id: int) -> dict[str, Any]:
+    """What the run's proposals, jobs and gate refusals came to, read in three queries.
 
     ``proposed``: proposals of its emitters (duplicates included); ``duplicates``: those that
     repeated a candidate already proposed (by this run or an earlier run of the task), answered
-    from its stored result where it had one; ``job_evaluations``: evaluations of this run's
-    jobs (re-measures of near-ties and verifications of remote claims included);
-    ``candidates_evaluated``: distinct candidates among them.
+    from its stored result where it had one; ``job_verdicts``: the verdicts of its jobs'
+    evaluations (re-measures of near-ties and verifications of remote claims included), by
+    verdict; ``gate_verdicts``: the verdicts the static gate gave, before any job, to
+    candidates this run first proposed; ``candidates_evaluated``: distinct candidates among its
+    jobs' evaluations.
     """
     proposed, duplicates = session.execute(
         sa.select(
@@ -193,17 +195,28 @@ def run_counts(session: Session, run_id: int) -> dict[str, int]:
             sa.func.coalesce(sa.func.sum(sa.case((Proposal.duplicate, 1), else_=0)), 0),
         ).where(Proposal.run_id == run_id)
     ).one()
-    evaluations, candidates = session.execute(
-        sa.select(sa.func.count(), sa.func.count(sa.distinct(Job.candidate_id)))
-        .select_from(Job)
-        .join(Evaluation, Evaluation.job_id == Job.id)
+    jobs = (
+        sa.select(Evaluation.verdict, Job.candidate_id)
+        .join(Job, Evaluation.job_id == Job.id)
         .where(Job.run_id == run_id)
-    ).one()
+        .subquery()
+    )
+    job_rows = session.execute(
+        sa.select(jobs.c.verdict, sa.func.count()).group_by(jobs.c.verdict)
+    ).all()
+    candidates = session.scalar(sa.select(sa.func.count(sa.distinct(jobs.c.candidate_id))))
+    gate_rows = session.execute(
+        sa.select(Evaluation.verdict, sa.func.count())
+        .join(Candidate, Candidate.id == Evaluation.candidate_id)
+        .where(Evaluation.job_id.is_(None), Candidate.run_id == run_id)
+        .group_by(Evaluation.verdict)
+    ).all()
     return {
         "proposed": int(proposed),
         "duplicates": int(duplicates),
-        "job_evaluations": int(evaluations),
-        "candidates_evaluated": int(candidates),
+        "job_verdicts": {v: int(n) for v, n in job_rows},
+        "gate_verdicts": {v: int(n) for v, n in gate_rows},
+        "candidates_evaluated": int(candidates or 0),
     }
 
 

@@ -9,7 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from archive import repository
-from archive.models import Evaluation, RunStat, Task, User
+from archive.models import Evaluation, Job, RunStat, Task, User
 from evolution.candidate import ratio_interval
 from evolution.descriptors import parse_dims
 from evolution.grid import DEFAULT_QD_OFFSET
@@ -34,16 +34,23 @@ STOP_REASONS = {
 }
 
 
-def _counts(stat, verdicts: dict[str, int], stored: dict[str, int]) -> dict[str, int]:
-    """What each number of a run counts (see :func:`run_summary`)."""
-    return {
-        "evaluations": stat.evaluations if stat else 0,
+def _counts(stored: dict[str, Any]) -> tuple[int, dict[str, int], dict[str, int]]:
+    """``(evaluations, verdicts, counts)`` of a run from :func:`archive.repository.run_counts`
+    (see :func:`run_summary`)."""
+    jobs, gate = stored["job_verdicts"], stored["gate_verdicts"]
+    evaluations = sum(jobs.values())
+    verdicts = dict(jobs)
+    for verdict, n in gate.items():
+        verdicts[verdict] = verdicts.get(verdict, 0) + n
+    counts = {
+        "evaluations": evaluations,
         "candidates_evaluated": stored["candidates_evaluated"],
-        "remeasures": max(0, stored["job_evaluations"] - stored["candidates_evaluated"]),
-        "static_rejects": int(verdicts.get("STATIC_REJECT", 0)),
+        "remeasures": max(0, evaluations - stored["candidates_evaluated"]),
+        "static_rejects": sum(gate.values()),
         "proposed": stored["proposed"],
         "duplicates": stored["duplicates"],
     }
+    return evaluations, verdicts, counts
 
 
 def _notes(run, best: dict[str, Any] | None, qd_offset: float) -> list[str]:
@@ -74,16 +81,19 @@ def run_summary(session, run_id: int) -> dict[str, Any]:
     """The JSON summary of a run: what ``kernelmap run --json`` prints and ``GET /runs/{id}``
     returns.
 
-    ``evaluations`` and ``verdicts`` come from the search loop's latest progress point, so they
-    agree with its progress line: ``evaluations`` counts evaluations run for this run (what the
+    ``evaluations``, ``verdicts`` and ``counts`` are read from what the run stored, all at once
+    (so they agree with each other while a run goes on, and with the search loop's progress
+    line when it ends): ``evaluations`` counts the evaluations of the run's jobs (what the
     budget counts; re-measures of near-ties and verifications included, static rejects and
-    duplicates excluded), ``verdicts`` one verdict per evaluation plus one ``STATIC_REJECT``
-    per candidate the static gate refused before any evaluation. ``counts`` breaks them down
-    (:func:`_counts`). Every ratio carries the label of its own evaluation.
+    duplicates excluded), ``verdicts`` one verdict per evaluation plus one per candidate the
+    static gate refused before any evaluation (``STATIC_REJECT``, or ``COMPILE_ERROR`` for
+    source that does not parse). ``counts`` breaks them down (:func:`_counts`). Elites,
+    coverage and the QD score are those of the latest progress point. Every ratio carries the
+    label of its own evaluation.
     """
     run = repository.get_run(session, run_id)
     stat = repository.latest_run_stat(session, run_id)
-    verdicts = dict(stat.verdicts) if stat else {}
+    evaluations, verdicts, counts = _counts(repository.run_counts(session, run_id))
     best = repository.best_elite(session, run_id)
     best_out = None
     if best is not None:
@@ -111,8 +121,8 @@ def run_summary(session, run_id: int) -> dict[str, Any]:
         "device": run.device,
         "objective_label": run.objective_label,
         "budget": run.budget,
-        "evaluations": stat.evaluations if stat else 0,
-        "counts": _counts(stat, verdicts, repository.run_counts(session, run_id)),
+        "evaluations": evaluations,
+        "counts": counts,
         "elites": stat.elites if stat else repository.count_current_elites(session, run_id),
         "coverage": stat.coverage if stat else 0.0,
         "qd_score": stat.qd_score if stat else 0.0,
@@ -134,7 +144,9 @@ def run_summary(session, run_id: int) -> dict[str, Any]:
 def runs_table(session, limit: int = 50) -> list[dict[str, Any]]:
     """One row per run, newest first."""
     rows = []
-    for run in repository.list_runs(session, limit=limit):
+    runs = repository.list_runs(session, limit=limit)
+    evaluated = {r["run_id"]: r["evaluations"] for r in run_rows(session, runs)}
+    for run in runs:
         stat = repository.latest_run_stat(session, run.id)
         rows.append(
             {
@@ -143,7 +155,7 @@ def runs_table(session, limit: int = 50) -> list[dict[str, Any]]:
                 "status": run.status,
                 "device": run.device,
                 "budget": run.budget,
-                "evaluations": stat.evaluations if stat else 0,
+                "evaluations": evaluated.get(run.id, 0),
                 "elites": stat.elites if stat else 0,
                 "best_ratio": _ratio(stat.best_objective) if stat else None,
                 "objective_label": run.objective_label,
@@ -333,11 +345,12 @@ def best_baselines(session, run_id: int) -> dict[str, Any] | None:
 
 
 def run_rows(session, runs: list) -> list[dict[str, Any]]:
-    """One row per run of a page of runs (as :func:`runs_table`, in four queries for the whole
-    page rather than :func:`run_summary`'s dozen per run): ``run_id``, ``task``, ``owner``
-    (None for a ``kernelmap run`` run), ``status``, ``device``, ``budget``, ``evaluations``,
-    ``progress`` (0..1), ``elites``, ``coverage``, ``qd_score``, ``best_ratio`` with the
-    ``best_label`` of the best's own evaluation, ``created_at``."""
+    """One row per run of a page of runs, in five queries for the whole page (rather than
+    :func:`run_summary`'s dozen per run): ``run_id``, ``task``, ``owner`` (None for a
+    ``kernelmap run`` run), ``status``, ``device``, ``budget``, ``evaluations`` (counted as
+    :func:`run_summary` counts them), ``progress`` (0..1), ``elites``, ``coverage``,
+    ``qd_score``, ``best_ratio`` with the ``best_label`` of the best's own evaluation,
+    ``created_at``."""
     if not runs:
         return []
     ids = [r.id for r in runs]
@@ -358,6 +371,15 @@ def run_rows(session, runs: list) -> list[dict[str, Any]]:
             ).where(RunStat.id.in_(newest))
         )
     }
+    # As run_summary counts them: the evaluations of each run's jobs (the progress point lags).
+    evaluated = dict(
+        session.execute(
+            sa.select(Job.run_id, sa.func.count())
+            .join(Evaluation, Evaluation.job_id == Job.id)
+            .where(Job.run_id.in_(ids))
+            .group_by(Job.run_id)
+        ).all()
+    )
     task_ids = sorted({r.task_id for r in runs})
     tasks = {
         i: name
@@ -385,7 +407,7 @@ def run_rows(session, runs: list) -> list[dict[str, Any]]:
     rows = []
     for run in runs:
         s = stats.get(run.id)
-        evaluations = s.evaluations if s else 0
+        evaluations = int(evaluated.get(run.id, 0))
         best = s.best_objective if s else None
         rows.append(
             {
