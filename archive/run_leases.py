@@ -188,13 +188,18 @@ def renew(
     return dataclasses.replace(lease, expires_at=until)
 
 
+#: The fence's query: a Core statement on the table (not an ORM query: it runs in every write
+#: transaction of every run, so it skips the ORM's per-query work), built once.
+_FENCE = (
+    sa.select(RunLease.__table__.c.owner, RunLease.__table__.c.epoch)
+    .where(RunLease.__table__.c.run_id == sa.bindparam("run_id"))
+    .with_for_update(read=True)
+)
+
+
 def check(session: Session, lease: Lease) -> None:
     """The fence: raise :class:`LeaseLost` unless ``lease`` is still the row's (see module)."""
-    row = session.execute(
-        sa.select(RunLease.owner, RunLease.epoch)
-        .where(RunLease.run_id == lease.run_id)
-        .with_for_update(read=True)
-    ).one_or_none()
+    row = session.connection().execute(_FENCE, {"run_id": lease.run_id}).one_or_none()
     if row is None or (row.owner, row.epoch) != (lease.owner, lease.epoch):
         raise LeaseLost(lease.run_id, lease.owner, row.owner if row else None)
 

@@ -34,6 +34,16 @@ With ``--controllers N --runs M`` (issue 12: 4 and 16, target >= 2,000 results/s
 ``N`` controller processes share ``M`` runs by their leases instead (``ingest_controllers.py``);
 ``--results`` is then per run.
 
+Measured (2026-12-03, 2 CPUs shared with other work, load average 4 to 9; PostgreSQL 15 on the
+same host; repeats of the original and the current store interleaved, medians of 3):
+``--controllers 4 --runs 16 --results 1000`` 529.9 -> 910.3 results/s in total, CPU per result
+(median repeat) controllers 2.01 -> 1.15 ms and postgres 0.88 -> 0.40 ms; ``--controllers 1``
+447.5 -> 591.3 results/s, store 1.75 -> 1.12 ms per result. The 4-controller figure is bound by
+CPU: a result costs about 1.55 ms of CPU in all (the search and the simulated workers about
+0.45 ms, the store's client side and four threads sharing each process's GIL about 0.7 ms, the
+server 0.4 to 0.6 ms), so 2 CPUs give at most about 1,300/s, and 2,000/s needs a little over
+3 CPUs for the bench alone at this cost.
+
 Usage::
 
     .venv/bin/python bench/controller_ingest_bench.py                # PostgreSQL, 127.0.0.1
@@ -482,6 +492,18 @@ def main_many(args: argparse.Namespace) -> int:
             f"{c['name']}: {len(c['runs'])} runs in {c['wall_s']:.1f} s" for c in r["reports"]
         )
         print(f"  repeat {i}: {r['results']} results in {r['wall_s']:.2f} s = {rate:.1f}/s ({per})")
+        # Where the CPU went: the controllers (search, store client, simulated workers) and the
+        # database server, against what the machine has over the wall clock.
+        n = max(r["results"], 1)
+        ctl = sum(c["cpu_s"] for c in r["reports"])
+        server = r["server_cpu_s"]
+        cpus = os.cpu_count() or 1
+        print(
+            f"    CPU per result: controllers {1e3 * ctl / n:.3f} ms,"
+            + (f" postgres {1e3 * server / n:.3f} ms," if server is not None else "")
+            + f" {cpus} CPUs x wall {1e3 * cpus * r['wall_s'] / n:.3f} ms;"
+            f" load average {os.getloadavg()[0]:.2f}"
+        )
         for failure in r["checks"]:
             print(f"    CHECK FAILED: {failure}")
             ok = False
