@@ -4,6 +4,8 @@
   ingestion, duplicate detection by :attr:`CandidateSpec.key`, ``pending``/``evaluated``).
 - :class:`FakeDispatcher`: a :class:`~evolution.ports.Dispatcher` that evaluates a job with a
   function at once and delivers results in random order, some of them twice.
+- :class:`ScriptedLlm`: an :class:`~evolution.llm.port.LlmPort` that answers each request at
+  once with the next scripted reply (a text, or a function of the request), with token counts.
 - :func:`fake_result`: a result dict shaped like the evaluator's ``EvalResult.to_dict()``,
   computed from the candidate's params with a deterministic "speed" function.
 
@@ -19,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from evolution.candidate import CandidateSpec
+from evolution.llm.port import LlmReply, LlmRequest
 from evolution.ports import EliteChange, Job, JobResult, Proposal, RunStats
 
 EAGER_MS = 1.0
@@ -297,3 +300,81 @@ def bowl_ms(params: dict[str, Any], optimum: dict[str, float] | None = None) -> 
     opt = optimum or {"BLOCK": 10.0, "num_warps": 3.0}
     d2 = sum((math.log2(float(params.get(k, 2**v))) - v) ** 2 for k, v in opt.items())
     return 0.4 * (1.0 + 0.15 * d2)
+
+
+class ScriptedLlm:
+    """An :class:`~evolution.llm.port.LlmPort` in memory: scripted replies, instantly.
+
+    Parameters
+    ----------
+    replies:
+        One entry per request, in order: the reply's text, or ``reply(request) -> text``.
+    prompt_tokens, completion_tokens:
+        Tokens each reply reports.
+    max_requests:
+        Requests accepted at most (a cap); later ones, and any beyond the script, are refused.
+
+    Attributes
+    ----------
+    requests:
+        Every accepted request, in order.
+    refused:
+        Submits refused.
+    """
+
+    def __init__(
+        self,
+        replies: Sequence[str | Callable[[LlmRequest], str]],
+        *,
+        prompt_tokens: int = 1000,
+        completion_tokens: int = 200,
+        max_requests: int | None = None,
+    ) -> None:
+        self.replies = list(replies)
+        self.prompt_tokens = int(prompt_tokens)
+        self.completion_tokens = int(completion_tokens)
+        self.max_requests = len(self.replies) if max_requests is None else int(max_requests)
+        self.requests: list[LlmRequest] = []
+        self.refused = 0
+        self._done: list[LlmReply] = []
+
+    def submit(self, request: LlmRequest) -> bool:
+        """Answer ``request`` with the next reply (ready at the next poll); False past the cap."""
+        n = len(self.requests)
+        if n >= min(self.max_requests, len(self.replies)):
+            self.refused += 1
+            return False
+        self.requests.append(request)
+        script = self.replies[n]
+        text = script(request) if callable(script) else script
+        self._done.append(
+            LlmReply(
+                request.request_id,
+                request.model,
+                text,
+                prompt_tokens=self.prompt_tokens,
+                completion_tokens=self.completion_tokens,
+                attempts=1,
+            )
+        )
+        return True
+
+    def poll(self, timeout_s: float = 0) -> list[LlmReply]:
+        """Every reply not polled yet (never waits)."""
+        out, self._done = self._done, []
+        return out
+
+    @property
+    def in_flight(self) -> int:
+        """Replies not polled yet."""
+        return len(self._done)
+
+    def spent(self) -> dict[str, int]:
+        """Requests, refusals and tokens so far."""
+        n = len(self.requests)
+        return {
+            "requests": n,
+            "refused": self.refused,
+            "prompt_tokens": n * self.prompt_tokens,
+            "completion_tokens": n * self.completion_tokens,
+        }

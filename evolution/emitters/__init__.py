@@ -20,6 +20,10 @@ Modules
 ``cma``
     :class:`CMAParamEmitter`: the ``cma`` variation, CMA-ME generations bridged to the
     steady-state loop by a barrier.
+``llm``
+    :class:`LlmEmitter`: candidates written by language models through an ``LlmPort``
+    (mutate, crossover, repair, target), chosen by a bandit; :class:`Elite` and
+    :func:`archive_elites`, the run's elites as it reads them.
 ``variations``
     :data:`VARIATIONS`, the names a run may choose (``gaussian``, ``iso_line``, ``cma``), and
     :data:`STEADY_STATE`, those of ``GenomeEmitter``; the CLI and API list these.
@@ -39,6 +43,7 @@ if TYPE_CHECKING:
     from evolution.emitters.base import Emitter
     from evolution.emitters.cma import CMAParamEmitter
     from evolution.emitters.genome import GenomeEmitter, shadow_archive
+    from evolution.emitters.llm import Elite, LlmEmitter, archive_elites
     from evolution.emitters.params import ParamEmitter
     from evolution.emitters.seed import SeedEmitter
 
@@ -48,6 +53,9 @@ _HOMES = {
     "CMAParamEmitter": "cma",
     "GenomeEmitter": "genome",
     "shadow_archive": "genome",
+    "Elite": "llm",
+    "LlmEmitter": "llm",
+    "archive_elites": "llm",
     "ParamEmitter": "params",
     "SeedEmitter": "seed",
 }
@@ -56,10 +64,13 @@ __all__ = [
     "STEADY_STATE",
     "VARIATIONS",
     "CMAParamEmitter",
+    "Elite",
     "Emitter",
     "GenomeEmitter",
+    "LlmEmitter",
     "ParamEmitter",
     "SeedEmitter",
+    "archive_elites",
     "shadow_archive",
 ]
 

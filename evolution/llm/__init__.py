@@ -26,6 +26,10 @@ Modules
     The prompt strategies (advice fragments): :data:`~strategies.BUILTIN`, scores by the
     children's percentile (:func:`~strategies.strategy_scores`), the rewrite meta-prompt and its
     validation, :class:`~strategies.StrategyPool` with exact JSON state.
+``port``
+    The port to a model: :class:`~port.LlmPort` (``submit``, ``poll``, ``in_flight``,
+    ``spent``), :class:`~port.LlmRequest`, :class:`~port.LlmReply` and :class:`~port.Failure`;
+    the adapter (``services/llm/``) implements it, :class:`~evolution.fakes.ScriptedLlm` fakes it.
 ``errors``
     The typed errors: :class:`~errors.EditError`, :class:`~errors.StateError`,
     :class:`~errors.StrategyRejected` (all :class:`~errors.LLMError`, a ``KernelmapError``).
@@ -37,6 +41,7 @@ from evolution.llm.bandit import Arm, ArmStats, Bandit, improvement
 from evolution.llm.contract import CANDIDATE_CONTRACT, gate_rules_text
 from evolution.llm.edits import FAILURES, EditResult, diff_blocks, edit_source, format_blocks
 from evolution.llm.errors import EditError, LLMError, StateError, StrategyRejected
+from evolution.llm.port import Failure, LlmPort, LlmReply, LlmRequest
 from evolution.llm.prompts import (
     OPERATORS,
     Dim,
@@ -70,7 +75,11 @@ __all__ = [
     "EditError",
     "EditResult",
     "Evaluation",
+    "Failure",
     "LLMError",
+    "LlmPort",
+    "LlmReply",
+    "LlmRequest",
     "Niche",
     "ParentView",
     "PromptContext",

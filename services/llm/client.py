@@ -14,7 +14,6 @@ message this module makes (messages from the endpoint are scrubbed of it too).
 
 from __future__ import annotations
 
-import enum
 import json
 import logging
 import queue
@@ -25,6 +24,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from evolution.llm.port import Failure, LlmReply, LlmRequest
 from services.llm.budget import Budget, Caps, Reservation, Spent, estimate_prompt_tokens
 from services.llm.config import LlmEndpoint
 from services.llm.retry import BASE_S, RETRY_STATUSES, parse_retry_after, wait_before_retry
@@ -39,65 +39,6 @@ _MAX_BODY_BYTES = 6 * MAX_REPLY_CHARS + 64 * 1024
 _MAX_MESSAGE = 500
 #: Stands in for the key of an endpoint that needs none (Ollama, llama.cpp).
 _NO_KEY = "no-key"
-
-
-class Failure(enum.StrEnum):
-    """Why a request gave no usable text."""
-
-    TIMEOUT = "timeout"  # no complete reply within timeout_s (or the endpoint's 408)
-    RATE_LIMITED = "rate_limited"  # 429 after every retry
-    SERVER_ERROR = "server_error"  # 5xx after every retry
-    CONNECTION = "connection"  # the endpoint could not be reached
-    BAD_RESPONSE = "bad_response"  # 200 but not a readable chat completion
-    TOO_LARGE = "too_large"  # text longer than MAX_REPLY_CHARS (cut, kept for the record)
-    REFUSED = "refused"  # the endpoint refused the request (4xx: too long a prompt, policy...)
-    AUTH = "auth"  # 401/403: a wrong or missing key
-    BUDGET = "budget"  # for callers: a submit was refused because a cap would be exceeded
-    CANCELLED = "cancelled"  # the pool was closed before the request was sent
-
-
-@dataclass(frozen=True)
-class LlmRequest:
-    """One chat completion to ask for.
-
-    ``messages`` are OpenAI chat messages (``{"role": ..., "content": ...}``); ``request_id`` is
-    the caller's, echoed in the reply. ``prompt_tokens_estimate`` overrides the pool's generous
-    estimate of the prompt's size (what the token and cost caps reserve).
-    """
-
-    request_id: str
-    model: str
-    messages: list[dict[str, str]]
-    max_tokens: int = 4096
-    temperature: float = 0.8
-    prompt_tokens_estimate: int | None = None
-
-
-@dataclass(frozen=True)
-class LlmReply:
-    """What came of one :class:`LlmRequest`.
-
-    ``text`` is the model's answer when ``failure`` is None; with ``too_large`` it holds the first
-    :data:`MAX_REPLY_CHARS` characters, for the record only; otherwise None. Tokens are as the
-    endpoint reported them (0 when it did not); ``cost`` is what the pool charged (a timeout is
-    charged its worst case, as the endpoint may have billed it), None for a model without a price.
-    """
-
-    request_id: str
-    model: str
-    text: str | None
-    failure: Failure | None = None
-    message: str = ""
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    latency_s: float = 0.0
-    attempts: int = 0
-    cost: float | None = None
-
-    @property
-    def ok(self) -> bool:
-        """True when the reply holds the model's whole answer."""
-        return self.failure is None
 
 
 @dataclass
