@@ -62,6 +62,12 @@ DEADLINE_RESENDS = 1
 """Times a job whose result missed its deadline is sent again before it is reported failed."""
 
 
+#: A job the broker does not hold is sent again only if it still does not hold it this long
+#: after the first look: a message is briefly in neither place while a worker takes it (BRPOP,
+#: then kombu's unacked hash) or while kombu restores it, and one look can fall in between.
+MISSING_CONFIRM_S = 0.5
+
+
 @dataclasses.dataclass
 class Sent:
     """A job whose result has not come back."""
@@ -72,6 +78,9 @@ class Sent:
     """When its result deadline started: its last send (or the last time the broker held it)."""
     sends: int = 0
     late_resends: int = 0
+    missing_since: float | None = None
+    """When the broker was first seen not holding it (it is taken as lost only when a second
+    look, :data:`MISSING_CONFIRM_S` later, does not find it either)."""
 
 
 class BrokerFaults:
@@ -217,8 +226,12 @@ class BrokerFaults:
         for sent in late:
             job = sent.job
             if job.job_id in held:
-                sent.clock = now
+                sent.clock, sent.missing_since = now, None
                 continue
+            if sent.missing_since is None or now - sent.missing_since < MISSING_CONFIRM_S:
+                sent.missing_since = sent.missing_since or now  # look again before resending
+                continue
+            sent.missing_since = None
             if sent.late_resends < DEADLINE_RESENDS:
                 sent.late_resends += 1
                 log.warning(
