@@ -177,22 +177,6 @@ def test_a_duplicate_never_evaluated_by_its_first_run_is_evaluated_now():
     assert summary.evaluations == 1 and summary.elites == 1
 
 
-def test_resume_does_not_charge_results_another_run_paid_for():
-    from evolution.ports import OTHER_RUN
-
-    class Shared(MemoryStore):
-        def evaluated(self):
-            rows = super().evaluated()
-            return [(c, s, {**r, OTHER_RUN: True}) if c == 1 else (c, s, r) for c, s, r in rows]
-
-    store = Shared()
-    for i, spec in enumerate([seed(0.2, tag="theirs"), seed(0.4, tag="ours")], 1):
-        cid = store.propose(spec).candidate_id
-        store.ingest(JobResult(f"job-{i}", cid, fake_result({}, 0.2 * i, device="cpu")))
-    loop, archive, dispatcher, _ = make_loop([SeedEmitter([])], budget=5, store=store)
-    assert loop.resume() == 1
-
-
 def test_ties_are_remeasured_once_and_settled_by_the_mean():
     # objective = log(0.8 / ms), noise 0.02 per measurement: margin 0.04 between two.
     seeds = [

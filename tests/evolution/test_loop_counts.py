@@ -9,7 +9,7 @@ from evolution.ports import OTHER_RUN, JobResult
 from tests.evolution.test_loop import Evaluator, make_loop, seed
 
 
-def test_a_resumed_run_counts_no_verdict_for_another_runs_result():
+def test_a_resumed_run_counts_neither_evaluation_nor_verdict_for_another_runs_result():
     class Shared(MemoryStore):
         def evaluated(self):
             rows = super().evaluated()
