@@ -8,7 +8,6 @@ proposal, job, evaluation, elite or progress point.
 
 from __future__ import annotations
 
-import datetime as dt
 import json
 import math
 
@@ -25,18 +24,7 @@ from archive.run_store import RunStore
 from evolution.candidate import CandidateSpec
 from evolution.ports import EliteChange, Job, JobResult, RunStats
 from services.runs.ownership import RunOwnership
-
-T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
-
-
-class Clock:
-    """A clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> dt.datetime:
-        return self.now
+from tests.clock import Clock
 
 
 def _run(sessions: sessionmaker[Session]) -> int:
@@ -132,7 +120,7 @@ def test_a_store_whose_lease_was_lost_writes_nothing(sessions) -> None:
     store.dispatched_many(jobs)
     before = {model: _count(sessions, model) for model in (m.Candidate, m.Proposal, m.Job)}
 
-    clock.now += dt.timedelta(seconds=10)  # the old owner stalled past its lease...
+    clock.advance(10)  # the old owner stalled past its lease...
     assert RunOwnership(sessions, run_id, "ctl-new", 3.0, clock=clock).acquire()  # ...taken
     results = [JobResult(j.job_id, j.candidate_id, _timed(0.5, [0.5])) for j in jobs]
     elite = EliteChange(1, props[0].candidate_id, 0.7, (0.1, 0.2), None)

@@ -8,7 +8,6 @@ another live process is searching is refused with a message naming that owner.
 
 from __future__ import annotations
 
-import datetime as dt
 import subprocess
 import sys
 import threading
@@ -26,21 +25,7 @@ from evolution.ports import Job
 from services.config import Settings
 from services.runs.ownership import RunOwnership
 from services.runs.search import RunError, RunOptions, run_search
-
-T0 = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
-
-
-class Clock:
-    """A clock the test moves."""
-
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> dt.datetime:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += dt.timedelta(seconds=seconds)
+from tests.clock import Clock
 
 
 def _run(sessions) -> int:
