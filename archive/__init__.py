@@ -37,6 +37,12 @@ Modules
     the run's store passes), the global per-user limit, the controllers' heartbeats.
 ``run_store``
     :class:`RunStore`, the search loop's :class:`evolution.ports.Store` for one run.
+``llm_log``
+    :class:`LlmLog`, the LLM emitter's journal for one run: each request and reply with the
+    emitter's state, requests lost in flight (``close_lost``), what they spent (``spent``).
+``llm_report``
+    Reading back a run's LLM search: its account per model and operator (``llm_summary``),
+    its requests listed (``llm_requests``) and one whole (``llm_request``).
 ``rows``
     The search loop's values as stored rows and back: a spec's duplicate-detection keys, a
     stored candidate's spec, an evaluator result's evaluation columns.

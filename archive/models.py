@@ -121,6 +121,9 @@ class Run(Base):
     error: Mapped[str | None] = mapped_column(sa.Text)
     #: Why its latest search stopped (:mod:`evolution.progress`'s ``STOP_*``); NULL before.
     stop_reason: Mapped[str | None] = mapped_column(sa.String(32))
+    #: The LLM emitter's state after its last recorded request or reply (what resuming the
+    #: run restores, see :mod:`archive.llm_log`); NULL for runs without one.
+    llm_state: Mapped[dict[str, Any] | None]
     #: The user who started it through the API; NULL for runs made by the local CLI.
     owner_id: Mapped[int | None] = mapped_column(sa.ForeignKey("users.id"), index=True)
 
@@ -251,6 +254,46 @@ class RunStat(Base):
     best_candidate_id: Mapped[int | None] = mapped_column(sa.ForeignKey("candidates.id"))
     verdicts: Mapped[dict[str, int]] = mapped_column(JSONDoc, default=dict)
     created_at: Mapped[dt.datetime] = _created()
+
+
+class LlmRequestRow(Base):
+    """One request of a run's LLM emitter to a language model, and what came of it.
+
+    Written before the request is sent (``sent``) and updated when its reply comes back:
+    ``replied`` (it gave a candidate, ``candidate_key`` = :attr:`Candidate.key_sha256`, or a
+    rewritten strategy, ``strategy_id``), ``failed`` (``reason``: the reply's failure or why
+    its text was of no use), ``refused`` (a cap refused it: never sent) or ``lost`` (in
+    flight when the controller stopped; its usage is unknown). ``response`` is the model's
+    text, kept when it failed too. See :mod:`archive.llm_log`.
+    """
+
+    __tablename__ = "llm_requests"
+    __table_args__ = (sa.UniqueConstraint("run_id", "request_id"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    run_id: Mapped[int] = mapped_column(sa.ForeignKey("runs.id"), index=True)
+    request_id: Mapped[str] = mapped_column(sa.String(32))
+    model: Mapped[str] = mapped_column(sa.Text)
+    operator: Mapped[str] = mapped_column(sa.String(16))
+    strategy: Mapped[str] = mapped_column(sa.String(64))
+    parent_ids: Mapped[list[int]] = mapped_column(JSONDoc, default=list)
+    #: The prompt: OpenAI chat messages (``{"role": ..., "content": ...}``).
+    messages: Mapped[list[dict[str, str]]] = mapped_column(JSONDoc, default=list)
+    max_tokens: Mapped[int]
+    reserved_tokens: Mapped[int]
+    status: Mapped[str] = mapped_column(sa.String(16))
+    reason: Mapped[str | None] = mapped_column(sa.String(32))
+    message: Mapped[str] = mapped_column(sa.Text, default="")
+    response: Mapped[str | None] = mapped_column(sa.Text)
+    prompt_tokens: Mapped[int] = mapped_column(default=0)
+    completion_tokens: Mapped[int] = mapped_column(default=0)
+    attempts: Mapped[int] = mapped_column(default=0)
+    latency_s: Mapped[float | None]
+    cost: Mapped[float | None]
+    candidate_key: Mapped[str | None] = mapped_column(sa.String(64))
+    strategy_id: Mapped[str | None] = mapped_column(sa.String(64))
+    created_at: Mapped[dt.datetime] = _created()
+    replied_at: Mapped[dt.datetime | None]
 
 
 class User(Base):

@@ -87,6 +87,8 @@ class Outcome:
     params: dict[str, Any]
     speedup_vs_eager: float | None = None
     speedup_vs_compile: float | None = None
+    #: The evaluator's messages (why it failed, what it noticed): what a repair prompt shows.
+    messages: tuple[str, ...] = ()
 
     @property
     def accepted(self) -> bool:
@@ -127,6 +129,7 @@ def outcome_from_result(candidate_id: int, result: dict[str, Any]) -> Outcome:
         params=dict(result.get("params") or {}),
         speedup_vs_eager=result.get("speedup_vs_eager"),
         speedup_vs_compile=result.get("speedup_vs_compile"),
+        messages=tuple(str(m) for m in (result.get("messages") or ())[:20]),
     )
 
 

@@ -6,6 +6,8 @@
   function at once and delivers results in random order, some of them twice.
 - :class:`ScriptedLlm`: an :class:`~evolution.llm.port.LlmPort` that answers each request at
   once with the next scripted reply (a text, or a function of the request), with token counts.
+- :class:`MemoryJournal`: an :class:`~evolution.llm.port.LlmJournal` in lists (what the
+  database's ``LlmLog`` stores: each request, refusal and reply with the state after it).
 - :func:`fake_result`: a result dict shaped like the evaluator's ``EvalResult.to_dict()``,
   computed from the candidate's params with a deterministic "speed" function.
 
@@ -15,13 +17,13 @@ Nothing here touches a GPU, a queue or a database.
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
 from evolution.candidate import CandidateSpec
-from evolution.llm.port import LlmReply, LlmRequest
+from evolution.llm.port import LlmReply, LlmRequest, ReplyUse, RequestMeta
 from evolution.ports import EliteChange, Job, JobResult, Proposal, RunStats
 
 EAGER_MS = 1.0
@@ -378,3 +380,45 @@ class ScriptedLlm:
             "prompt_tokens": n * self.prompt_tokens,
             "completion_tokens": n * self.completion_tokens,
         }
+
+
+class MemoryJournal:
+    """An :class:`~evolution.llm.port.LlmJournal` in memory.
+
+    Attributes
+    ----------
+    sent:
+        ``(request, meta)`` of every request recorded, in order.
+    unsent:
+        Ids of the requests the port refused.
+    replies:
+        ``(reply, use)`` of every reply recorded, in order.
+    state:
+        The emitter's state after the last event (a JSON round trip of it, as a database keeps).
+    """
+
+    def __init__(self) -> None:
+        self.sent_requests: list[tuple[LlmRequest, RequestMeta]] = []
+        self.unsent_ids: list[str] = []
+        self.replies: list[tuple[LlmReply, ReplyUse]] = []
+        self.state: dict[str, Any] | None = None
+
+    def _keep(self, state: Mapping[str, Any]) -> None:
+        import json
+
+        self.state = json.loads(json.dumps(state))
+
+    def sent(self, request: LlmRequest, meta: RequestMeta, state: Mapping[str, Any]) -> None:
+        """Record a request about to be submitted."""
+        self.sent_requests.append((request, meta))
+        self._keep(state)
+
+    def unsent(self, request_id: str, state: Mapping[str, Any]) -> None:
+        """Record that the port refused ``request_id``."""
+        self.unsent_ids.append(request_id)
+        self._keep(state)
+
+    def replied(self, reply: LlmReply, use: ReplyUse, state: Mapping[str, Any]) -> None:
+        """Record a reply and what became of it."""
+        self.replies.append((reply, use))
+        self._keep(state)

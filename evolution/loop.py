@@ -34,6 +34,8 @@ Rules
 - Progress points: ``Store`` gets one every ``stats_every`` evaluations, at most one per
   ``stats_interval_s`` seconds (a due point is taken after the next result or poll), and one
   at the end.
+- Stalled: nothing in flight, nothing proposed for ``idle_timeout_s`` and no emitter
+  ``waiting`` (on a model's reply, which has its own timeout).
 - Stop: the ``stop`` event makes :meth:`SearchLoop.run` return promptly (after ingesting the
   batch of results already polled); jobs in flight are abandoned and ``Store.pending`` hands
   them back on :meth:`SearchLoop.resume`.
@@ -247,6 +249,8 @@ class SearchLoop:
                     reason = STOP_BUDGET
                 elif not self._jobs.queue and all(e.exhausted for e in self.emitters):
                     reason = STOP_EXHAUSTED
+                elif any(e.waiting for e in self.emitters):
+                    last_activity = now  # a model's reply is on its way
                 elif not produced and now - last_activity > self.idle_timeout_s:
                     reason = STOP_STALLED
                 if reason is not None:

@@ -145,6 +145,22 @@ class Settings(BaseSettings):
         default=4, ge=1, le=64, description="LLM requests in flight at once, per run"
     )
 
+    llm_max_requests: int = Field(
+        default=200, ge=1, description="Most LLM requests one run may send (a hard cap)"
+    )
+    llm_max_total_tokens: int = Field(
+        default=2_000_000,
+        ge=1,
+        description="Most prompt plus completion tokens one run may spend on its model (a hard"
+        " cap; requests in flight count with their worst case)",
+    )
+    llm_max_cost: float | None = Field(
+        default=None,
+        gt=0,
+        description="Most one run may spend on its model, in the unit of KERNELMAP_LLM_PRICES"
+        " (needs a price for every model); unset: no cost cap",
+    )
+
     def llm_key(self) -> SecretStr | None:
         """The LLM endpoint's key: ``KERNELMAP_LLM_API_KEY``, else ``OPENAI_API_KEY``, else None."""
         if self.llm_api_key is not None and self.llm_api_key.get_secret_value():

@@ -17,7 +17,7 @@ import json
 import threading
 import time
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -104,6 +104,9 @@ class LlmTestServer:
 
     def __init__(self, default: Scripted | None = None) -> None:
         self.default = default or text_reply()
+        #: ``responder(body) -> Scripted``: answers requests when the queue is empty (instead
+        #: of ``default``), e.g. with an edit of the parent the prompt shows.
+        self.responder: Callable[[dict | None], Scripted] | None = None
         self.requests: list[Received] = []
         self.max_concurrent = 0
         self._queue: deque[Scripted] = deque()
@@ -215,7 +218,15 @@ class LlmTestServer:
             )
             self._active += 1
             self.max_concurrent = max(self.max_concurrent, self._active)
-            return self._queue.popleft() if self._queue else self.default
+            if self._queue:
+                return self._queue.popleft()
+            responder = self.responder
+        if responder is not None:
+            try:
+                return responder(body)
+            except Exception as e:  # a test's bug: answer it visibly rather than hang
+                return status_reply(500, text=f"responder failed: {e!r}")
+        return self.default
 
     def _leave(self) -> None:
         with self._lock:

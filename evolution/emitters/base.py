@@ -38,6 +38,12 @@ class Emitter(abc.ABC):
         """True when the emitter will never propose anything again."""
         return False
 
+    @property
+    def waiting(self) -> bool:
+        """True while the emitter waits on something outside (a model's reply) that may give a
+        candidate with nothing in flight: the loop does not call the search stalled meanwhile."""
+        return False
+
     def owns(self, spec: CandidateSpec) -> bool:
         """Whether ``spec`` (e.g. read back from the store on resume) came from this emitter."""
         return spec.emitter == self.name

@@ -3,38 +3,38 @@
 :class:`LlmEmitter` joins the pure core of :mod:`evolution.llm` to the steady-state loop through
 an :class:`~evolution.llm.port.LlmPort`. It never waits for a model: each :meth:`~LlmEmitter.ask`
 first polls the port for finished replies (each becomes at most one candidate), then tops up the
-requests in flight, then returns what is ready.
+requests in flight, then returns what is ready. Every so many evaluated children one prompt
+strategy is rewritten by a model (:mod:`evolution.llm.rewrites`).
 
 One request
 -----------
-1. The :class:`~evolution.llm.bandit.Bandit` picks an arm ``(model, operator, strategy)`` among
-   the eligible ones: ``mutate`` needs an elite, ``crossover`` two, ``repair`` a failed candidate
-   it was told about and not repaired yet, ``target`` an empty cell of the map.
-2. :func:`~evolution.llm.prompts.build_messages` writes the prompt: the task's reference, the
-   hardware facts, the parent(s), up to four inspirations (other elites of the same run) and the
-   strategy's advice.
-3. The reply goes through :func:`~evolution.llm.edits.edit_source` on the diff base (the parent,
-   the first parent, the failed candidate, the target's starting point or, without one, the
-   reference). A failed request or edit, or a child equal to its parent or to a child proposed
-   before, is never dispatched: it is counted in :attr:`LlmEmitter.failures` by reason, kept in
-   :attr:`LlmEmitter.failed` for storage, and credits its arm with nothing for its tokens.
-4. A child is a :class:`~evolution.candidate.CandidateSpec` with ``emitter="llm"``, label
-   ``llm:<model>/<operator>``, its parents' ids and the diff base's params; its outcome credits
-   the arm with :func:`~evolution.llm.bandit.improvement` per thousand tokens (a tie is credited
-   when it is settled) and joins :attr:`LlmEmitter.children`, what scores the strategies.
+The :class:`~evolution.llm.bandit.Bandit` picks an eligible arm ``(model, operator, strategy)``
+(``mutate`` needs an elite, ``crossover`` two in different cells, ``repair`` a failed child not
+repaired yet, ``target`` an empty cell); :func:`~evolution.llm.prompts.build_messages` writes the
+prompt (reference, hardware, parents, up to four inspirations from the same run, the strategy's
+advice); :func:`~evolution.llm.edits.edit_source` turns the reply into a source on the diff base.
+A failed request or edit, or a child equal to its parent or an earlier child, is never
+dispatched: it is counted in :attr:`LlmEmitter.failures` by reason, recorded in the journal and
+credits its arm nothing for its tokens. A child is a :class:`~evolution.candidate.CandidateSpec`
+with ``emitter="llm"``, label ``llm:<model>/<operator>`` and its parents' ids; its outcome
+credits the arm with :func:`~evolution.llm.bandit.improvement` per thousand tokens (a tie once
+settled) and joins :attr:`LlmEmitter.children`, what scores the strategies.
 
-State
------
-:meth:`LlmEmitter.state` is JSON-ready (the bandit, the strategy pool, the emitter's RNG, the
-request counter and the failure counters); :meth:`LlmEmitter.restore` puts it back, so a resumed
-run chooses as the uninterrupted one would have. Requests in flight at that moment are lost.
+State and the journal
+---------------------
+:meth:`LlmEmitter.state` (JSON-ready: bandit, strategies, RNG, request ids, failure counts,
+credits owed, repairs waiting and done, the children that score the strategies) and
+:meth:`LlmEmitter.restore`. With a ``journal`` (:class:`~evolution.llm.port.LlmJournal`) each
+request is recorded with the state *before* it is submitted and each reply with the state after
+it is used: a run killed at any moment resumes from its last record, credits only children still
+owed one when the loop re-tells the stored outcomes, and never reuses a request id. Requests in
+flight at the kill are lost (the journal's adapter marks them so).
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import itertools
 import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
@@ -44,9 +44,19 @@ from evolution.descriptors import Descriptor
 from evolution.emitters.base import Emitter
 from evolution.grid import NEW, TIE, Decision
 from evolution.llm.bandit import Arm, Bandit, improvement
+from evolution.llm.cells import Elite, empty_cells, nearest
+from evolution.llm.cells import archive_elites as archive_elites  # re-exported
 from evolution.llm.edits import edit_source
-from evolution.llm.errors import StateError
-from evolution.llm.port import LlmPort, LlmReply, LlmRequest
+from evolution.llm.errors import StateError, StrategyRejected
+from evolution.llm.port import (
+    REWRITE,
+    LlmJournal,
+    LlmPort,
+    LlmReply,
+    LlmRequest,
+    ReplyUse,
+    RequestMeta,
+)
 from evolution.llm.prompts import (
     CROSSOVER,
     MUTATE,
@@ -60,41 +70,15 @@ from evolution.llm.prompts import (
     PromptContext,
     build_messages,
 )
+from evolution.llm.repairs import Repairs
+from evolution.llm.rewrites import Rewrites
 from evolution.llm.strategies import ChildOutcome, StrategyPool
 
 DUPLICATE = "duplicate"
 """Failure reason of a child equal to its parent or to a child proposed before."""
-STATE_VERSION = 1
-MAX_EMPTY_CELLS = 4096
-"""Cells enumerated at most when looking for an empty one to target."""
-
-
-@dataclasses.dataclass(frozen=True)
-class Elite:
-    """An elite of the run as the emitter sees it (from the archive and the store).
-
-    ``cell`` is the archive's cell index, ``measures`` one value per map dimension.
-    """
-
-    candidate_id: int
-    source: str
-    params: Mapping[str, Any]
-    objective: float
-    cell: int
-    measures: tuple[float, ...]
-
-
-@dataclasses.dataclass(frozen=True)
-class FailedProposal:
-    """A reply that gave no candidate, for the record (stored with the run later)."""
-
-    request_id: str
-    model: str
-    operator: str
-    reason: str
-    message: str
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
+STATE_VERSION = 2
+MAX_STORED_CHILDREN = 2000
+"""Evaluated children kept in the state to score the strategies (the newest)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -111,23 +95,6 @@ class _Child:
     arm: Arm
     baseline: float | None
     tokens: int
-
-
-def archive_elites(
-    archive: Any, spec_of: Callable[[int], CandidateSpec | None]
-) -> Callable[[], list[Elite]]:
-    """An ``elites`` accessor over a :class:`~evolution.grid.MapArchive` and a lookup of
-    candidate specs by id (``store.specs.get``); elites whose spec is unknown are left out."""
-
-    def elites() -> list[Elite]:
-        out = []
-        for cell, cid, objective, measures in archive.elites():
-            spec = spec_of(cid)
-            if spec is not None:
-                out.append(Elite(cid, spec.source, dict(spec.params), objective, cell, measures))
-        return out
-
-    return elites
 
 
 class LlmEmitter(Emitter):
@@ -157,6 +124,16 @@ class LlmEmitter(Emitter):
         The operators on offer (default all of :data:`~evolution.llm.prompts.OPERATORS`).
     strategies:
         The prompt strategies (default :class:`StrategyPool` of the built-in ones).
+    journal:
+        Where requests, replies and the state are recorded (see the module notes); None: nowhere.
+    rewrite_every:
+        Evaluated children between two strategy rewrites (0: prompts do not evolve).
+    rewrite_min_children:
+        Children a strategy needs before it may be rewritten.
+    max_failures_in_a_row:
+        Replies in a row that give no candidate (failed requests, edits that do not apply,
+        duplicates) after which the emitter stops asking (:attr:`gave_up` says why): a model
+        that cannot follow the format should not spend the whole request cap.
     """
 
     def __init__(
@@ -173,6 +150,10 @@ class LlmEmitter(Emitter):
         max_in_flight: int = 4,
         operators: Sequence[str] = OPERATORS,
         strategies: StrategyPool | None = None,
+        journal: LlmJournal | None = None,
+        rewrite_every: int = 8,
+        rewrite_min_children: int = 3,
+        max_failures_in_a_row: int = 24,
     ) -> None:
         if not models:
             raise ValueError("the LLM emitter needs at least one model")
@@ -187,18 +168,25 @@ class LlmEmitter(Emitter):
         self.bandit = Bandit(
             dict(models), operators, [s.id for s in self.strategies.active], seed=seed
         )
+        self.journal = journal
+        self._models = dict(models)
         self._rng = random.Random(seed)
+        self._ids = 0  # request ids used (a refused request's id is not reused)
         self._requests = 0
         self._pending: dict[str, _Request] = {}
+        self.rewrites = Rewrites(rewrite_every, rewrite_min_children)
         self._ready: collections.deque[CandidateSpec] = collections.deque()
         self._children: dict[str, _Child] = {}  # spec key -> what to credit when told
         self._proposed: set[str] = set()
         self._outcomes: dict[int, Outcome] = {}
-        self._repairs: collections.deque[ParentView] = collections.deque(maxlen=8)
+        self._repairs = Repairs()
+        self.max_failures_in_a_row = int(max_failures_in_a_row)
+        self._streak = 0  # replies in a row without a candidate
+        #: Why the emitter stopped asking before its caps, or None.
+        self.gave_up: str | None = None
         self._refused = False
         self._retry_after_reply = False
         self.failures: collections.Counter[str] = collections.Counter()
-        self.failed: list[FailedProposal] = []
         #: Every evaluated child, by the strategy that wrote it (what scores the strategies).
         self.children: list[ChildOutcome] = []
 
@@ -214,21 +202,27 @@ class LlmEmitter(Emitter):
         """Nothing in flight or ready, and either the port refused a request (with none in
         flight, or again after a reply came back) or no operator on offer can run on the map as
         it is now (e.g. only ``mutate`` and no elite yet)."""
-        if self._pending or self._ready:
+        if self._pending or self._ready or self.rewrites.pending:
             return False
-        if self._refused:
+        if self._refused or self.gave_up:
             return True
         elites = self._elites()
-        ok = self._eligible(elites, bool(self._empty_cells(elites)))
+        ok = self._eligible(elites, bool(empty_cells(self.dims, [e.measures for e in elites])))
         return not any(ok(arm) for arm in self.bandit.arms)
 
     @property
+    def waiting(self) -> bool:
+        """Requests are in flight: a candidate may come without anything being evaluated."""
+        return bool(self._pending or self.rewrites.pending)
+
+    @property
     def requests(self) -> int:
-        """Requests submitted so far."""
+        """Requests submitted so far (in this session and, after :meth:`restore`, before)."""
         return self._requests
 
     def ask(self, n: int) -> list[CandidateSpec]:
         """Up to ``n`` candidates from the replies finished so far; never waits."""
+        self._repairs.settle()  # after a restore: the loop has re-told the stored outcomes
         replies = self.port.poll(0)
         for reply in replies:
             self._on_reply(reply)
@@ -237,6 +231,7 @@ class LlmEmitter(Emitter):
             # caps, and what they really spent may leave room; try once more.
             self._refused = self._retry_after_reply = False
         self._top_up()
+        self._maybe_rewrite()
         out = []
         while self._ready and len(out) < n:
             out.append(self._ready.popleft())
@@ -247,10 +242,9 @@ class LlmEmitter(Emitter):
         self._proposed.add(spec.key)
         self._outcomes[outcome.candidate_id] = outcome
         if not outcome.accepted:
-            messages = tuple(getattr(outcome, "messages", ()) or ())
-            evaluation = Evaluation.from_outcome(outcome, messages)
+            evaluation = Evaluation.from_outcome(outcome, outcome.messages)
             view = ParentView(outcome.candidate_id, spec.source, evaluation, dict(spec.params))
-            self._repairs.append(view)
+            self._repairs.failed(view)
         if decision.status == TIE:
             return  # credited once the re-measure settles it
         child = self._children.pop(spec.key, None)
@@ -259,7 +253,7 @@ class LlmEmitter(Emitter):
         objective = outcome.objective if outcome.accepted else None
         gain = improvement(objective, child.baseline, new_cell=decision.status == NEW)
         self.bandit.credit(child.arm, gain, child.tokens)
-        self.children.append(ChildOutcome.from_outcome(child.arm[2], outcome))
+        self.children.append(ChildOutcome.from_outcome(child.arm[2], outcome, outcome.messages))
 
     def adopt(self, spec: CandidateSpec) -> None:
         """Marks ``spec`` as proposed (resume)."""
@@ -278,19 +272,40 @@ class LlmEmitter(Emitter):
 
     def _top_up(self) -> None:
         # Replies not yet taken by the loop count too: ask no faster than the loop consumes.
-        while not self._refused and len(self._pending) + len(self._ready) < self.max_in_flight:
+        while (
+            not self._refused
+            and not self.gave_up
+            and len(self._pending) + len(self._ready) < self.max_in_flight
+        ):
             elites = sorted(self._elites(), key=lambda e: -e.objective)
-            empty = self._empty_cells(elites)
+            empty = empty_cells(self.dims, [e.measures for e in elites])
             arm = self.bandit.choose(self._eligible(elites, bool(empty)))
             if arm is None:
                 return
             request, plan = self._request(arm, elites, empty)
-            if not self.port.submit(request):
-                self._refused = True
-                self._retry_after_reply = bool(self._pending)
-                return
-            self._requests += 1
+            meta = RequestMeta(arm[1], arm[2], plan.parent_ids, request.reserved_tokens)
             self._pending[request.request_id] = plan
+            if not self._submit(request, meta):
+                del self._pending[request.request_id]
+                return
+
+    def _submit(self, request: LlmRequest, meta: RequestMeta) -> bool:
+        """Record ``request`` (with the state that has its id used), then submit it; on a
+        refusal, record that and stop asking until a reply comes back."""
+        self._ids += 1
+        if self.journal is not None:
+            self.journal.sent(request, meta, self.state())
+        if self.port.submit(request):
+            self._requests += 1
+            return True
+        self._refused = True
+        self._retry_after_reply = bool(self._pending or self.rewrites.pending)
+        if self.journal is not None:
+            self.journal.unsent(request.request_id, self.state())
+        return False
+
+    def _request_id(self) -> str:
+        return f"llm-{self._ids + 1}"
 
     def _request(
         self, arm: Arm, elites: list[Elite], empty: list[tuple[float, ...]]
@@ -313,7 +328,8 @@ class LlmEmitter(Emitter):
             base, params = failed.source, failed.params
         elif operator == TARGET:
             values = self._rng.choice(empty)
-            near = self._nearest(elites, values)
+            at = nearest(self.dims, [e.measures for e in elites], values)
+            near = elites[at] if at is not None else None
             niche = Niche(
                 {d.name: v for (d, _), v in zip(self.dims, values, strict=True)},
                 self._view(near) if near is not None else None,
@@ -332,8 +348,7 @@ class LlmEmitter(Emitter):
             tuple(self._view(e) for e in elites if e.candidate_id not in exclude),
         )
         messages = build_messages(operator, ctx, parents, niche)
-        request_id = f"llm-{self._requests + 1}"
-        request = LlmRequest(request_id, model, messages, max_tokens=self.max_tokens)
+        request = LlmRequest(self._request_id(), model, messages, max_tokens=self.max_tokens)
         ids = tuple(p.candidate_id for p in parents) or tuple(e.candidate_id for e in chosen)
         return request, _Request(arm, base, dict(params), ids, baseline)
 
@@ -345,59 +360,62 @@ class LlmEmitter(Emitter):
         cell = {d.name: m for (d, _), m in zip(self.dims, elite.measures, strict=False)}
         return ParentView(elite.candidate_id, elite.source, evaluation, dict(elite.params), cell)
 
-    # --- the map's empty cells ----------------------------------------------------------------
+    # --- meta-prompt evolution ----------------------------------------------------------------
 
-    def _bin(self, d: Descriptor, bins: int, value: float) -> int:
-        span = float(d.high) - float(d.low)
-        i = int((float(value) - float(d.low)) / span * bins) if span > 0 else 0
-        return min(max(i, 0), bins - 1)
+    def _objectives(self) -> list[float]:
+        return [o.objective for o in self._outcomes.values() if o.accepted]  # type: ignore[misc]
 
-    def _empty_cells(self, elites: Sequence[Elite]) -> list[tuple[float, ...]]:
-        """Centres of the cells no elite holds (a grid's bins; at most MAX_EMPTY_CELLS)."""
-        taken = {
-            tuple(self._bin(d, b, m) for (d, b), m in zip(self.dims, e.measures, strict=False))
-            for e in elites
-        }
-        grid = itertools.product(*(range(int(b)) for _, b in self.dims))
-        out = []
-        for idx in itertools.islice(grid, MAX_EMPTY_CELLS):
-            if idx not in taken:
-                out.append(
-                    tuple(
-                        float(d.low) + (i + 0.5) * (float(d.high) - float(d.low)) / b
-                        for (d, b), i in zip(self.dims, idx, strict=True)
-                    )
-                )
-        return out
+    def _maybe_rewrite(self) -> None:
+        """Send the rewrite of the strategy due for one (see :mod:`evolution.llm.rewrites`)."""
+        if self._refused:
+            return
+        due = self.rewrites.plan(self.strategies, self.children, self._objectives(), self._models)
+        if due is None:
+            return
+        strategy_id, model, messages = due
+        request = LlmRequest(self._request_id(), model, messages, max_tokens=self.max_tokens)
+        self.rewrites.pending[request.request_id] = strategy_id
+        meta = RequestMeta(REWRITE, strategy_id, (), request.reserved_tokens)
+        if not self._submit(request, meta):
+            del self.rewrites.pending[request.request_id]
 
-    def _nearest(self, elites: Sequence[Elite], values: tuple[float, ...]) -> Elite | None:
-        def distance(e: Elite) -> float:
-            return sum(
-                ((m - v) / ((float(d.high) - float(d.low)) or 1.0)) ** 2
-                for (d, _), m, v in zip(self.dims, e.measures, values, strict=False)
+    def _on_rewrite(self, reply: LlmReply, parent_id: str) -> None:
+        try:
+            if not reply.ok or reply.text is None:
+                raise StrategyRejected(str(reply.failure or "empty"), reply.message)
+            child = self.rewrites.apply(
+                self.strategies, parent_id, reply.text, self.children, self._objectives()
             )
-
-        return min(elites, key=distance, default=None)
+        except StrategyRejected as e:
+            reason = f"rewrite_{e.reason}"
+            self.failures[reason] += 1
+            self._record(reply, ReplyUse(reason=reason, message=str(e)))
+            return
+        self.bandit.set_strategies([s.id for s in self.strategies.active])
+        self._record(reply, ReplyUse(strategy_id=child.id))
 
     # --- replies ------------------------------------------------------------------------------
 
     def _fail(self, reply: LlmReply, plan: _Request, reason: str, message: str) -> None:
-        model, operator, _ = plan.arm
         self.failures[reason] += 1
-        self.failed.append(
-            FailedProposal(
-                reply.request_id,
-                model,
-                operator,
-                reason,
-                message,
-                reply.prompt_tokens,
-                reply.completion_tokens,
+        self._streak += 1
+        if self.max_failures_in_a_row and self._streak >= self.max_failures_in_a_row:
+            self.gave_up = (
+                f"{self._streak} replies in a row gave no candidate (the last: {reason});"
+                " the LLM emitter stopped asking"
             )
-        )
         self.bandit.credit(plan.arm, 0.0, reply.tokens)
+        self._record(reply, ReplyUse(reason=reason, message=message))
+
+    def _record(self, reply: LlmReply, use: ReplyUse) -> None:
+        if self.journal is not None:
+            self.journal.replied(reply, use, self.state())
 
     def _on_reply(self, reply: LlmReply) -> None:
+        rewritten = self.rewrites.pending.pop(reply.request_id, None)
+        if rewritten is not None:
+            self._on_rewrite(reply, rewritten)
+            return
         plan = self._pending.pop(reply.request_id, None)
         if plan is None:
             return  # not ours, or from before a restore
@@ -421,8 +439,10 @@ class LlmEmitter(Emitter):
             label=f"llm:{model}/{operator}",
         )
         self._proposed.add(key)
+        self._streak = 0
         self._children[key] = _Child(plan.arm, plan.baseline, reply.tokens)
         self._ready.append(spec)
+        self._record(reply, ReplyUse(candidate_key=key))
 
     # --- state --------------------------------------------------------------------------------
 
@@ -434,19 +454,47 @@ class LlmEmitter(Emitter):
             "bandit": self.bandit.to_json(),
             "strategies": self.strategies.to_json(),
             "rng": [version, list(internal), gauss],
+            "ids": self._ids,
             "requests": self._requests,
             "failures": dict(self.failures),
+            "owed": [[key, list(c.arm), c.baseline, c.tokens] for key, c in self._children.items()],
+            "repairs": self._repairs.to_json(),
+            "children": [
+                [c.strategy_id, c.verdict, c.objective, list(c.messages[:3])]
+                for c in self.children[-MAX_STORED_CHILDREN:]
+            ],
+            "next_rewrite": self.rewrites.next_at,
+            "streak": self._streak,
+            "gave_up": self.gave_up,
         }
 
     def restore(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state` (bandit, strategies, RNG, counters); raises
-        :class:`~evolution.llm.errors.StateError` for another version."""
+        """Continue from :meth:`state`; call before the loop re-tells the stored outcomes.
+
+        Raises :class:`~evolution.llm.errors.StateError` for another version or a bad shape.
+        """
         if state.get("version") != STATE_VERSION:
             got = state.get("version")
             raise StateError(f"LLM emitter state version {got!r} is not {STATE_VERSION}")
-        self.bandit = Bandit.from_json(state["bandit"])
-        self.strategies = StrategyPool.from_json(state["strategies"])
-        version, internal, gauss = state["rng"]
-        self._rng.setstate((version, tuple(internal), gauss))
-        self._requests = int(state["requests"])
-        self.failures = collections.Counter(state["failures"])
+        try:
+            self.bandit = Bandit.from_json(state["bandit"])
+            self.strategies = StrategyPool.from_json(state["strategies"])
+            version, internal, gauss = state["rng"]
+            self._rng.setstate((version, tuple(internal), gauss))
+            self._ids = int(state["ids"])
+            self._requests = int(state["requests"])
+            self.failures = collections.Counter(state["failures"])
+            self._children = {
+                str(key): _Child(tuple(arm), baseline, int(tokens))  # type: ignore[arg-type]
+                for key, arm, baseline, tokens in state["owed"]
+            }
+            self._repairs.restore(state["repairs"]["waiting"], state["repairs"]["done"])
+            self.children = [
+                ChildOutcome(str(sid), str(verdict), objective, tuple(messages))
+                for sid, verdict, objective, messages in state["children"]
+            ]
+            self.rewrites.next_at = int(state["next_rewrite"])
+            self._streak = int(state["streak"])
+            self.gave_up = state["gave_up"]
+        except (KeyError, TypeError, ValueError) as exc:
+            raise StateError(f"LLM emitter state cannot be restored: {exc}") from exc

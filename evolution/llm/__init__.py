@@ -26,10 +26,19 @@ Modules
     The prompt strategies (advice fragments): :data:`~strategies.BUILTIN`, scores by the
     children's percentile (:func:`~strategies.strategy_scores`), the rewrite meta-prompt and its
     validation, :class:`~strategies.StrategyPool` with exact JSON state.
+``rewrites``
+    Meta-prompt evolution's schedule (:class:`~rewrites.Rewrites`): when to rewrite which
+    strategy, and taking the rewrite.
+``repairs``
+    :class:`~repairs.Repairs`, the failed children waiting for a repair, restored on resume.
+``cells``
+    The map as the emitter sees it: :class:`~cells.Elite`, :func:`~cells.archive_elites`, empty
+    cells and the elite nearest one.
 ``port``
     The port to a model: :class:`~port.LlmPort` (``submit``, ``poll``, ``in_flight``,
     ``spent``), :class:`~port.LlmRequest`, :class:`~port.LlmReply` and :class:`~port.Failure`;
-    the adapter (``services/llm/``) implements it, :class:`~evolution.fakes.ScriptedLlm` fakes it.
+    the adapter (``services/llm/``) implements it, :class:`~evolution.fakes.ScriptedLlm` fakes it;
+    :class:`~port.LlmJournal`, where requests, replies and the emitter's state are recorded.
 ``errors``
     The typed errors: :class:`~errors.EditError`, :class:`~errors.StateError`,
     :class:`~errors.StrategyRejected` (all :class:`~errors.LLMError`, a ``KernelmapError``).

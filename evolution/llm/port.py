@@ -4,12 +4,18 @@ The search core never waits for a model: an adapter (``services/llm/``'s ``LlmPo
 in-memory :class:`~evolution.fakes.ScriptedLlm` of the tests) takes an :class:`LlmRequest` with
 :meth:`LlmPort.submit` (False: refused, a cap would be exceeded) and hands back finished
 :class:`LlmReply` objects from :meth:`LlmPort.poll`, a success or a typed :class:`Failure`.
+The emitter writes what it asks and what it gets to an :class:`LlmJournal` (the database's
+``archive.llm_log.LlmLog``, or nothing in memory): each request before it is submitted, each
+reply when it comes back, each time with the emitter's state, so a run killed at any moment
+resumes with the state of its last recorded request or reply and never sends a request twice.
 These definitions live here, in the core, so the adapter imports them and no import points up.
 """
 
 from __future__ import annotations
 
 import enum
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -29,6 +35,18 @@ class Failure(enum.StrEnum):
     CANCELLED = "cancelled"  # the pool was closed before the request was sent
 
 
+#: Prompt tokens are not known before the endpoint counts them; reserving one token per two
+#: UTF-8 bytes over-estimates every tokenizer on code and prose (they average three to four),
+#: so the token and cost caps hold. The surplus is released when the reply settles.
+BYTES_PER_TOKEN_ESTIMATE = 2.0
+
+
+def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:
+    """A generous estimate of the tokens of a chat prompt (see :data:`BYTES_PER_TOKEN_ESTIMATE`)."""
+    size = sum(len(str(m.get("content", "")).encode()) + 8 for m in messages)
+    return math.ceil(size / BYTES_PER_TOKEN_ESTIMATE) + 8
+
+
 @dataclass(frozen=True)
 class LlmRequest:
     """One chat completion to ask for.
@@ -44,6 +62,13 @@ class LlmRequest:
     max_tokens: int = 4096
     temperature: float = 0.8
     prompt_tokens_estimate: int | None = None
+
+    @property
+    def reserved_tokens(self) -> int:
+        """What the caps hold for this request until it settles: the prompt estimate plus
+        ``max_tokens``."""
+        estimate = self.prompt_tokens_estimate or estimate_prompt_tokens(self.messages)
+        return estimate + self.max_tokens
 
 
 @dataclass(frozen=True)
@@ -96,4 +121,53 @@ class LlmPort(Protocol):
 
     def spent(self) -> Any:
         """What the service spent so far (requests, failures, tokens, cost), for reports."""
+        ...
+
+
+#: The operator of a request asking a model to rewrite a prompt strategy (meta-prompt evolution).
+REWRITE = "rewrite"
+
+
+@dataclass(frozen=True)
+class RequestMeta:
+    """Why a request was sent: its operator (``mutate``, ``crossover``, ``repair``, ``target``
+    or :data:`REWRITE`), the prompt strategy it used (for a rewrite: the strategy rewritten),
+    the candidates its prompt was built on, and the tokens the caps held for it (prompt estimate
+    plus ``max_tokens``: what a request lost in flight is counted as having spent)."""
+
+    operator: str
+    strategy: str
+    parent_ids: tuple[int, ...] = ()
+    reserved_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class ReplyUse:
+    """What became of a reply: the child's :attr:`CandidateSpec.key` (a candidate proposed to
+    the loop), a new strategy's id (a rewrite taken), or a failure ``reason`` (edit failed,
+    duplicate, request failed, rewrite rejected) with its ``message``."""
+
+    candidate_key: str | None = None
+    strategy_id: str | None = None
+    reason: str | None = None
+    message: str = ""
+
+
+@runtime_checkable
+class LlmJournal(Protocol):
+    """Where the LLM emitter records its requests, replies and state (see the module notes).
+
+    ``state`` is the emitter's JSON-ready state (``LlmEmitter.state()``) after the event.
+    """
+
+    def sent(self, request: LlmRequest, meta: RequestMeta, state: Mapping[str, Any]) -> None:
+        """Record ``request`` (prompt included) just before it is submitted."""
+        ...
+
+    def unsent(self, request_id: str, state: Mapping[str, Any]) -> None:
+        """The port refused the request just recorded (a cap): it was never sent."""
+        ...
+
+    def replied(self, reply: LlmReply, use: ReplyUse, state: Mapping[str, Any]) -> None:
+        """Record ``reply`` (text, tokens, latency, attempts, cost, failure) and its use."""
         ...

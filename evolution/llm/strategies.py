@@ -12,7 +12,8 @@ children (their verdicts, scores and failure messages); :func:`validate_rewrite`
 reply (stripped, one enclosing fence removed, no code, within :data:`MIN_CHARS` and
 :data:`MAX_CHARS`, not the parent's text or another strategy's again) and
 :meth:`StrategyPool.add_rewrite` adds it as a child, retiring the worst active strategy when the
-pool is full. :meth:`StrategyPool.to_json` / :meth:`~StrategyPool.from_json` round-trip the pool.
+pool is full; :func:`pick_for_rewrite` says which strategy is due for a rewrite.
+:meth:`StrategyPool.to_json` / :meth:`~StrategyPool.from_json` round-trip the pool.
 """
 
 from __future__ import annotations
@@ -326,3 +327,32 @@ class StrategyPool:
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"strategy pool state cannot be restored: {exc}") from exc
         return pool
+
+
+def pick_for_rewrite(
+    pool: StrategyPool,
+    children: Sequence[ChildOutcome],
+    run_objectives: Iterable[float],
+    min_children: int = 3,
+) -> tuple[Strategy, dict[str, StrategyScore]] | None:
+    """The active strategy to rewrite next, with every strategy's score; None when none is due.
+
+    Due: an active strategy with at least ``min_children`` evaluated children that has not been
+    rewritten before. The one chosen has the lowest score (no correct child ranks lowest; ties
+    go to the older strategy): the advice doing worst is the one worth changing.
+    """
+    scores = strategy_scores(children, run_objectives)
+    rewritten = {s.parent_id for s in pool.all if s.parent_id is not None}
+    due = [
+        (i, s)
+        for i, s in enumerate(pool.active)
+        if s.id not in rewritten and s.id in scores and scores[s.id].children >= min_children
+    ]
+    if not due:
+        return None
+
+    def rank(item: tuple[int, Strategy]) -> tuple[float, int]:
+        score = scores[item[1].id].score
+        return (-1.0 if score is None else score, item[0])
+
+    return min(due, key=rank)[1], scores

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import random
+from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.orm import Session
@@ -21,6 +22,7 @@ from evolution.descriptors import default_dims, parse_dims
 from evolution.emitters import VARIATIONS
 from services.api.errors import Unprocessable
 from services.config import Settings
+from services.llm.config import LlmConfigError
 from services.runs.config import RunConfig, objective_label
 from services.runs.seeds import Seed, SeedError, check_seed, reference_seed
 
@@ -94,12 +96,15 @@ def create_queued_run(
     timeout_s: float,
     emitters: list[str] | None = None,
     descriptors: list[str] | None = None,
+    llm: dict[str, Any] | None = None,
+    settings: Settings | None = None,
 ) -> Run:
     """Check the seeds and create a ``queued`` run owned by ``user`` (not committed).
 
     ``emitters``: ``templates`` and at most one variation (``gaussian``, ``iso_line``,
     ``cma``); None is templates + gaussian. ``descriptors``: the map's dimensions (``name`` or
-    ``name:bins``); None is the hardware's defaults.
+    ``name:bins``); None is the hardware's defaults. ``llm``: the options of the LLM emitter
+    (``llm`` in ``emitters``), checked against ``settings``' endpoint.
     """
     seeds = check_seeds(task, seed_sources)
     device = "cpu" if hardware == "cpu" else "cuda"
@@ -110,6 +115,7 @@ def create_queued_run(
             f"emitters: choose at most one of {', '.join(VARIATIONS)}, got {', '.join(variations)}",
             field="emitters",
         )
+    llm_config = _llm_config(chosen, llm, settings)
     dims = None
     if descriptors is not None:
         dims = ",".join(descriptors)
@@ -125,6 +131,7 @@ def create_queued_run(
         variation=variations[0] if variations else "gaussian",
         templates="templates" in chosen,
         emitters=chosen,
+        llm=llm_config,
     )
     return repository.create_run(
         session,
@@ -136,3 +143,31 @@ def create_queued_run(
         objective_label=objective_label(device, seeds),
         owner_id=user.id,
     )
+
+
+def _llm_config(
+    chosen: list[str], llm: dict[str, Any] | None, settings: Settings | None
+) -> dict[str, Any] | None:
+    """The stored options of the run's LLM emitter, or None without ``llm`` in ``emitters``."""
+    if "llm" not in chosen:
+        if llm is not None:
+            raise Unprocessable('llm: add "llm" to emitters to use the LLM emitter', field="llm")
+        return None
+    if settings is None:
+        raise ValueError("an LLM run needs the server's settings")
+    from services.runs.llm_setup import llm_options
+
+    llm = llm or {}
+    try:
+        options = llm_options(
+            settings,
+            llm.get("models"),
+            max_tokens=llm.get("max_tokens"),
+            max_requests=llm.get("max_requests"),
+            max_total_tokens=llm.get("max_total_tokens"),
+            max_cost=llm.get("max_cost"),
+            flag="llm",
+        )
+    except LlmConfigError as e:
+        raise Unprocessable(str(e), field="llm") from None
+    return options.to_json()

@@ -76,7 +76,36 @@ class TaskDetail(TaskOut):
 
 #: A hardware class: the queue ``eval.<class>`` its workers consume.
 HARDWARE_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,63}$"
-EmitterName = Literal["templates", *VARIATIONS]
+EmitterName = Literal["templates", "llm", *VARIATIONS]
+
+
+class LlmIn(BaseModel):
+    """A run's LLM search: which of the server's models, and its caps (the endpoint and its key
+    are the server's, never the request's)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: list[Annotated[str, Field(min_length=1, max_length=128)]] | None = Field(
+        default=None,
+        min_length=1,
+        max_length=8,
+        description="Models to ask, `name` or `name:weight`, among those the server offers"
+        " (GET /llm/models); default: all of them",
+    )
+    max_tokens: int | None = Field(
+        default=None, ge=1, le=65536, description="Completion tokens per request (default 4096)"
+    )
+    max_requests: int | None = Field(
+        default=None, ge=1, description="Requests the run may send (at most the server's cap)"
+    )
+    max_total_tokens: int | None = Field(
+        default=None,
+        ge=1,
+        description="Prompt + completion tokens the run may spend (at most the server's cap)",
+    )
+    max_cost: float | None = Field(
+        default=None, gt=0, description="Cost the run may spend where the server has prices"
+    )
 
 
 class RunCreate(BaseModel):
@@ -97,8 +126,12 @@ class RunCreate(BaseModel):
         max_length=4,
         description="How candidates are proposed: `templates` adds the template library's"
         " kernels for what the task computes; `gaussian`, `iso_line` or `cma` (at most one)"
-        " chooses how schedules (SEARCH_SPACE) are varied. Seeds (the reference and"
+        " chooses how schedules (SEARCH_SPACE) are varied; `llm` adds the LLM emitter"
+        " (the server's models write kernels; see `llm`). Seeds (the reference and"
         " `seed_candidates`) are always evaluated. Default: templates + gaussian",
+    )
+    llm: LlmIn | None = Field(
+        default=None, description="Options of the LLM emitter (with `llm` in `emitters`)"
     )
     descriptors: list[Annotated[str, Field(pattern=r"^[a-z_]{1,40}(:[0-9]{1,4})?$")]] | None = (
         Field(
@@ -204,6 +237,12 @@ class RunSummary(BaseModel):
     )
     stop_reason_text: str | None = Field(description="stop_reason in words")
     templates: TemplatesOut
+    llm: dict[str, Any] | None = Field(
+        default=None,
+        description="LLM search, when the run has it: requests, failures by reason, prompt and"
+        " completion tokens, cost (null without prices), candidates, correct ones and"
+        " improvements per model and operator (by_arm), and the prompt strategies",
+    )
     notes: list[str] = Field(description="Lines that say why the figures look as they do")
     error: str | None = None
 

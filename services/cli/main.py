@@ -15,7 +15,7 @@ from evaluator_worker.verdict import Verdict
 from evolution.emitters import VARIATIONS
 from kernelmap_errors import KernelmapError
 from services.cli.errors import UsageError
-from services.cli.options import add_data_dir
+from services.cli.options import add_data_dir, add_llm_flags
 
 
 class _Parser(argparse.ArgumentParser):
@@ -121,6 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="evaluate on the Celery fleet behind this Redis broker (or KERNELMAP_REDIS_URL);"
         " start workers with `kernelmap worker`",
     )
+    add_llm_flags(r)
     r.add_argument("--json", action="store_true", help="print exactly one JSON object on stdout")
 
     w = sub.add_parser("worker", help="evaluate jobs from the Celery queue (one per GPU)")

@@ -44,3 +44,29 @@ def settings_from(args: argparse.Namespace) -> Settings:
     if data_dir:
         settings = settings.model_copy(update={"data_dir": Path(data_dir).expanduser()})
     return settings
+
+
+def add_llm_flags(r: argparse.ArgumentParser) -> None:
+    """``kernelmap run``'s LLM search flags (the endpoint is KERNELMAP_LLM_*, never a flag)."""
+    g = r.add_argument_group("LLM search (endpoint: KERNELMAP_LLM_BASE_URL, _MODELS, _API_KEY)")
+    g.add_argument("--llm", action="store_true", help="add the LLM emitter to the search")
+    g.add_argument(
+        "--llm-model",
+        action="append",
+        default=[],
+        metavar="NAME[:WEIGHT]",
+        help="a model to ask, among KERNELMAP_LLM_MODELS (repeatable; default all of them)",
+    )
+    numbers = [
+        ("--llm-max-tokens", int, "N", "completion tokens per request (default 4096)"),
+        ("--llm-max-requests", int, "N", "requests the run may send (KERNELMAP_LLM_MAX_REQUESTS)"),
+        (
+            "--llm-max-total-tokens",
+            int,
+            "N",
+            "prompt + completion tokens the run may spend (KERNELMAP_LLM_MAX_TOTAL_TOKENS)",
+        ),
+        ("--llm-max-cost", float, "X", "cost the run may spend, in KERNELMAP_LLM_PRICES' unit"),
+    ]
+    for flag, kind, metavar, text in numbers:
+        g.add_argument(flag, type=kind, default=None, metavar=metavar, help=text)

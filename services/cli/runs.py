@@ -106,8 +106,22 @@ def summary_text(summary: dict) -> str:
         if not matched:
             matched = "none applies" + (f" ({why_not})" if why_not else "")
         lines.append(f"  templates   {matched}")
+    llm = summary.get("llm")
+    if llm:
+        lines.append("  llm         " + llm_text(llm))
     lines += [f"  note        {n}" for n in summary.get("notes", [])]
     return "\n".join(lines)
+
+
+def llm_text(llm: dict) -> str:
+    """The LLM search's line: requests, what came of them, what they cost."""
+    cost = f", cost {llm['cost']:.4g}" if llm.get("cost") is not None else ""
+    failures = ", ".join(f"{k} {v}" for k, v in sorted(llm.get("failures", {}).items()))
+    return (
+        f"{llm['requests']} requests ({llm['candidates']} candidates, {llm['correct']} correct,"
+        f" {llm['elites']} became elites; failed: {failures or 'none'}),"
+        f" {llm['prompt_tokens']}+{llm['completion_tokens']} tokens{cost}"
+    )
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -134,6 +148,12 @@ def cmd_run(args: argparse.Namespace) -> int:
         cells=args.cells,
         variation=args.variation,
         redis_url=args.redis,
+        llm=args.llm,
+        llm_models=list(args.llm_model),
+        llm_max_tokens=args.llm_max_tokens,
+        llm_max_requests=args.llm_max_requests,
+        llm_max_total_tokens=args.llm_max_total_tokens,
+        llm_max_cost=args.llm_max_cost,
     )
     progress = ProgressLine()
     try:

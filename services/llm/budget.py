@@ -10,17 +10,13 @@ behind one lock, so the module needs no HTTP and is tested alone.
 
 from __future__ import annotations
 
-import math
 import threading
 from collections import Counter
 from dataclasses import dataclass
 
+from evolution.llm.port import BYTES_PER_TOKEN_ESTIMATE as BYTES_PER_TOKEN_ESTIMATE
+from evolution.llm.port import estimate_prompt_tokens as estimate_prompt_tokens
 from services.llm.config import LlmConfigError, Price
-
-#: Prompt tokens are not known before the endpoint counts them; reserving one token per two
-#: UTF-8 bytes over-estimates every tokenizer on code and prose (they average three to four),
-#: so the token and cost caps hold. The surplus is released when the reply settles.
-BYTES_PER_TOKEN_ESTIMATE = 2.0
 
 
 @dataclass(frozen=True)
@@ -62,12 +58,6 @@ class Spent:
     def tokens(self) -> int:
         """Prompt plus completion tokens."""
         return self.prompt_tokens + self.completion_tokens
-
-
-def estimate_prompt_tokens(messages: list[dict[str, str]]) -> int:
-    """A generous estimate of the tokens of a chat prompt (see :data:`BYTES_PER_TOKEN_ESTIMATE`)."""
-    size = sum(len(str(m.get("content", "")).encode()) + 8 for m in messages)
-    return math.ceil(size / BYTES_PER_TOKEN_ESTIMATE) + 8
 
 
 class Budget:

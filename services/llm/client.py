@@ -37,6 +37,8 @@ MAX_REPLY_CHARS = 256 * 1024
 _MAX_BODY_BYTES = 6 * MAX_REPLY_CHARS + 64 * 1024
 #: Longest failure message kept (endpoints may echo whole prompts in their errors).
 _MAX_MESSAGE = 500
+#: The header that carries the request's id (the same on each retry of it).
+REQUEST_HEADER = "X-Kernelmap-Request"
 #: Stands in for the key of an endpoint that needs none (Ollama, llama.cpp).
 _NO_KEY = "no-key"
 
@@ -246,6 +248,9 @@ class LlmPool:
                 messages=request.messages,
                 max_tokens=request.max_tokens,
                 temperature=request.temperature,
+                # The caller's id: an endpoint's logs (and the tests) can tell a retry of a
+                # request from a new one.
+                extra_headers={REQUEST_HEADER: request.request_id},
             ) as response:
                 attempt_end = time.monotonic() + self.endpoint.timeout_s
                 body = bytearray()

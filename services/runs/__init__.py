@@ -21,6 +21,9 @@ Modules
     A run's parts: its map, its emitters and its dispatcher
     (:func:`wiring.make_dispatcher`: the local pool, the Celery queue or the controller's
     fleet, see :mod:`services.dispatch`).
+``llm_setup``
+    LLM search in a run: its stored options checked against the server's endpoint
+    (:class:`llm_setup.LlmOptions`), and the emitter, pool and log a search builds.
 ``search``
     The search loop (:mod:`evolution`) over the database (:mod:`archive`) and a dispatcher:
     starting, resuming and stopping a run; ``kernelmap run``.

@@ -71,6 +71,8 @@ class RunConfig:
         What the template matcher said (at most 20 notes), for the API's run.
     emitters:
         The API request's ``emitters`` as given (None for a CLI run).
+    llm:
+        The run's LLM search (``services.runs.llm_setup.LlmOptions.to_json``); None: none.
     extra:
         Keys this version does not know, kept as they were stored.
     """
@@ -87,6 +89,7 @@ class RunConfig:
     templates_added: bool = False
     template_notes: list[str] = dataclasses.field(default_factory=list)
     emitters: list[str] | None = None
+    llm: dict[str, Any] | None = None
     extra: dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod

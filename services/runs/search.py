@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import random
 import signal
 import sys
@@ -25,17 +24,13 @@ from archive import db, repository, run_control
 from archive.run_leases import LeaseLost
 from archive.run_store import RunStore
 from archive.status import RunStatus
-from evaluator_worker import static_gate
 from evaluator_worker.device import device_of_class, resolve_device
 from evaluator_worker.errors import TaskError
-from evaluator_worker.verdict import Verdict
-from evolution.candidate import CandidateSpec
 from evolution.descriptors import default_dims, parse_dims
 from evolution.loop import Progress, SearchLoop
 from kernelmap_errors import KernelmapError
 from services.config import Settings
-from services.dispatch.local import failure
-from services.runs import wiring
+from services.runs import llm_setup, wiring
 from services.runs.config import ARCHIVES, VARIATIONS, RunConfig, objective_label
 from services.runs.ownership import RunOwnership, default_owner
 from services.runs.seeds import Seed, load_seed, reference_seed
@@ -76,6 +71,12 @@ class RunOptions:
     variation: str = "gaussian"
     cells: int | None = None
     redis_url: str | None = None
+    llm: bool = False
+    llm_models: list[str] = dataclasses.field(default_factory=list)
+    llm_max_tokens: int | None = None
+    llm_max_requests: int | None = None
+    llm_max_total_tokens: int | None = None
+    llm_max_cost: float | None = None
     notify: Callable[[str], None] = print_note
 
 
@@ -99,21 +100,6 @@ def open_database(settings: Settings, override: str | None = None):
     engine = db.make_engine(database_url(settings, override))
     db.ensure_schema(engine)
     return engine, db.session_factory(engine)
-
-
-def _prefilter(cache: dict[str, dict | None]) -> Callable[[CandidateSpec], dict | None]:
-    def check(spec: CandidateSpec) -> dict | None:
-        key = hashlib.sha256(spec.source.encode()).hexdigest()
-        if key not in cache:
-            gate = static_gate.check_source(spec.source)
-            cache[key] = None
-            if gate.syntax_error:
-                cache[key] = failure(Verdict.COMPILE_ERROR, gate.syntax_error)
-            elif not gate.ok:
-                cache[key] = failure(Verdict.STATIC_REJECT, "; ".join(gate.reasons))
-        return cache[key]
-
-    return check
 
 
 def run_search(
@@ -176,16 +162,6 @@ def _task_name(path: Path) -> str:
     return f"{path.resolve().parent.name}/{stem}" if stem == "task" else stem
 
 
-def _task_file(settings: Settings, task_id: int, source: str) -> Path:
-    # Workers read the task from the data directory, so a run resumes even if the user's file
-    # moved or changed since.
-    path = settings.data_dir / "tasks" / f"task_{task_id}.py"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if not path.exists() or path.read_text() != source:
-        path.write_text(source)
-    return path
-
-
 def _create(settings: Settings, sessions, opts: RunOptions):
     if opts.task is None:
         raise RunError("a task file is required (or --resume RUN_ID)")
@@ -224,6 +200,10 @@ def _create(settings: Settings, sessions, opts: RunOptions):
         raise RunError("--archive cvt needs --cells N (at least 2)")
     if opts.variation not in VARIATIONS:
         raise RunError(f"--variation must be one of {', '.join(VARIATIONS)}")
+    try:
+        llm = llm_setup.cli_options(settings, opts)
+    except ValueError as e:
+        raise RunError(str(e)) from None
     config = RunConfig.new(
         device=device.type,
         seeds=seeds,
@@ -236,6 +216,7 @@ def _create(settings: Settings, sessions, opts: RunOptions):
         templates=opts.templates,
         templates_added=opts.templates,  # matched above: they are among the seeds
         template_notes=notes[:20],
+        llm=llm,
     )
     with sessions() as s:
         task_row = repository.add_task(
@@ -256,10 +237,15 @@ def _create(settings: Settings, sessions, opts: RunOptions):
         )
         s.commit()
         run_id, task_id = run.id, task_row.id
-    return run_id, _task_file(settings, task_id, source), config
+    return run_id, wiring.task_file(settings, task_id, source), config
 
 
 def _resume(settings: Settings, sessions, opts: RunOptions):
+    if opts.llm or opts.llm_models:
+        raise RunError(
+            "--llm cannot be given with --resume: a resumed run keeps the LLM search it was"
+            " started with"
+        )
     with sessions() as s:
         run = repository.get_run(s, opts.resume)
         if run.status not in RESUMABLE:
@@ -268,7 +254,7 @@ def _resume(settings: Settings, sessions, opts: RunOptions):
             )
         task = repository.get_task(s, run.task_id)
         config = RunConfig.from_json(run.config)
-        return run.id, _task_file(settings, task.id, task.source), config
+        return run.id, wiring.task_file(settings, task.id, task.source), config
 
 
 def search_stored_run(
@@ -330,7 +316,7 @@ def search_stored_run(
             settings,
             sessions,
             run_id,
-            _task_file(settings, task_id, source),
+            wiring.task_file(settings, task_id, source),
             config,
             None,
             stop,
@@ -425,9 +411,30 @@ def _search_owned(
         eval_config=eval_config,
         workers=config.workers,
     )
-    store = RunStore(sessions, run_id, fence=ownership.fence)
+    store: Any = RunStore(sessions, run_id, fence=ownership.fence)
+    llm = None
+    if config.llm is not None:
+        store = llm_setup.SpecMemo(store)
+        try:
+            llm = llm_setup.build_llm(
+                settings, sessions, run_id, llm_setup.LlmOptions.from_json(config.llm),
+                task_source=task_file.read_text(), dims=dims, archive=archive, store=store,
+                hardware=llm_setup.hardware_facts(hardware_class, device), seed=seed,
+                fence=ownership.fence,
+            )  # fmt: skip
+        except KernelmapError as e:
+            pool.close()
+            _write_end(sessions, run_id, RunStatus.FAILED, str(e), None, ownership)
+            raise RunError(f"run {run_id}: LLM search cannot start: {e}") from None
+        emitters.append(llm.emitter)
     loop = SearchLoop(
-        archive, emitters, pool, store, budget, prefilter=_prefilter({}), on_progress=on_progress
+        archive,
+        emitters,
+        pool,
+        store,
+        budget,
+        prefilter=wiring.gate_prefilter(),
+        on_progress=on_progress,
     )
     previous = signal.getsignal(signal.SIGINT)
     in_main = threading.current_thread() is threading.main_thread()
@@ -449,6 +456,11 @@ def _search_owned(
     finally:
         if in_main:
             signal.signal(signal.SIGINT, previous)
+        if llm is not None:
+            try:
+                llm.close()
+            except LeaseLost:
+                pass  # the run is another owner's: its requests are theirs to settle
         pool.close()
         if ownership.lost.is_set():
             status = LOST  # the run is another owner's now: its status is theirs to write

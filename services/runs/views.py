@@ -9,6 +9,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from archive import repository
+from archive.llm_report import llm_summary
 from archive.models import Evaluation, Job, RunStat, Task, User
 from evolution.candidate import ratio_interval
 from evolution.descriptors import parse_dims
@@ -136,6 +137,7 @@ def run_summary(session, run_id: int) -> dict[str, Any]:
             "matched": [s.label for s in config.seeds if s.label.startswith("template:")],
             "notes": list(config.template_notes),
         },
+        "llm": llm_summary(session, run_id) if config.llm is not None else None,
         "notes": _notes(run, best_out, qd_offset),
         "error": run.error,
     }

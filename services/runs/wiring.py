@@ -10,17 +10,21 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from sqlalchemy.orm import Session, sessionmaker
 
+from evaluator_worker import static_gate
 from evaluator_worker.config import EvalConfig
+from evaluator_worker.verdict import Verdict
 from evolution.candidate import CandidateSpec
 from evolution.emitters import ParamEmitter, SeedEmitter
 from evolution.grid import MapArchive
 from evolution.ports import Dispatcher
 from services.config import Settings
+from services.dispatch.local import failure
 from services.runs.config import RunConfig
 from services.runs.seeds import Seed
 
@@ -93,6 +97,35 @@ def build_emitters(
                 )
             )
     return emitters
+
+
+def gate_prefilter() -> Callable[[CandidateSpec], dict | None]:
+    """The loop's ``prefilter``: the static gate on each new source (cached by its hash), a
+    ``COMPILE_ERROR`` for source that does not parse, ``STATIC_REJECT`` for one refused."""
+    cache: dict[str, dict | None] = {}
+
+    def check(spec: CandidateSpec) -> dict | None:
+        key = hashlib.sha256(spec.source.encode()).hexdigest()
+        if key not in cache:
+            gate = static_gate.check_source(spec.source)
+            cache[key] = None
+            if gate.syntax_error:
+                cache[key] = failure(Verdict.COMPILE_ERROR, gate.syntax_error)
+            elif not gate.ok:
+                cache[key] = failure(Verdict.STATIC_REJECT, "; ".join(gate.reasons))
+        return cache[key]
+
+    return check
+
+
+def task_file(settings: Settings, task_id: int, source: str) -> Path:
+    """The task's file in the data directory (written when missing or changed): workers read
+    the task from there, so a run resumes even if the user's file moved or changed since."""
+    path = settings.data_dir / "tasks" / f"task_{task_id}.py"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if not path.exists() or path.read_text() != source:
+        path.write_text(source)
+    return path
 
 
 def make_dispatcher(

@@ -8,7 +8,7 @@ import re
 from evolution.candidate import CandidateSpec
 from evolution.emitters import LlmEmitter, SeedEmitter, archive_elites
 from evolution.emitters.llm import DUPLICATE, Elite
-from evolution.fakes import MemoryStore, ScriptedLlm
+from evolution.fakes import MemoryJournal, MemoryStore, ScriptedLlm
 from evolution.llm.port import LlmPort, LlmRequest
 from evolution.loop import STOP_BUDGET, STOP_EXHAUSTED
 from tests.evolution.test_loop import make_loop, params_family
@@ -97,12 +97,16 @@ def test_malformed_and_unappliable_replies_are_counted_and_never_dispatched():
         "<<<<<<< SEARCH\nMS = 0.5\n=======\nOPEN = 3\n",
     ]
     port = ScriptedLlm([*bad, faster_diff, faster_diff])
-    loop, emitter, dispatcher, store = loop_with(port, budget=10)
+    journal = MemoryJournal()
+    loop, emitter, dispatcher, store = loop_with(port, budget=10, journal=journal)
     summary = loop.run()
     assert summary.stopped_reason == STOP_EXHAUSTED
     assert emitter.failures == {"malformed": 2, "no_match": 1}
-    assert [f.reason for f in emitter.failed] == ["malformed", "no_match", "malformed"]
-    assert all(f.prompt_tokens == 1000 and f.model in ("m1", "m2") for f in emitter.failed)
+    failed = [(r, u) for r, u in journal.replies if u.reason]
+    assert [u.reason for _, u in failed] == ["malformed", "no_match", "malformed"]
+    assert all(r.prompt_tokens == 1000 and r.model in ("m1", "m2") for r, _ in failed)
+    assert [u.candidate_key is not None for _, u in journal.replies].count(True) == 2
+    assert len(journal.sent_requests) == len(journal.replies) + len(journal.unsent_ids)
     sources = {j.source for j in dispatcher.submitted}
     assert not any(w in s for s in sources for w in ("BROKEN", "OPEN"))
     assert len(sources) == 3  # the seed and its two children (a tie is re-measured)

@@ -74,6 +74,8 @@ def start_queued_run(session: Session, user: User, config: ApiConfig, body: RunC
         timeout_s=config.settings.timeout_s,
         emitters=body.emitters,
         descriptors=body.descriptors,
+        llm=body.llm.model_dump() if body.llm is not None else None,
+        settings=config.settings,
     )
     session.commit()
     hand_to_controller(config, run.id)
