@@ -237,3 +237,9 @@ def llm_request(session: Session, run_id: int, request_id: str) -> dict[str, Any
     item["created_at"] = _iso(row.created_at)
     item["replied_at"] = _iso(row.replied_at)
     return item
+
+
+def count_llm_requests(session: Session, run_id: int) -> int:
+    """How many LLM requests run ``run_id`` recorded (every status)."""
+    stmt = sa.select(sa.func.count()).select_from(_ROWS).where(_ROWS.run_id == run_id)
+    return int(session.scalar(stmt) or 0)

@@ -412,3 +412,55 @@ class KeyCreated(KeyOut):
     """A new key: ``key`` is shown this once and cannot be recovered."""
 
     key: str
+
+
+# -- LLM search --------------------------------------------------------------------------------
+
+
+class LlmModelOut(BaseModel):
+    """A model the server's LLM endpoint offers."""
+
+    name: str
+    weight: float = Field(description="Its share of the requests, the bandit's prior")
+    priced: bool = Field(description="A price is configured (its cost is counted)")
+
+
+class LlmModelsOut(BaseModel):
+    """What LLM search this server offers (its endpoint and key stay the server's)."""
+
+    available: bool
+    reason: str | None = Field(description="Why LLM search is unavailable, when it is")
+    models: list[LlmModelOut]
+    max_requests: int = Field(description="Most requests one run may send")
+    max_total_tokens: int = Field(description="Most prompt + completion tokens one run spends")
+    max_cost: float | None = Field(description="Most one run may cost; null: no cost cap")
+
+
+class LlmRequestItem(BaseModel):
+    """One request a run's LLM emitter sent, and what came of it."""
+
+    request_id: str
+    model: str
+    operator: str = Field(description="mutate, crossover, repair, target or rewrite")
+    strategy: str = Field(description="The prompt strategy used (rewrite: the one rewritten)")
+    status: str = Field(description="sent, replied, failed, refused or lost")
+    reason: str | None = Field(description="Why it gave no candidate, when it did not")
+    message: str
+    prompt_tokens: int
+    completion_tokens: int
+    latency_s: float | None
+    cost: float | None
+    candidate_id: int | None = Field(description="The candidate its reply became")
+    created_at: str | None
+
+
+class LlmRequestDetail(LlmRequestItem):
+    """One request whole: its prompt and the model's reply as stored."""
+
+    parent_ids: list[int]
+    messages: list[dict[str, Any]]
+    response: str | None
+    max_tokens: int
+    attempts: int
+    strategy_id: str | None = Field(description="The strategy a taken rewrite created")
+    replied_at: str | None

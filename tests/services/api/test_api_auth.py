@@ -23,9 +23,11 @@ from fastapi.testclient import TestClient
 from sqlalchemy.orm import Session, sessionmaker
 
 from archive import db, repository
+from archive.llm_log import LlmLog
 from archive.run_store import RunStore
 from archive.testing import temporary_database
 from evolution.candidate import CandidateSpec
+from evolution.llm.port import LlmRequest, RequestMeta
 from evolution.ports import JobResult
 from services import keys
 from services.api import create_app
@@ -108,6 +110,9 @@ def _world(sessions: sessionmaker[Session], tmp: Path) -> World:
     store.ingest(JobResult("job-1", cand.candidate_id, result))
     store.elite_changed(0, cand.candidate_id, 0.4, [1.0], None)
     ids["candidate_id"] = cand.candidate_id
+    request = LlmRequest("llm-1", "m1", [{"role": "user", "content": "write a kernel"}])
+    LlmLog(sessions, run.id).sent(request, RequestMeta("mutate", "tiling"), {})
+    ids["request_id"] = "llm-1"  # type: ignore[assignment]  # a path id that is a string
     app = create_app(sessions, Settings(data_dir=tmp, device="cpu"))
     client = TestClient(app)
     token = None
