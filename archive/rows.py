@@ -17,7 +17,6 @@ import functools
 import hashlib
 import json
 import math
-import threading
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -57,17 +56,12 @@ def json_text(value: Any) -> str:
         return json_dumps(value)
 
 
-# CPython 3.11 can fail ("AST constructor recursion depth mismatch") when threads parse at the
-# same time, as the runs of one controller do: one normalisation at a time (each source once).
-_NORMALISING = threading.Lock()
-
-
 @functools.lru_cache(maxsize=256)
 def _normalised_sha256(source: str) -> Any:
     # Normalising parses and unparses the source (milliseconds for a real kernel file), and a
     # parameter family proposes one source thousands of times: once per source is enough.
-    with _NORMALISING:
-        return hashlib.sha256(normalise_source(source).encode())
+    # (It parses through evaluator_worker.parsing: one thread at a time.)
+    return hashlib.sha256(normalise_source(source).encode())
 
 
 def candidate_keys(spec: CandidateSpec) -> tuple[str, str]:

@@ -24,6 +24,9 @@ Judge side (trusted; no user code is imported here)
 ``static_gate``
     The AST check of a candidate's source before any GPU time (:func:`~static_gate.check_source`,
     :class:`~static_gate.GateReport`); standard library only, so the controller runs it too.
+``parsing``
+    :func:`~parsing.parse`, ``ast.parse`` one thread at a time (CPython 3.11 failed with threads
+    parsing at once): what the gate, the candidate keys and the LLM edits parse with.
 ``gate_rules``
     The gate's tables: banned modules, names, prefixes and builtins, and why each is banned.
 ``cgroup``

@@ -19,6 +19,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 
+from evaluator_worker import parsing
 from evaluator_worker.gate_rules import (
     ALLOWED_NAMES,
     BANNED_BUILTINS,
@@ -99,7 +100,7 @@ def check_source(source: str, filename: str = "<candidate>") -> GateReport:
         ``ok`` is True only when the source parses and no rule fired.
     """
     try:
-        tree = ast.parse(source, filename=filename)
+        tree = parsing.parse(source, filename=filename)
     except SyntaxError as exc:
         message = f"line {exc.lineno or 1}: {exc.msg}"
         return GateReport(False, [message], message, False, False, [], None)

@@ -27,7 +27,7 @@ from typing import Any
 
 import torch
 
-from evaluator_worker import compare, inputs
+from evaluator_worker import compare, inputs, parsing
 from evaluator_worker.errors import TaskError
 from evaluator_worker.modules import describe, error_line, import_file
 
@@ -168,7 +168,7 @@ class TaskInfo:
 
 def _parse(path: Path, source: str) -> ast.Module:
     try:
-        return ast.parse(source, filename=str(path))
+        return parsing.parse(source, filename=str(path))
     except SyntaxError as e:
         raise TaskError(f"syntax error: {e.msg}", str(path), e.lineno) from None
 

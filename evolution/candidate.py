@@ -9,6 +9,8 @@ import json
 import math
 from typing import Any
 
+from evaluator_worker import parsing
+
 
 def normalise_source(source: str) -> str:
     """Source with comments, blank lines and formatting removed (via the AST).
@@ -17,7 +19,7 @@ def normalise_source(source: str) -> str:
     are the same candidate. Unparseable source is kept as it is (the static gate rejects it).
     """
     try:
-        return ast.unparse(ast.parse(source))
+        return ast.unparse(parsing.parse(source))
     except (SyntaxError, ValueError, RecursionError):
         return source
 

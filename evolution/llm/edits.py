@@ -40,11 +40,11 @@ here and is dropped later as a duplicate by its :attr:`~evolution.candidate.Cand
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import difflib
 import re
 
+from evaluator_worker import parsing
 from evolution.llm.errors import EditError
 
 MAX_REPLY_BYTES = 200_000
@@ -184,7 +184,7 @@ def _blocks(lines: list[str]) -> list[Block]:
 
 def _parses(text: str) -> bool:
     try:
-        ast.parse(text)
+        parsing.parse(text)
     except (SyntaxError, ValueError, RecursionError, MemoryError):
         return False
     return True

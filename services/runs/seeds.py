@@ -8,7 +8,7 @@ import re
 from pathlib import Path
 from typing import Any
 
-from evaluator_worker import static_gate
+from evaluator_worker import parsing, static_gate
 from kernelmap_errors import KernelmapError
 
 #: The label of the seed that is the task's own reference, unchanged.
@@ -47,7 +47,7 @@ def check_seed(label: str, source: str) -> Seed:
         raise SeedError(
             f"seed candidate {label} is rejected by the static gate: " + "; ".join(gate.reasons)
         )
-    tree = ast.parse(source)
+    tree = parsing.parse(source)
     if not any(isinstance(n, ast.ClassDef) and n.name == "ModelNew" for n in tree.body):
         raise SeedError(f"seed candidate {label} defines no class ModelNew")
     space = gate.search_space
@@ -88,7 +88,7 @@ def bake_params(source: str, params: dict[str, Any]) -> str:
     values and the values assigned at the top, so ``kernelmap eval`` runs exactly this one."""
     if not params:
         return source
-    tree = ast.parse(source)
+    tree = parsing.parse(source)
     lines = source.splitlines(keepends=True)
     insert_at = 0
     for i, node in enumerate(tree.body):  # after the docstring and any __future__ import
