@@ -307,3 +307,29 @@ def test_pages_without_a_session_go_to_login(site):
     for path in ("/runs", f"/runs/{run_id}", "/runs/live.json", f"/runs/{run_id}/best.py"):
         r = site.client.get(path, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"].startswith("/login?next="), path
+
+
+def test_an_llm_runs_page_shows_its_requests_and_strategies_escaped(site):
+    from archive.llm_log import LlmLog
+    from evolution.llm.port import LlmReply, LlmRequest, ReplyUse, RequestMeta
+    from evolution.llm.strategies import Strategy, StrategyPool
+
+    run_id, _ = _run_with_elite(site, site.alice_id)
+    with site.sessions() as s:
+        run = repository.get_run(s, run_id)
+        run.config = {**run.config, "llm": {"models": [["coder", 1.0]]}}
+        s.commit()
+    pool = StrategyPool([Strategy("tiling", "Tile it."), Strategy("r1", PAYLOAD, "tiling", 1)])
+    state = {"strategies": pool.to_json()}
+    log = LlmLog(site.sessions, run_id)
+    prompt = [{"role": "user", "content": "faster"}]
+    log.sent(LlmRequest("llm-1", "coder", prompt), RequestMeta("mutate", "r1"), state)
+    reply = LlmReply("llm-1", "coder", "no code", prompt_tokens=90, completion_tokens=10)
+    log.replied(reply, ReplyUse(reason="malformed", message="no code block"), state)
+    page = sign_in(site, site.alice).get(f"/runs/{run_id}").text
+    assert "LLM search" in page and "1 requests" in page and "malformed 1" in page
+    assert "<td>coder</td><td>mutate</td>" in page
+    assert "rewritten from tiling" in page
+    assert PAYLOAD not in page and "&lt;script&gt;" in page
+    plain = add_run(site, site.alice_id)
+    assert "LLM search" not in sign_in(site, site.alice).get(f"/runs/{plain}").text
