@@ -118,6 +118,8 @@ class MapArchive:
         if not dims:
             raise ValueError("a map needs at least one descriptor dimension")
         self.dims = list(dims)
+        #: Counts commits and rebuilds: readers cache what they derive from the elites by it.
+        self.changes = 0
         self.kind = kind
         self.qd_score_offset = float(qd_score_offset)
         ranges = [(float(d.low), float(d.high)) for d, _ in self.dims]
@@ -231,6 +233,7 @@ class MapArchive:
             raise ValueError(f"cannot commit a {decision.status!r} decision")
         if outcome.objective is None or not math.isfinite(outcome.objective):
             raise ValueError(f"candidate {outcome.candidate_id} has no finite objective")
+        self.changes += 1
         info = self._archive.add_single(
             np.int64(outcome.candidate_id),
             float(outcome.objective),
@@ -316,6 +319,7 @@ class MapArchive:
             caller to re-measure.
         """
         self._archive.clear()
+        self.changes += 1
         out: list[tuple[Outcome, Decision]] = []
         ties: dict[int, Outcome] = {}
         for outcome in outcomes:

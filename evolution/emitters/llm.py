@@ -102,38 +102,27 @@ class LlmEmitter(Emitter):
 
     Parameters
     ----------
-    port:
-        The model service (``submit``, ``poll``, ``in_flight``).
-    task_source:
-        The task file (the reference to replace).
-    models:
-        ``[(model name, weight)]``, the bandit's priors.
-    dims:
-        The map's ``(Descriptor, bins)`` pairs (:attr:`MapArchive.dims`), for targeting cells.
-    elites:
-        Returns the run's current elites (see :func:`archive_elites`).
-    hardware:
-        Facts of the run's hardware class, shown in every prompt.
-    seed:
-        Seeds the bandit's tie-breaking and the choice of parents and cells.
-    max_tokens:
-        Completion tokens per request.
-    max_in_flight:
-        Requests this emitter keeps in flight at most.
-    operators:
-        The operators on offer (default all of :data:`~evolution.llm.prompts.OPERATORS`).
-    strategies:
-        The prompt strategies (default :class:`StrategyPool` of the built-in ones).
+    port, task_source, models:
+        The model service; the task file (the reference to replace); ``[(model, weight)]``,
+        the bandit's priors.
+    dims, elites:
+        The map's ``(Descriptor, bins)`` pairs (for targeting cells); a function returning the
+        run's current elites (see :func:`archive_elites`).
+    hardware, seed:
+        Facts of the run's hardware class, shown in every prompt; seeds the bandit's
+        tie-breaking and the choice of parents and cells.
+    max_tokens, max_in_flight:
+        Completion tokens per request; requests kept in flight at most.
+    operators, strategies:
+        The operators on offer (default all); the prompt strategies (default the built-in ones).
     journal:
         Where requests, replies and the state are recorded (see the module notes); None: nowhere.
-    rewrite_every:
-        Evaluated children between two strategy rewrites (0: prompts do not evolve).
-    rewrite_min_children:
-        Children a strategy needs before it may be rewritten.
+    rewrite_every, rewrite_min_children:
+        Evaluated children between two strategy rewrites (0: prompts do not evolve); children a
+        strategy needs before it may be rewritten.
     max_failures_in_a_row:
-        Replies in a row that give no candidate (failed requests, edits that do not apply,
-        duplicates) after which the emitter stops asking (:attr:`gave_up` says why): a model
-        that cannot follow the format should not spend the whole request cap.
+        Replies in a row without a candidate after which the emitter stops asking
+        (:attr:`gave_up` says why): a model that cannot follow the format does not spend the cap.
     """
 
     def __init__(
@@ -180,6 +169,8 @@ class LlmEmitter(Emitter):
         self._proposed: set[str] = set()
         self._outcomes: dict[int, Outcome] = {}
         self._repairs = Repairs()
+        self._empty_of: Sequence[Elite] | None = None
+        self._empty_cells: list[tuple[float, ...]] = []
         self.max_failures_in_a_row = int(max_failures_in_a_row)
         self._streak = 0  # replies in a row without a candidate
         #: Why the emitter stopped asking before its caps, or None.
@@ -207,7 +198,7 @@ class LlmEmitter(Emitter):
         if self._refused or self.gave_up:
             return True
         elites = self._elites()
-        ok = self._eligible(elites, bool(empty_cells(self.dims, [e.measures for e in elites])))
+        ok = self._eligible(elites, bool(self._empty(elites)))
         return not any(ok(arm) for arm in self.bandit.arms)
 
     @property
@@ -277,8 +268,9 @@ class LlmEmitter(Emitter):
             and not self.gave_up
             and len(self._pending) + len(self._ready) < self.max_in_flight
         ):
-            elites = sorted(self._elites(), key=lambda e: -e.objective)
-            empty = empty_cells(self.dims, [e.measures for e in elites])
+            current = self._elites()
+            empty = self._empty(current)
+            elites = sorted(current, key=lambda e: -e.objective)
             arm = self.bandit.choose(self._eligible(elites, bool(empty)))
             if arm is None:
                 return
@@ -351,6 +343,13 @@ class LlmEmitter(Emitter):
         request = LlmRequest(self._request_id(), model, messages, max_tokens=self.max_tokens)
         ids = tuple(p.candidate_id for p in parents) or tuple(e.candidate_id for e in chosen)
         return request, _Request(arm, base, dict(params), ids, baseline)
+
+    def _empty(self, elites: Sequence[Elite]) -> list[tuple[float, ...]]:
+        """The empty cells' centres, computed again only for a new elites list."""
+        if elites is not self._empty_of:
+            self._empty_cells = empty_cells(self.dims, [e.measures for e in elites])
+            self._empty_of = elites
+        return self._empty_cells
 
     def _view(self, elite: Elite) -> ParentView:
         outcome = self._outcomes.get(elite.candidate_id)

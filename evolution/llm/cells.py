@@ -42,14 +42,23 @@ def archive_elites(
     archive: Any, spec_of: Callable[[int], CandidateSpec | None]
 ) -> Callable[[], list[Elite]]:
     """An ``elites`` accessor over a :class:`~evolution.grid.MapArchive` and a lookup of
-    candidate specs by id (``store.specs.get``); elites whose spec is unknown are left out."""
+    candidate specs by id (``store.specs.get``); elites whose spec is unknown are left out.
+
+    The list is read again only when the archive's ``changes`` counter moved (the emitter asks
+    for it on every proposal of every emitter, through ``exhausted``); do not modify it.
+    """
+    cache: dict[str, Any] = {"at": None, "elites": []}
 
     def elites() -> list[Elite]:
+        at = getattr(archive, "changes", None)
+        if at is not None and at == cache["at"]:
+            return cache["elites"]
         out = []
         for cell, cid, objective, measures in archive.elites():
             spec = spec_of(cid)
             if spec is not None:
                 out.append(Elite(cid, spec.source, dict(spec.params), objective, cell, measures))
+        cache["at"], cache["elites"] = at, out
         return out
 
     return elites
