@@ -20,7 +20,6 @@ import queue
 import random
 import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
@@ -91,9 +90,10 @@ class LlmPool:
         self._budget = Budget(caps or Caps(), dict(endpoint.prices))
         self._backoff_base_s = backoff_base_s
         self._rng = rng or random.Random()
-        self._executor = ThreadPoolExecutor(
-            max_workers=endpoint.concurrency, thread_name_prefix="llm"
-        )
+        # Daemon threads, not a ThreadPoolExecutor (whose threads the interpreter joins at exit):
+        # a command that is done must not wait out a request nobody awaits any more.
+        self._todo: queue.Queue[tuple[LlmRequest, Reservation] | None] = queue.Queue()
+        self._threads: list[threading.Thread] = []
         self._done: queue.Queue[LlmReply] = queue.Queue()
         self._closing = threading.Event()
         self._lock = threading.Lock()
@@ -127,21 +127,23 @@ class LlmPool:
             return False
         with self._lock:
             self._in_flight += 1
-        try:
-            self._executor.submit(self._run, request, held)
-        except RuntimeError:  # closed between the check above and here: give the caps back
-            self._budget.settle(
-                held,
-                model=request.model,
-                prompt_tokens=0,
-                completion_tokens=0,
-                attempts=0,
-                failure=None,
-            )
-            with self._lock:
-                self._in_flight -= 1
-            raise RuntimeError("the LLM pool is closed") from None
+            if len(self._threads) < min(self.endpoint.concurrency, self._in_flight):
+                thread = threading.Thread(
+                    target=self._serve, name=f"llm-{len(self._threads)}", daemon=True
+                )
+                self._threads.append(thread)
+                thread.start()
+        # Closed between the check above and here: the request comes back cancelled.
+        self._todo.put((request, held))
         return True
+
+    def _serve(self) -> None:
+        """One worker thread: requests in order until the pool closes."""
+        while True:
+            item = self._todo.get()
+            if item is None:
+                return
+            self._run(*item)
 
     def poll(self, timeout_s: float = 0.0) -> list[LlmReply]:
         """The replies finished since the last poll; waits up to ``timeout_s`` for the first one
@@ -164,8 +166,13 @@ class LlmPool:
         """Stop: requests not yet sent come back ``cancelled``, retry waits end; with ``wait``,
         returns once the requests being sent have finished (at most ``timeout_s``)."""
         self._closing.set()
-        self._executor.shutdown(wait=wait, cancel_futures=False)
+        with self._lock:
+            threads = list(self._threads)
+        for _ in threads:
+            self._todo.put(None)  # after the queued requests, which come back cancelled
         if wait:
+            for thread in threads:
+                thread.join(self.endpoint.timeout_s + 5)
             self._client.close()
 
     def __enter__(self) -> LlmPool:

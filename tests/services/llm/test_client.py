@@ -332,3 +332,31 @@ def test_the_key_is_sent_but_never_logged_or_returned(llm_server, caplog):
     assert caplog.records, "the failure paths log"
     leaks = [t for t in texts if KEY in t]
     assert not leaks
+
+
+def test_a_process_done_with_its_pool_exits_without_awaiting_a_slow_reply(llm_server):
+    import subprocess
+    import sys
+    import textwrap
+    from pathlib import Path
+
+    llm_server.script(slow_reply(30))
+    code = textwrap.dedent(
+        f"""
+        import time
+        from evolution.llm.port import LlmRequest
+        from services.llm.client import LlmPool
+        from services.llm.config import make_endpoint
+        ep = make_endpoint(base_url={llm_server.base_url!r}, api_key=None, models="m",
+                           prices=None, timeout_s=60, retries=0, concurrency=2)
+        pool = LlmPool(ep)
+        assert pool.submit(LlmRequest("r1", "m", [{{"role": "user", "content": "x"}}]))
+        time.sleep(1.0)  # the request is being answered (slowly)
+        pool.close(wait=False)
+        """
+    )
+    start = time.monotonic()
+    root = Path(__file__).parents[3]
+    subprocess.run([sys.executable, "-c", code], check=True, timeout=60, cwd=root)
+    assert time.monotonic() - start < 15  # not the 30 s the reply takes
+    assert len(llm_server.completions) == 1
