@@ -53,10 +53,14 @@ def text_reply(text: str = "ok", **kw) -> Scripted:
     return Scripted(text=text, **kw)
 
 
-def status_reply(status: int, retry_after: str | None = None, **kw) -> Scripted:
-    """An error status with an OpenAI-style error body, and ``Retry-After`` when given."""
+def status_reply(
+    status: int, retry_after: str | None = None, message: str | None = None, **kw
+) -> Scripted:
+    """An error status with an OpenAI-style error body (its ``message``: ``scripted STATUS``
+    unless given), and ``Retry-After`` when given."""
     headers = {"Retry-After": retry_after} if retry_after is not None else {}
-    body = json.dumps({"error": {"message": f"scripted {status}", "type": "scripted"}}).encode()
+    text = message if message is not None else f"scripted {status}"
+    body = json.dumps({"error": {"message": text, "type": "scripted"}}).encode()
     return Scripted(status=status, body=body, headers=headers, **kw)
 
 
@@ -107,6 +111,10 @@ class LlmTestServer:
         #: ``responder(body) -> Scripted``: answers requests when the queue is empty (instead
         #: of ``default``), e.g. with an edit of the parent the prompt shows.
         self.responder: Callable[[dict | None], Scripted] | None = None
+        #: ``request_responder(received) -> Scripted``: as ``responder`` but seeing the whole
+        #: request (headers too: a retry carries the same ``X-Kernelmap-Request``); it answers
+        #: first when both are set.
+        self.request_responder: Callable[[Received], Scripted] | None = None
         self.requests: list[Received] = []
         self.max_concurrent = 0
         self._queue: deque[Scripted] = deque()
@@ -210,22 +218,23 @@ class LlmTestServer:
             )
 
     def _enter(self, handler: BaseHTTPRequestHandler, body: dict | None) -> Scripted:
+        received = Received(
+            handler.command, handler.path, dict(handler.headers), body, time.monotonic()
+        )
         with self._lock:
-            self.requests.append(
-                Received(
-                    handler.command, handler.path, dict(handler.headers), body, time.monotonic()
-                )
-            )
+            self.requests.append(received)
             self._active += 1
             self.max_concurrent = max(self.max_concurrent, self._active)
             if self._queue:
                 return self._queue.popleft()
-            responder = self.responder
-        if responder is not None:
-            try:
+            responder, request_responder = self.responder, self.request_responder
+        try:
+            if request_responder is not None:
+                return request_responder(received)
+            if responder is not None:
                 return responder(body)
-            except Exception as e:  # a test's bug: answer it visibly rather than hang
-                return status_reply(500, text=f"responder failed: {e!r}")
+        except Exception as e:  # a test's bug: answer it visibly rather than hang
+            return status_reply(500, text=f"responder failed: {e!r}")
         return self.default
 
     def _leave(self) -> None:
