@@ -13,8 +13,6 @@ fill a database."""
 from __future__ import annotations
 
 import dataclasses
-import functools
-import hashlib
 import json
 import math
 from collections.abc import Callable, Sequence
@@ -27,7 +25,7 @@ from sqlalchemy.orm import Session
 from archive import models as m
 from archive.db import json_dumps
 from archive.status import JobStatus
-from evolution.candidate import CandidateSpec, normalise_source, outcome_from_result
+from evolution.candidate import CandidateSpec, normalised_digest, outcome_from_result
 
 
 def finite_or_none(value: Any) -> float | None:
@@ -56,14 +54,6 @@ def json_text(value: Any) -> str:
         return json_dumps(value)
 
 
-@functools.lru_cache(maxsize=256)
-def _normalised_sha256(source: str) -> Any:
-    # Normalising parses and unparses the source (milliseconds for a real kernel file), and a
-    # parameter family proposes one source thousands of times: once per source is enough.
-    # (It parses through evaluator_worker.parsing: one thread at a time.)
-    return hashlib.sha256(normalise_source(source).encode())
-
-
 def candidate_keys(spec: CandidateSpec) -> tuple[str, str]:
     """``(key_sha256, source_sha256)`` of a spec, as stored on its candidate.
 
@@ -71,7 +61,7 @@ def candidate_keys(spec: CandidateSpec) -> tuple[str, str]:
     computed from a cached normalisation of the source; ``source_sha256`` is the sha256 of
     the normalised source.
     """
-    source_hash = _normalised_sha256(spec.source)
+    source_hash = normalised_digest(spec.source)  # cached: once per distinct source
     key = source_hash.copy()
     key.update(b"\0" + json.dumps(spec.params, sort_keys=True, default=str).encode())
     return key.hexdigest(), source_hash.hexdigest()

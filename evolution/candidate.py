@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -24,9 +25,18 @@ def normalise_source(source: str) -> str:
         return source
 
 
+@functools.lru_cache(maxsize=1024)
+def normalised_digest(source: str) -> Any:
+    """sha256 (a hash object, copy it before updating) of :func:`normalise_source`: parsing and
+    unparsing takes milliseconds for a real kernel file, and one source is keyed many times (a
+    parameter family proposes it thousands of times, the LLM emitter and the store each key a
+    child), so each distinct source is normalised once."""
+    return hashlib.sha256(normalise_source(source).encode())
+
+
 def candidate_key(source: str, params: dict[str, Any]) -> str:
     """sha256 of the normalised source and the parameters: equal keys are duplicates."""
-    h = hashlib.sha256(normalise_source(source).encode())
+    h = normalised_digest(source).copy()
     h.update(b"\0" + json.dumps(params, sort_keys=True, default=str).encode())
     return h.hexdigest()
 

@@ -203,7 +203,14 @@ class SearchLoop:
         outcomes = [outcome_from_result(cid, result) for cid, _, result in rows]
         decisions = self.archive.rebuild(outcomes)
         self._ties.restore([cid for cid, _, _ in rows], [d for _, d in decisions])
-        for (_cid, spec, _result), (outcome, decision) in zip(rows, decisions, strict=True):
+        last = {cid: i for i, (cid, _, _) in enumerate(rows)}
+        for i, ((cid, spec, _result), (outcome, decision)) in enumerate(
+            zip(rows, decisions, strict=True)
+        ):
+            if decision.status == TIE and last[cid] == i:
+                # Its re-measure was lost to the restart and is not made again: the elite
+                # stays, as live when no re-measure can be had (told as worse, not left open).
+                decision = dataclasses.replace(decision, status=WORSE)
             emitter = self._owner(spec)
             if outcome.objective is not None:
                 self._labels[outcome.candidate_id] = outcome.objective_label

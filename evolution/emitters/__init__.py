@@ -24,6 +24,9 @@ Modules
     :class:`LlmEmitter`: candidates written by language models through an ``LlmPort``
     (mutate, crossover, repair, target), chosen by a bandit; :class:`Elite` and
     :func:`archive_elites`, the run's elites as it reads them.
+``llm_state``
+    The LLM emitter's saved state (a mixin: ``state()`` and ``restore()``), its version, and
+    :class:`~llm_state.Owed`, the credit a child's arm is owed until its outcome is told.
 ``variations``
     :data:`VARIATIONS`, the names a run may choose (``gaussian``, ``iso_line``, ``cma``), and
     :data:`STEADY_STATE`, those of ``GenomeEmitter``; the CLI and API list these.

@@ -42,12 +42,13 @@ from typing import Any
 from evolution.candidate import CandidateSpec, Outcome, candidate_key
 from evolution.descriptors import Descriptor
 from evolution.emitters.base import Emitter
+from evolution.emitters.llm_state import LlmState, Owed
 from evolution.grid import NEW, TIE, Decision
 from evolution.llm.bandit import Arm, Bandit, improvement
 from evolution.llm.cells import Elite, empty_cells, nearest
 from evolution.llm.cells import archive_elites as archive_elites  # re-exported
 from evolution.llm.edits import edit_source
-from evolution.llm.errors import StateError, StrategyRejected
+from evolution.llm.errors import StrategyRejected
 from evolution.llm.port import (
     REWRITE,
     LlmJournal,
@@ -76,9 +77,6 @@ from evolution.llm.strategies import ChildOutcome, StrategyPool
 
 DUPLICATE = "duplicate"
 """Failure reason of a child equal to its parent or to a child proposed before."""
-STATE_VERSION = 2
-MAX_STORED_CHILDREN = 2000
-"""Evaluated children kept in the state to score the strategies (the newest)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,14 +88,7 @@ class _Request:
     baseline: float | None
 
 
-@dataclasses.dataclass(frozen=True)
-class _Child:
-    arm: Arm
-    baseline: float | None
-    tokens: int
-
-
-class LlmEmitter(Emitter):
+class LlmEmitter(LlmState, Emitter):
     """Candidates written by language models (the rules are in the module docstring).
 
     Parameters
@@ -164,8 +155,9 @@ class LlmEmitter(Emitter):
         self._requests = 0
         self._pending: dict[str, _Request] = {}
         self.rewrites = Rewrites(rewrite_every, rewrite_min_children)
-        self._ready: collections.deque[CandidateSpec] = collections.deque()
-        self._children: dict[str, _Child] = {}  # spec key -> what to credit when told
+        # Children not taken by the loop yet, with the reply each came from (recorded when taken).
+        self._ready: collections.deque[tuple[CandidateSpec, LlmReply]] = collections.deque()
+        self._children: dict[str, Owed] = {}  # spec key -> what to credit when told
         self._proposed: set[str] = set()
         self._outcomes: dict[int, Outcome] = {}
         self._repairs = Repairs()
@@ -213,7 +205,9 @@ class LlmEmitter(Emitter):
 
     def ask(self, n: int) -> list[CandidateSpec]:
         """Up to ``n`` candidates from the replies finished so far; never waits."""
-        self._repairs.settle()  # after a restore: the loop has re-told the stored outcomes
+        if self._repairs.settle():  # after a restore, once the loop re-told the stored outcomes
+            # Credits owed to children that were never proposed (lost with the old session).
+            self._children = {k: v for k, v in self._children.items() if k in self._proposed}
         replies = self.port.poll(0)
         for reply in replies:
             self._on_reply(reply)
@@ -225,7 +219,9 @@ class LlmEmitter(Emitter):
         self._maybe_rewrite()
         out = []
         while self._ready and len(out) < n:
-            out.append(self._ready.popleft())
+            spec, reply = self._ready.popleft()
+            self._record(reply, ReplyUse(candidate_key=spec.key))
+            out.append(spec)
         return out
 
     def tell(self, spec: CandidateSpec, outcome: Outcome, decision: Decision) -> None:
@@ -279,6 +275,8 @@ class LlmEmitter(Emitter):
             self._pending[request.request_id] = plan
             if not self._submit(request, meta):
                 del self._pending[request.request_id]
+                if arm[1] == REPAIR and plan.parent_ids:
+                    self._repairs.unpop(plan.parent_ids[0])  # not sent: it still waits
                 return
 
     def _submit(self, request: LlmRequest, meta: RequestMeta) -> bool:
@@ -326,7 +324,8 @@ class LlmEmitter(Emitter):
                 {d.name: v for (d, _), v in zip(self.dims, values, strict=True)},
                 self._view(near) if near is not None else None,
             )
-            base = near.source if near is not None else self.task_source
+            # Without a starting point only a whole file will do: a diff of nothing fails.
+            base = near.source if near is not None else ""
             params = near.params if near is not None else {}
             chosen = [near] if near is not None else []
         else:
@@ -366,7 +365,7 @@ class LlmEmitter(Emitter):
 
     def _maybe_rewrite(self) -> None:
         """Send the rewrite of the strategy due for one (see :mod:`evolution.llm.rewrites`)."""
-        if self._refused:
+        if self._refused or self.gave_up:
             return
         due = self.rewrites.plan(self.strategies, self.children, self._objectives(), self._models)
         if due is None:
@@ -398,7 +397,8 @@ class LlmEmitter(Emitter):
     def _fail(self, reply: LlmReply, plan: _Request, reason: str, message: str) -> None:
         self.failures[reason] += 1
         self._streak += 1
-        if self.max_failures_in_a_row and self._streak >= self.max_failures_in_a_row:
+        limit = self.max_failures_in_a_row
+        if limit and self._streak >= limit and self.gave_up is None:
             self.gave_up = (
                 f"{self._streak} replies in a row gave no candidate (the last: {reason});"
                 " the LLM emitter stopped asking"
@@ -439,61 +439,13 @@ class LlmEmitter(Emitter):
         )
         self._proposed.add(key)
         self._streak = 0
-        self._children[key] = _Child(plan.arm, plan.baseline, reply.tokens)
-        self._ready.append(spec)
-        self._record(reply, ReplyUse(candidate_key=key))
+        self._children[key] = Owed(plan.arm, plan.baseline, reply.tokens)
+        self._ready.append((spec, reply))
 
-    # --- state --------------------------------------------------------------------------------
-
-    def state(self) -> dict[str, Any]:
-        """The emitter's choices as a JSON-ready dict (see :meth:`restore`)."""
-        version, internal, gauss = self._rng.getstate()
-        return {
-            "version": STATE_VERSION,
-            "bandit": self.bandit.to_json(),
-            "strategies": self.strategies.to_json(),
-            "rng": [version, list(internal), gauss],
-            "ids": self._ids,
-            "requests": self._requests,
-            "failures": dict(self.failures),
-            "owed": [[key, list(c.arm), c.baseline, c.tokens] for key, c in self._children.items()],
-            "repairs": self._repairs.to_json(),
-            "children": [
-                [c.strategy_id, c.verdict, c.objective, list(c.messages[:3])]
-                for c in self.children[-MAX_STORED_CHILDREN:]
-            ],
-            "next_rewrite": self.rewrites.next_at,
-            "streak": self._streak,
-            "gave_up": self.gave_up,
-        }
-
-    def restore(self, state: Mapping[str, Any]) -> None:
-        """Continue from :meth:`state`; call before the loop re-tells the stored outcomes.
-
-        Raises :class:`~evolution.llm.errors.StateError` for another version or a bad shape.
-        """
-        if state.get("version") != STATE_VERSION:
-            got = state.get("version")
-            raise StateError(f"LLM emitter state version {got!r} is not {STATE_VERSION}")
-        try:
-            self.bandit = Bandit.from_json(state["bandit"])
-            self.strategies = StrategyPool.from_json(state["strategies"])
-            version, internal, gauss = state["rng"]
-            self._rng.setstate((version, tuple(internal), gauss))
-            self._ids = int(state["ids"])
-            self._requests = int(state["requests"])
-            self.failures = collections.Counter(state["failures"])
-            self._children = {
-                str(key): _Child(tuple(arm), baseline, int(tokens))  # type: ignore[arg-type]
-                for key, arm, baseline, tokens in state["owed"]
-            }
-            self._repairs.restore(state["repairs"]["waiting"], state["repairs"]["done"])
-            self.children = [
-                ChildOutcome(str(sid), str(verdict), objective, tuple(messages))
-                for sid, verdict, objective, messages in state["children"]
-            ]
-            self.rewrites.next_at = int(state["next_rewrite"])
-            self._streak = int(state["streak"])
-            self.gave_up = state["gave_up"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise StateError(f"LLM emitter state cannot be restored: {exc}") from exc
+    def discard(self) -> None:
+        """The search ended: children never taken are recorded as not proposed."""
+        while self._ready:
+            spec, reply = self._ready.popleft()
+            self._children.pop(spec.key, None)
+            message = "the search ended before this child was proposed"
+            self._record(reply, ReplyUse(reason="not_proposed", message=message))

@@ -22,6 +22,7 @@ class Repairs:
         self._done: set[int] = set()
         self._saved: list[int] | None = None  # ids restored, until settle()
         self._views: dict[int, ParentView] = {}
+        self._popped: dict[int, ParentView] = {}
 
     def __bool__(self) -> bool:
         return bool(self._queue)
@@ -39,7 +40,14 @@ class Repairs:
         """The newest failure, marked repaired."""
         view = self._queue.pop()
         self._done.add(view.candidate_id)
+        self._popped = {view.candidate_id: view}  # what unpop() can put back
         return view
+
+    def unpop(self, candidate_id: int) -> None:
+        """Undo the last :meth:`pop` of ``candidate_id`` (its repair request was not sent)."""
+        if candidate_id in self._done and candidate_id in self._popped:
+            self._done.discard(candidate_id)
+            self._queue.append(self._popped.pop(candidate_id))
 
     def to_json(self) -> dict[str, list[int]]:
         """The ids waiting (oldest first) and those repaired."""
@@ -53,10 +61,12 @@ class Repairs:
         self._views = {}
         self._queue.clear()
 
-    def settle(self) -> None:
-        """After the stored outcomes were re-told: the queue as it was saved."""
+    def settle(self) -> bool:
+        """After the stored outcomes were re-told: the queue as it was saved. Returns whether
+        a restore was pending (False: nothing to do)."""
         if self._saved is None:
-            return
+            return False
         ids, self._saved = self._saved, None
         self._queue.extend(self._views[i] for i in ids if i in self._views)
         self._views = {}
+        return True

@@ -244,6 +244,7 @@ class LlmPart:
         """Stop: requests not sent are cancelled, those in flight are not waited for and are
         marked lost (their replies would have no one to go to)."""
         self.pool.close(wait=False)
+        self.emitter.discard()
         self.log.close_lost("abandoned", "in flight when the search stopped: not awaited")
 
 

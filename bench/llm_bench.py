@@ -1,0 +1,492 @@
+"""What the LLM emitter costs the controller, and whether 8 replies in flight keep it busy.
+
+A real :class:`evolution.loop.SearchLoop` runs with a seed and the LLM emitter only
+(:class:`evolution.emitters.LlmEmitter`), its requests going through the real
+:class:`services.llm.client.LlmPool` (the ``openai`` client, ``--concurrency`` threads, as many
+requests in flight) to the loopback test server (:class:`tests.llm_server.LlmTestServer`), which
+answers each request at once or after ``--latency-ms``. Every reply is a valid, distinct child
+of the parent shown in the prompt: half SEARCH/REPLACE diffs (made by
+:func:`evolution.llm.edits.diff_blocks`), half full rewrites in a fenced block, with a line of
+prose, on a ~4 KB Triton softmax (``examples/softmax/triton_softmax_looped.py`` with the
+single-block kernel of ``triton_softmax.py`` added as a short-row path). The dispatcher
+(:class:`evolution.fakes.FakeDispatcher`) evaluates each child instantly with a fake timing;
+the static gate of the service (:func:`services.runs.wiring.gate_prefilter`) runs on every
+child. Strategy rewrites are off (``rewrite_every=0``): only proposals are measured.
+
+Measured, per LLM child proposed:
+
+- (a) controller time: the CPU time of the controller thread (``time.thread_time``) spent in
+  ``LlmEmitter.ask`` (polling the pool, parsing the reply, applying the diff, dedupe, the
+  journal with the emitter's JSON state, building and submitting the next prompt) plus in the
+  gate prefilter. ``thread_time`` leaves out the pool's threads (HTTP, the reply's JSON) and the
+  server's; it also leaves out time spent waiting for the GIL those threads hold (shown apart as
+  wall time in the same calls). ``ask`` calls that found no reply and returned nothing (the loop
+  asking again while the replies are on their way) are counted apart as ``idle``.
+- (b) throughput: LLM children evaluated per second of the loop's wall clock, and the CPU
+  share of the loop's thread and of the whole process (server and pool threads included) over
+  that wall clock.
+
+Each configuration runs with the in-memory journal and store (``MemoryJournal``,
+``MemoryStore``) and with the database ones on SQLite in a temporary directory
+(:class:`archive.llm_log.LlmLog`: a transaction per request and per reply;
+:class:`archive.run_store.RunStore`), with instant replies and with ``--latency-ms`` (100 by
+default: 8 in flight give at most 80/s). With ``--waiting-dispatcher`` a further row uses a
+dispatcher whose ``poll`` waits its timeout when nothing is in flight, as the Celery and lease
+dispatchers do.
+
+Targets (issue 15): at most 5 ms of controller time per proposal, and with 8 replies in
+flight the controller keeps up with 50 proposals/s. They are reported, not asserted: the exit
+status is 0 unless the bench itself fails (a run that proposes nothing, an exception).
+
+Usage::
+
+    .venv/bin/python bench/llm_bench.py                   # budget 300, 3 repeats
+    .venv/bin/python bench/llm_bench.py --quick           # a few seconds (the smoke test)
+    .venv/bin/python bench/llm_bench.py --json out.json --waiting-dispatcher
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import itertools
+import json
+import logging
+import os
+import re
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from archive import db, repository  # noqa: E402
+from archive.llm_log import LlmLog  # noqa: E402
+from archive.run_store import RunStore  # noqa: E402
+from evolution.candidate import CandidateSpec  # noqa: E402
+from evolution.descriptors import parse_dims  # noqa: E402
+from evolution.emitters import LlmEmitter, SeedEmitter, archive_elites  # noqa: E402
+from evolution.fakes import FakeDispatcher, MemoryJournal, MemoryStore, fake_result  # noqa: E402
+from evolution.grid import MapArchive  # noqa: E402
+from evolution.llm.edits import diff_blocks, format_blocks  # noqa: E402
+from evolution.loop import SearchLoop  # noqa: E402
+from evolution.ports import Job  # noqa: E402
+from services.llm.budget import Caps  # noqa: E402
+from services.llm.client import LlmPool  # noqa: E402
+from services.llm.config import make_endpoint  # noqa: E402
+from services.runs.llm_setup import SpecMemo  # noqa: E402
+from services.runs.wiring import gate_prefilter  # noqa: E402
+from tests.llm_server import LlmTestServer, Scripted  # noqa: E402
+
+TARGET_MS = 5.0
+TARGET_RATE = 50.0
+DIMS = "occupancy,n_regs"
+TASK = ROOT / "examples" / "softmax" / "task.py"
+LOOPED = ROOT / "examples" / "softmax" / "triton_softmax_looped.py"
+SINGLE = ROOT / "examples" / "softmax" / "triton_softmax.py"
+PARAMS = {"BLOCK": 1024, "num_warps": 4}
+HARDWARE = {"gpu": "NVIDIA H100 80GB HBM3", "sms": 132, "capability": "9.0", "memory_gb": 80}
+MODEL = "bench-model"
+_CODE = re.compile(r"```python\n(.*?)\n```", re.S)
+_TUNE = re.compile(r"^ROW_SPLIT = (\d+)$", re.M)
+
+
+# --- the kernel and the model's replies ---------------------------------------------------------
+
+
+def seed_source() -> str:
+    """The looped softmax with the single-block kernel as its short-row path (~4 KB)."""
+    looped, single = LOOPED.read_text(), SINGLE.read_text()
+    kernel = single[single.index("@triton.jit") : single.index("\n\nclass ModelNew")]
+    call = "        softmax_looped_kernel[(n_rows,)]("
+    short = (
+        "        if n_cols <= ROW_SPLIT * BLOCK:\n"
+        "            # Short rows: the whole row in one block, one pass.\n"
+        "            softmax_kernel[(n_rows,)](\n"
+        "                out, x, x.stride(0), out.stride(0), n_cols,\n"
+        "                BLOCK=triton.next_power_of_2(n_cols), num_warps=num_warps,\n"
+        "            )\n"
+        "            return out\n"
+    )
+    if call not in looped:
+        raise SystemExit(f"{LOOPED.name} changed: the bench's seed cannot be built")
+    source = looped.replace("\n\n@triton.jit", "\n# Rows up to ROW_SPLIT blocks use one pass.\n"
+                            "ROW_SPLIT = 1\n\n\n@triton.jit", 1)  # fmt: skip
+    source = source.replace("\n\nclass ModelNew", f"\n\n{kernel}\n\n\nclass ModelNew", 1)
+    source = source.replace(call, short + call, 1)
+    # A docstring of the length models write, so the source is the size of a real candidate.
+    notes = "\n".join(
+        f"    Tuning note {i}: the block width trades registers for fewer passes over the row;"
+        " wider rows favour more warps." for i in range(12)
+    )  # fmt: skip
+    return source.replace(
+        "class ModelNew(nn.Module):\n",
+        f'class ModelNew(nn.Module):\n    """Row softmax.\n\n{notes}\n    """\n\n',
+        1,
+    )
+
+
+class Replies:
+    """The server's ``responder``: a distinct valid child of the prompt's parent per request,
+    after ``latency_s``; alternately a SEARCH/REPLACE diff and a whole rewrite."""
+
+    def __init__(self, latency_s: float, seed: str) -> None:
+        self.latency_s = latency_s
+        self.seed = seed
+        self._n = itertools.count(2)
+        self.no_parent = 0
+
+    def __call__(self, body: dict | None) -> Scripted:
+        n = next(self._n)
+        content = ((body or {}).get("messages") or [{}])[-1].get("content", "")
+        blocks = _CODE.findall(content)
+        if len(blocks) > 1 and _TUNE.search(blocks[1]):
+            parent = blocks[1]
+        else:  # asked to target a cell with no elite near it: the model writes a new file
+            self.no_parent += 1
+            parent = self.seed
+        child = _TUNE.sub(f"ROW_SPLIT = {n}", parent, count=1)
+        child = child.replace("num_warps=num_warps,\n", f"num_warps=min(num_warps, {n}),\n", 1)
+        if n % 2 and parent is not self.seed:
+            text = (
+                f"Splitting rows at {n} blocks keeps short rows in one pass.\n\n"
+                + format_blocks(diff_blocks(parent, child))
+            )
+        else:
+            text = f"Here is the whole file, rows split at {n} blocks:\n\n```python\n{child}\n```\n"
+        return Scripted(
+            text=text,
+            delay_s=self.latency_s,
+            prompt_tokens=len(content) // 4,
+            completion_tokens=len(text) // 4,
+        )
+
+
+def evaluate(job: Job) -> dict[str, Any]:
+    """An instant fake result: the time and the registers follow from the child's source."""
+    h = int.from_bytes(hashlib.sha256(job.source.encode()).digest()[:4], "big")
+    ms = 0.04 + 0.04 * (h % 1000) / 1000
+    result = fake_result(job.params, ms)
+    result["features"]["n_regs"] = 24 + (h >> 10) % 200
+    return result
+
+
+class WaitingDispatcher(FakeDispatcher):
+    """:class:`FakeDispatcher` whose ``poll`` waits its timeout when nothing is in flight, as
+    the Celery and lease dispatchers do (they return as soon as a result comes, never earlier)."""
+
+    def poll(self, timeout_s: float) -> list:
+        """Finished jobs; with none in flight, after ``timeout_s``."""
+        if not self.outstanding and timeout_s > 0:
+            time.sleep(timeout_s)
+        return super().poll(timeout_s)
+
+
+# --- timing of the controller's parts -----------------------------------------------------------
+
+
+class Probe:
+    """CPU (``thread_time``) and wall seconds of the controller in the emitter's ``ask`` and
+    ``tell`` and in the prefilter."""
+
+    def __init__(self) -> None:
+        parts = ("ask", "idle", "tell", "gate")
+        self.cpu: dict[str, float] = dict.fromkeys(parts, 0.0)
+        self.wall: dict[str, float] = dict.fromkeys(parts, 0.0)
+        self.calls: dict[str, int] = dict.fromkeys(parts, 0)
+        self.polled = 0  # replies the last port poll returned
+
+    def _add(self, part: str, cpu: float, wall: float) -> None:
+        self.cpu[part] += cpu
+        self.wall[part] += wall
+        self.calls[part] += 1
+
+    def wrap_emitter(self, emitter: LlmEmitter) -> None:
+        """Time ``emitter.ask`` (``idle`` when it polled no reply and returned nothing) and
+        ``emitter.tell``."""
+        ask, tell, poll = emitter.ask, emitter.tell, emitter.port.poll
+
+        def counted_poll(timeout_s: float = 0.0) -> list:
+            replies = poll(timeout_s)
+            self.polled = len(replies)
+            return replies
+
+        def timed(n: int) -> list:
+            self.polled = 0
+            c0, w0 = time.thread_time(), time.perf_counter()
+            out = ask(n)
+            part = "ask" if out or self.polled else "idle"
+            self._add(part, time.thread_time() - c0, time.perf_counter() - w0)
+            return out
+
+        def timed_tell(*args: Any) -> None:
+            c0, w0 = time.thread_time(), time.perf_counter()
+            tell(*args)
+            self._add("tell", time.thread_time() - c0, time.perf_counter() - w0)
+
+        emitter.port.poll = counted_poll  # type: ignore[method-assign]
+        emitter.ask = timed  # type: ignore[method-assign]
+        emitter.tell = timed_tell  # type: ignore[method-assign]
+
+    def wrap_gate(self, gate: Callable[[CandidateSpec], dict | None]) -> Callable:
+        """``gate`` timed under ``gate``."""
+
+        def timed(spec: CandidateSpec) -> dict | None:
+            c0, w0 = time.thread_time(), time.perf_counter()
+            try:
+                return gate(spec)
+            finally:
+                self._add("gate", time.thread_time() - c0, time.perf_counter() - w0)
+
+        return timed
+
+
+# --- one run ------------------------------------------------------------------------------------
+
+
+@contextmanager
+def journal_and_store(kind: str, tmp: Path) -> Iterator[tuple[Any, Any]]:
+    """``(journal, store)``: in memory, or ``LlmLog`` and ``RunStore`` on a new SQLite file."""
+    if kind == "memory":
+        yield MemoryJournal(), SpecMemo(MemoryStore())
+        return
+    with tempfile.TemporaryDirectory(dir=tmp) as d:
+        engine = db.make_engine(f"sqlite:///{Path(d) / 'bench.db'}")
+        try:
+            db.ensure_schema(engine)
+            sessions = db.session_factory(engine)
+            with sessions() as s:
+                task = repository.add_task(s, "softmax", TASK.read_text(), {}, {})
+                run = repository.create_run(
+                    s, task.id, budget=0, seed=0, device="cuda", objective_label="gpu-speedup"
+                )
+                repository.set_run_status(s, run.id, "running")
+                s.commit()
+                run_id = run.id
+            yield LlmLog(sessions, run_id), SpecMemo(RunStore(sessions, run_id))
+        finally:
+            engine.dispose()
+
+
+def run_once(
+    kind: str, latency_s: float, budget: int, concurrency: int, waiting: bool, tmp: Path
+) -> dict[str, Any]:
+    """One search of ``budget`` evaluations; returns its timings and counts."""
+    seed = seed_source()
+    server = LlmTestServer().start()
+    replies = Replies(latency_s, seed)
+    server.responder = replies
+    endpoint = make_endpoint(
+        base_url=server.base_url,
+        api_key=None,
+        models=MODEL,
+        prices=None,
+        timeout_s=30.0,
+        retries=0,
+        concurrency=concurrency,
+    )
+    pool = LlmPool(endpoint, Caps(max_requests=4 * budget + 64))
+    try:
+        with journal_and_store(kind, tmp) as (journal, store):
+            archive = MapArchive(parse_dims(DIMS), seed=0)
+            llm = LlmEmitter(
+                pool,
+                TASK.read_text(),
+                [(MODEL, 1.0)],
+                archive.dims,
+                archive_elites(archive, store.specs.get),
+                HARDWARE,
+                seed=0,
+                max_in_flight=concurrency,
+                journal=journal,
+                rewrite_every=0,
+            )
+            probe = Probe()
+            probe.wrap_emitter(llm)
+            seeds = SeedEmitter([CandidateSpec(seed, dict(PARAMS), "seed", (), "seed")])
+            dispatcher = (WaitingDispatcher if waiting else FakeDispatcher)(evaluate, 64)
+            loop = SearchLoop(
+                archive,
+                [seeds, llm],
+                dispatcher,
+                store,
+                budget,
+                prefilter=probe.wrap_gate(gate_prefilter()),
+            )
+            load = os.getloadavg()[0]
+            t0, c0, p0 = time.perf_counter(), time.thread_time(), time.process_time()
+            summary = loop.run()
+            wall = time.perf_counter() - t0
+            loop_cpu, process_cpu = time.thread_time() - c0, time.process_time() - p0
+            # Distinct candidates: a tie's re-measure is a second job of the same child.
+            children = len({j.candidate_id for j in dispatcher.submitted if j.source != seed})
+    finally:
+        # The pool first, awaiting what is in flight: a request the stopped server never
+        # answers would hold its thread (and the interpreter's exit) for the whole timeout.
+        pool.close(wait=True)
+        server.stop()
+    sizes = [len(j.source) for j in dispatcher.submitted]
+    return {
+        "journal": kind,
+        "latency_ms": 1e3 * latency_s,
+        "waiting_dispatcher": waiting,
+        "evaluations": summary.evaluations,
+        "stopped": summary.stopped_reason,
+        "children": children,
+        "requests": llm.requests,
+        "failures": dict(llm.failures),
+        "no_parent": replies.no_parent,
+        "max_concurrent": server.max_concurrent,
+        "source_bytes": statistics.median(sizes) if sizes else 0,
+        "wall_s": wall,
+        "loop_cpu_s": loop_cpu,
+        "process_cpu_s": process_cpu,
+        "cpu_s": dict(probe.cpu),
+        "wall_in_s": dict(probe.wall),
+        "calls": dict(probe.calls),
+        "load": [load, os.getloadavg()[0]],
+    }
+
+
+def figures(r: dict[str, Any]) -> dict[str, float]:
+    """The per-child and per-second figures of one run."""
+    n = max(r["children"], 1)
+    cpu = r["cpu_s"]
+    return {
+        "ms_per_child": 1e3 * (cpu["ask"] + cpu["tell"] + cpu["gate"]) / n,
+        "ask_ms": 1e3 * cpu["ask"] / n,
+        "tell_ms": 1e3 * cpu["tell"] / n,
+        "gate_ms": 1e3 * cpu["gate"] / n,
+        "idle_ms": 1e3 * cpu["idle"] / n,
+        "ask_wall_ms": 1e3 * sum(r["wall_in_s"][k] for k in ("ask", "tell", "gate")) / n,
+        "loop_ms": 1e3 * r["loop_cpu_s"] / n,
+        "rate": r["children"] / r["wall_s"] if r["wall_s"] > 0 else 0.0,
+        "loop_share": r["loop_cpu_s"] / r["wall_s"] if r["wall_s"] > 0 else 0.0,
+        "process_share": r["process_cpu_s"] / r["wall_s"] if r["wall_s"] > 0 else 0.0,
+    }
+
+
+# --- report -------------------------------------------------------------------------------------
+
+COLUMNS = [
+    ("ms_per_child", "emitter+gate ms", "{:15.3f}"),
+    ("ask_ms", "ask ms", "{:6.3f}"),
+    ("tell_ms", "tell ms", "{:7.3f}"),
+    ("gate_ms", "gate ms", "{:7.3f}"),
+    ("idle_ms", "idle ms", "{:7.3f}"),
+    ("ask_wall_ms", "wall ms", "{:7.3f}"),
+    ("loop_ms", "loop ms", "{:7.3f}"),
+    ("rate", "children/s", "{:10.1f}"),
+    ("loop_share", "loop CPU", "{:8.0%}"),
+    ("process_share", "proc CPU", "{:8.0%}"),
+]
+
+
+def label(r: dict[str, Any]) -> str:
+    """The configuration of a run, as the table's first column."""
+    extra = ", waiting poll" if r["waiting_dispatcher"] else ""
+    return f"{r['journal']:6} {r['latency_ms']:5.0f} ms{extra}"
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; exit status 0 whatever the targets, 1 if a run proposed nothing."""
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--budget", type=int, default=300, help="evaluations per run (default 300)")
+    p.add_argument("--repeats", type=int, default=3, help="repeats; medians count (default 3)")
+    p.add_argument("--concurrency", type=int, default=8, help="requests in flight (default 8)")
+    p.add_argument(
+        "--latency-ms", type=float, default=100.0, help="the slow server's delay (default 100)"
+    )
+    p.add_argument("--journal", choices=["memory", "sqlite", "both"], default="both")
+    p.add_argument(
+        "--waiting-dispatcher", action="store_true", help="also a dispatcher whose poll waits"
+    )
+    p.add_argument("--quick", action="store_true", help="budget 12, 1 repeat (a smoke run)")
+    p.add_argument("--json", type=Path, default=None, help="write every run's figures here")
+    p.add_argument("--tmpdir", type=Path, default=None, help="where the SQLite files go")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.budget, args.repeats = 12, 1
+    logging.getLogger("services.llm").setLevel(logging.ERROR)
+    kinds = ["memory", "sqlite"] if args.journal == "both" else [args.journal]
+    configs = [(k, lat, False) for lat in (0.0, args.latency_ms / 1e3) for k in kinds]
+    if args.waiting_dispatcher:
+        configs += [(k, args.latency_ms / 1e3, True) for k in kinds]
+    tmp = args.tmpdir or Path(tempfile.gettempdir())
+    print(
+        f"LLM emitter: budget {args.budget}, {args.concurrency} requests in flight, seed"
+        f" {len(seed_source())} bytes, {args.repeats} repeat(s), interleaved;"
+        f" {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+    )
+    runs: list[dict[str, Any]] = []
+    for i in range(1, args.repeats + 1):
+        for kind, latency, waiting in configs:
+            r = run_once(kind, latency, args.budget, args.concurrency, waiting, tmp)
+            r["repeat"] = i
+            r["figures"] = figures(r)
+            runs.append(r)
+            f = r["figures"]
+            print(
+                f"  repeat {i} {label(r)}: {r['children']} children from {r['requests']}"
+                f" requests in {r['wall_s']:.2f} s ({f['rate']:.1f}/s), emitter+gate"
+                f" {f['ms_per_child']:.3f} ms CPU per child, failures {r['failures'] or 0},"
+                f" most in flight at the server {r['max_concurrent']},"
+                f" load {r['load'][0]:.2f} -> {r['load'][1]:.2f}",
+                flush=True,
+            )
+    bad = [r for r in runs if r["children"] == 0]
+    # Medians over the repeats, per configuration.
+    header = f"{'journal latency':30} " + " ".join(h for _, h, _ in COLUMNS)
+    print("\nmedians per configuration (ms are CPU of the controller thread per LLM child):")
+    print(header)
+    medians: dict[str, dict[str, float]] = {}
+    slow: list[float] = []  # children/s with the slow server, instant dispatcher
+    for kind, latency, waiting in configs:
+        group = [
+            r
+            for r in runs
+            if (r["journal"], r["latency_ms"], r["waiting_dispatcher"])
+            == (kind, 1e3 * latency, waiting)
+        ]
+        med = {k: statistics.median(r["figures"][k] for r in group) for k, _, _ in COLUMNS}
+        medians[label(group[0])] = med
+        if latency > 0 and not waiting:
+            slow.append(med["rate"])
+        print(f"{label(group[0]):30} " + " ".join(fmt.format(med[k]) for k, _, fmt in COLUMNS))
+    print(
+        "  emitter+gate = LlmEmitter.ask calls that used a reply or returned a child, tell and"
+        " the gate; idle = ask calls that found nothing (CPU, per child); wall = wall time in"
+        " emitter+gate"
+        " (includes waiting for the GIL); loop = all CPU of the controller thread per child;"
+        " proc CPU includes the pool's and the test server's threads."
+    )
+    worst_ms = max(m["ms_per_child"] for m in medians.values())
+    worst_rate = min(m["rate"] for k, m in medians.items() if "waiting" not in k)
+    print(
+        f"targets: controller time per proposal {worst_ms:.3f} ms at worst"
+        f" ({'meets' if worst_ms <= TARGET_MS else 'misses'} <= {TARGET_MS:g} ms);"
+        f" throughput {worst_rate:.1f} proposals/s at worst with {args.concurrency} in flight"
+        f" ({'meets' if worst_rate >= TARGET_RATE else 'misses'} >= {TARGET_RATE:g}/s)"
+        + (
+            f", {min(slow):.1f}/s with {args.latency_ms:g} ms replies"
+            f" (at most {1e3 * args.concurrency / args.latency_ms:.0f}/s possible)"
+            if slow and args.latency_ms > 0
+            else ""
+        )
+        + f"; {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+    )
+    if args.json is not None:
+        args.json.write_text(json.dumps({"runs": runs, "medians": medians}, indent=1))
+    for r in bad:
+        print(f"BENCH FAILED: {label(r)} repeat {r['repeat']} proposed no child ({r['stopped']})")
+    return 1 if bad else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
