@@ -37,21 +37,9 @@ def finite_or_none(value: Any) -> float | None:
 
 
 def json_text(value: Any) -> str:
-    """``value`` as JSON text, the same as :func:`archive.db.json_dumps` (the JSON columns'
-    serialiser) writes it, several times faster for plain JSON values.
-
-    A result decoded from a worker's JSON message is plain JSON already (string keys, finite
-    numbers): the C encoder writes it at once, where ``json_dumps`` first copies the whole
-    document in Python to clean it (a third of a result's serialisation time, raw samples and
-    all). Anything else (NaN or infinities, numpy values, other types) raises there and is
-    written by ``json_dumps`` (non-finite numbers become null, numpy values plain ones). The
-    one difference: a dict key ``True``, ``False`` or ``None`` is written as JSON writes it
-    (``"true"``), not as ``str`` does (``"True"``); JSON messages have string keys only.
-    """
-    try:
-        return json.dumps(value, allow_nan=False)
-    except (TypeError, ValueError):
-        return json_dumps(value)
+    """``value`` as JSON text, as :func:`archive.db.json_dumps` (the JSON columns' serialiser)
+    writes it: at once by the C encoder for plain JSON, cleaned first otherwise."""
+    return json_dumps(value)
 
 
 def candidate_keys(spec: CandidateSpec) -> tuple[str, str]:

@@ -42,7 +42,7 @@ from typing import Any
 from evolution.candidate import CandidateSpec, Outcome, candidate_key
 from evolution.descriptors import Descriptor
 from evolution.emitters.base import Emitter
-from evolution.emitters.llm_state import LlmState, Owed
+from evolution.emitters.llm_state import MAX_STORED_CHILDREN, LlmState, Owed
 from evolution.grid import NEW, TIE, Decision
 from evolution.llm.bandit import Arm, Bandit, improvement
 from evolution.llm.cells import Elite, empty_cells, nearest
@@ -170,8 +170,10 @@ class LlmEmitter(LlmState, Emitter):
         self._refused = False
         self._retry_after_reply = False
         self.failures: collections.Counter[str] = collections.Counter()
-        #: Every evaluated child, by the strategy that wrote it (what scores the strategies).
+        #: The newest evaluated children, by the strategy that wrote each (what scores the
+        #: strategies), and how many were evaluated in all.
         self.children: list[ChildOutcome] = []
+        self.children_seen = 0
 
     # --- Emitter ------------------------------------------------------------------------------
 
@@ -240,7 +242,10 @@ class LlmEmitter(LlmState, Emitter):
         objective = outcome.objective if outcome.accepted else None
         gain = improvement(objective, child.baseline, new_cell=decision.status == NEW)
         self.bandit.credit(child.arm, gain, child.tokens)
-        self.children.append(ChildOutcome.from_outcome(child.arm[2], outcome, outcome.messages))
+        kept = [m[:300] for m in outcome.messages[:2]]  # as the state keeps them
+        self.children.append(ChildOutcome.from_outcome(child.arm[2], outcome, kept))
+        self.children_seen += 1
+        del self.children[:-MAX_STORED_CHILDREN]  # the newest score the strategies
 
     def adopt(self, spec: CandidateSpec) -> None:
         """Marks ``spec`` as proposed (resume)."""
@@ -367,7 +372,9 @@ class LlmEmitter(LlmState, Emitter):
         """Send the rewrite of the strategy due for one (see :mod:`evolution.llm.rewrites`)."""
         if self._refused or self.gave_up:
             return
-        due = self.rewrites.plan(self.strategies, self.children, self._objectives(), self._models)
+        due = self.rewrites.plan(
+            self.strategies, self.children, self._objectives(), self._models, self.children_seen
+        )
         if due is None:
             return
         strategy_id, model, messages = due

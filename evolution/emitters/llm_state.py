@@ -21,8 +21,9 @@ from evolution.llm.errors import StateError
 from evolution.llm.strategies import ChildOutcome, StrategyPool
 
 STATE_VERSION = 2
-MAX_STORED_CHILDREN = 2000
-"""Evaluated children kept in the state to score the strategies (the newest)."""
+MAX_STORED_CHILDREN = 256
+"""Evaluated children kept (the newest) to score the strategies; the state is written with
+every request and reply, so it stays small."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -49,6 +50,7 @@ class LlmState:
     strategies: StrategyPool
     failures: collections.Counter[str]
     children: list[ChildOutcome]
+    children_seen: int
     rewrites: Any
     gave_up: str | None
 
@@ -66,9 +68,10 @@ class LlmState:
             "owed": [[key, list(c.arm), c.baseline, c.tokens] for key, c in self._children.items()],
             "repairs": self._repairs.to_json(),
             "children": [
-                [c.strategy_id, c.verdict, c.objective, list(c.messages[:3])]
+                [c.strategy_id, c.verdict, c.objective, list(c.messages)]
                 for c in self.children[-MAX_STORED_CHILDREN:]
             ],
+            "children_seen": self.children_seen,
             "next_rewrite": self.rewrites.next_at,
             "streak": self._streak,
             "gave_up": self.gave_up,
@@ -99,6 +102,7 @@ class LlmState:
                 ChildOutcome(str(sid), str(verdict), objective, tuple(messages))
                 for sid, verdict, objective, messages in state["children"]
             ]
+            self.children_seen = int(state["children_seen"])
             self.rewrites.next_at = int(state["next_rewrite"])
             self._streak = int(state["streak"])
             self.gave_up = state["gave_up"]

@@ -40,13 +40,16 @@ class Rewrites:
         children: Sequence[ChildOutcome],
         objectives: Sequence[float],
         models: Mapping[str, float],
+        seen: int | None = None,
     ) -> tuple[str, str, list[dict[str, str]]] | None:
         """``(strategy id, model, messages)`` of the rewrite due now, or None (not due, one in
         flight, nothing to rewrite, or ``every`` is 0). ``objectives`` are the run's accepted
-        objectives (what the strategies are ranked against)."""
-        if self.every <= 0 or self.pending or not models or len(children) < self.next_at:
+        objectives (what the strategies are ranked against); ``seen`` counts the children
+        evaluated so far when ``children`` keeps only the newest (default ``len(children)``)."""
+        count = len(children) if seen is None else int(seen)
+        if self.every <= 0 or self.pending or not models or count < self.next_at:
             return None
-        self.next_at = len(children) + self.every
+        self.next_at = count + self.every
         due = pick_for_rewrite(pool, children, objectives, self.min_children)
         if due is None:
             return None
