@@ -228,7 +228,17 @@ def hardware_facts(hardware_class: str, device: str) -> dict[str, Any]:
             "device": "CPU: Triton kernels run in its interpreter (correctness only, timings"
             " are not GPU performance); plain PyTorch is timed on the CPU",
         }
-    return {"hardware class": hardware_class, "device": "NVIDIA GPU (CUDA)"}
+    facts: dict[str, Any] = {"hardware class": hardware_class, "device": "NVIDIA GPU (CUDA)"}
+    from evaluator_worker.floor import peaks_for  # imports torch: only for GPU runs
+
+    peaks = peaks_for(hardware_class)  # a fleet class named after its GPU (h100, h200...)
+    if peaks is not None:
+        facts["memory bandwidth (datasheet)"] = f"{peaks.bandwidth / 1e12:g} TB/s"
+        facts["dense TFLOP/s (datasheet)"] = (
+            f"fp32 {peaks.fp32 / 1e12:g}, tf32 {peaks.tf32 / 1e12:g},"
+            f" fp16/bf16 {peaks.half / 1e12:g}"
+        )
+    return facts
 
 
 @dataclasses.dataclass
