@@ -8,7 +8,9 @@ request whole holds its prompt and the model's reply. Runs are their owner's (an
 
 from __future__ import annotations
 
-from fastapi import APIRouter
+from typing import Annotated
+
+from fastapi import APIRouter, Path
 
 from archive import llm_report
 from services.api.deps import ConfigDep, CurrentUser, OwnedRun, PageDep, SessionDep
@@ -58,7 +60,11 @@ def list_llm_requests(run: OwnedRun, session: SessionDep, page: PageDep) -> Page
 
 
 @router.get("/runs/{run_id}/llm/requests/{request_id}", response_model=LlmRequestDetail)
-def get_llm_request(run: OwnedRun, session: SessionDep, request_id: str) -> LlmRequestDetail:
+def get_llm_request(
+    run: OwnedRun,
+    session: SessionDep,
+    request_id: Annotated[str, Path(pattern=r"^[A-Za-z0-9._-]{1,32}$", description="e.g. llm-3")],
+) -> LlmRequestDetail:
     """One LLM request whole: the prompt sent and the reply as the model wrote it."""
     row = llm_report.llm_request(session, run.id, request_id)
     if row is None:

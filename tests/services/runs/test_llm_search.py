@@ -244,8 +244,10 @@ def test_an_llm_run_survives_every_kind_of_reply_and_keeps_hacks_and_the_key_out
     llm = summary["llm"]
     for reason in FAILED.values():
         assert llm["failures"].get(reason) == 1, llm["failures"]
-    # Requests in flight when the budget ran out are the only other failures.
-    assert set(llm["failures"]) <= set(FAILED.values()) | {"abandoned"}, llm["failures"]
+    # Requests in flight when the budget ran out, and children not taken by then (recorded
+    # "not_proposed"), are the only other failures.
+    others = {"abandoned", "not_proposed"}
+    assert set(llm["failures"]) <= set(FAILED.values()) | others, llm["failures"]
     assert llm["requests"] == len(rows) - llm["refused"] and set(scenario.kind) <= set(rows)
     assert llm["candidates"] >= 4 and llm["correct"] >= 1
 
