@@ -1,8 +1,9 @@
 """The LLM emitter's journal in the database: every request and reply of a run, and its state.
 
 :class:`LlmLog` is the :class:`evolution.llm.port.LlmJournal` of one run. Each call is one
-short transaction that writes the request's row of ``llm_requests`` (see
-:class:`archive.models.LlmRequestRow`) and the emitter's state (``runs.llm_state``) together,
+short transaction that writes its rows of ``llm_requests`` (see
+:class:`archive.models.LlmRequestRow`: a request's, with the replies it takes along, or a
+reply's) and the emitter's state (``runs.llm_state``) together,
 so a controller killed at any moment leaves the state of its last recorded request or reply
 beside the rows it describes: the resumed emitter never sends a request id twice. The
 requests that were in flight at the kill are marked ``lost`` when the run resumes
@@ -17,7 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import sqlalchemy as sa
@@ -97,8 +98,15 @@ class LlmLog:
 
     # --- the journal --------------------------------------------------------------------------
 
-    def sent(self, request: LlmRequest, meta: RequestMeta, state: Mapping[str, Any]) -> None:
-        """Record ``request`` as ``sent`` (prompt included) and the emitter's ``state``.
+    def sent(
+        self,
+        request: LlmRequest,
+        meta: RequestMeta,
+        state: Mapping[str, Any],
+        replies: Sequence[tuple[LlmReply, ReplyUse]] = (),
+    ) -> None:
+        """Record ``replies`` (see :meth:`replied`), then ``request`` as ``sent`` (prompt
+        included) and the emitter's ``state``, in one transaction.
 
         A request id already recorded keeps its row, unless a cap had refused it: then the
         row is the new request's.
@@ -117,6 +125,8 @@ class LlmLog:
             "created_at": m.utcnow(),
         }
         with self._sessions() as session:
+            for reply, use in replies:
+                self._write_reply(session, reply, use)
             row = self._row(session, request.request_id)
             if row is None:
                 session.add(_ROWS(run_id=self.run_id, request_id=request.request_id, **values))
@@ -145,6 +155,12 @@ class LlmLog:
         with the reply's failure (or the use's reason) as ``reason``. A reply to a request id
         never recorded gets a row of its own: nothing it spent goes unrecorded.
         """
+        with self._sessions() as session:
+            self._write_reply(session, reply, use)
+            self._save_state(session, state)
+            self._commit(session)
+
+    def _write_reply(self, session: Session, reply: LlmReply, use: ReplyUse) -> None:
         values = {
             "status": LlmStatus.REPLIED
             if use.candidate_key or use.strategy_id
@@ -161,26 +177,23 @@ class LlmLog:
             "strategy_id": use.strategy_id,
             "replied_at": m.utcnow(),
         }
-        with self._sessions() as session:
-            row = self._row(session, reply.request_id)
-            if row is None:
-                session.add(
-                    _ROWS(
-                        run_id=self.run_id,
-                        request_id=reply.request_id,
-                        model=reply.model,
-                        operator="",
-                        strategy="",
-                        max_tokens=0,
-                        reserved_tokens=0,
-                        **values,
-                    )
+        row = self._row(session, reply.request_id)
+        if row is None:
+            session.add(
+                _ROWS(
+                    run_id=self.run_id,
+                    request_id=reply.request_id,
+                    model=reply.model,
+                    operator="",
+                    strategy="",
+                    max_tokens=0,
+                    reserved_tokens=0,
+                    **values,
                 )
-            else:
-                for name, value in values.items():
-                    setattr(row, name, value)
-            self._save_state(session, state)
-            self._commit(session)
+            )
+        else:
+            for name, value in values.items():
+                setattr(row, name, value)
 
     # --- resume and reports -------------------------------------------------------------------
 

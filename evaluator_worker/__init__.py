@@ -26,7 +26,8 @@ Judge side (trusted; no user code is imported here)
     :class:`~static_gate.GateReport`); standard library only, so the controller runs it too.
 ``parsing``
     :func:`~parsing.parse`, ``ast.parse`` one thread at a time (CPython 3.11 failed with threads
-    parsing at once): what the gate, the candidate keys and the LLM edits parse with.
+    parsing at once): what the gate, the candidate keys and the LLM edits parse with;
+    :func:`~parsing.parse_shared` keeps the last few trees (the gate and the key share one).
 ``gate_rules``
     The gate's tables: banned modules, names, prefixes and builtins, and why each is banned.
 ``cgroup``

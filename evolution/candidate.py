@@ -20,7 +20,7 @@ def normalise_source(source: str) -> str:
     are the same candidate. Unparseable source is kept as it is (the static gate rejects it).
     """
     try:
-        return ast.unparse(parsing.parse(source))
+        return ast.unparse(parsing.parse_shared(source))
     except (SyntaxError, ValueError, RecursionError):
         return source
 

@@ -408,8 +408,15 @@ class MemoryJournal:
 
         self.state = json.loads(json.dumps(state))
 
-    def sent(self, request: LlmRequest, meta: RequestMeta, state: Mapping[str, Any]) -> None:
-        """Record a request about to be submitted."""
+    def sent(
+        self,
+        request: LlmRequest,
+        meta: RequestMeta,
+        state: Mapping[str, Any],
+        replies: Sequence[tuple[LlmReply, ReplyUse]] = (),
+    ) -> None:
+        """Record ``replies``, then a request about to be submitted."""
+        self.replies.extend(replies)
         self.sent_requests.append((request, meta))
         self._keep(state)
 

@@ -36,6 +36,9 @@ Rules
   at the end.
 - Stalled: nothing in flight, nothing proposed for ``idle_timeout_s`` and no emitter
   ``waiting`` (on a model's reply, which has its own timeout).
+- Waiting: with an emitter ``waiting`` and nothing in flight, the loop waits in its
+  ``Emitter.wait`` (a reply ends it); with jobs in flight too, it polls the dispatcher in
+  slices of :data:`WAITING_POLL_S`, the longest a reply waits for the loop.
 - Stop: the ``stop`` event makes :meth:`SearchLoop.run` return promptly (after ingesting the
   batch of results already polled); jobs in flight are abandoned and ``Store.pending`` hands
   them back on :meth:`SearchLoop.resume`.
@@ -85,6 +88,7 @@ __all__ = [
 ]
 
 STATIC_REJECT = "STATIC_REJECT"
+WAITING_POLL_S = 0.05
 
 
 class SearchLoop:
@@ -263,7 +267,7 @@ class SearchLoop:
                 if reason is not None:
                     break
             wait = self.poll_timeout_s if (self.in_flight or not produced) else 0.0
-            self._ingest(self.dispatcher.poll(wait))
+            self._ingest(self._wait(wait))
             if self._dirty:
                 self._progress()
         if self._points.since or not self.evaluations:
@@ -273,6 +277,15 @@ class SearchLoop:
         return summary_of(
             self.archive, self.evaluations, self._verdicts, self._labels, reason, self._refused
         )
+
+    def _wait(self, timeout_s: float) -> list[JobResult]:
+        """Polled results, waiting up to ``timeout_s`` (see "Waiting" in the module notes)."""
+        waiter = next((e for e in self.emitters if e.waiting), None) if timeout_s > 0 else None
+        if waiter is None:
+            return self.dispatcher.poll(timeout_s)
+        if self.in_flight:
+            return self.dispatcher.poll(min(timeout_s, WAITING_POLL_S))
+        return self.dispatcher.poll(0.0 if waiter.wait(timeout_s) else timeout_s)
 
     # --- dispatch -----------------------------------------------------------------------------
 
@@ -477,13 +490,5 @@ class SearchLoop:
     def _progress(self) -> None:
         self._dirty = False
         if self.on_progress is not None:
-            self.on_progress(
-                progress_of(
-                    self.archive,
-                    self.evaluations,
-                    self.budget,
-                    self.in_flight,
-                    self._verdicts,
-                    self._labels,
-                )
-            )
+            counts = (self.evaluations, self.budget, self.in_flight)
+            self.on_progress(progress_of(self.archive, *counts, self._verdicts, self._labels))

@@ -147,6 +147,10 @@ class LlmTestServer:
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            # The headers and the body are two writes: with Nagle's algorithm the body waits
+            # for the client's delayed ACK of the headers (40 ms on Linux), which a real
+            # endpoint (uvicorn, vLLM) does not make its clients wait.
+            disable_nagle_algorithm = True
 
             def log_message(self, format, *args):  # noqa: A002 - the stdlib's signature
                 pass  # the tests assert on logs; the server keeps quiet

@@ -44,6 +44,13 @@ class Emitter(abc.ABC):
         candidate with nothing in flight: the loop does not call the search stalled meanwhile."""
         return False
 
+    def wait(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for what the emitter is ``waiting`` on (the loop calls it
+        with nothing in flight); False when it cannot wait (the default: the loop waits in
+        the dispatcher's poll instead)."""
+        del timeout_s
+        return False
+
     def owns(self, spec: CandidateSpec) -> bool:
         """Whether ``spec`` (e.g. read back from the store on resume) came from this emitter."""
         return spec.emitter == self.name

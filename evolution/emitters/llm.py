@@ -28,14 +28,15 @@ credits owed, repairs waiting and done, the children that score the strategies) 
 request is recorded with the state *before* it is submitted and each reply with the state after
 it is used: a run killed at any moment resumes from its last record, credits only children still
 owed one when the loop re-tells the stored outcomes, and never reuses a request id. Requests in
-flight at the kill are lost (the journal's adapter marks them so).
+flight at the kill are lost (the journal's adapter marks them so). The replies one :meth:`ask`
+used are written with the first request it sends (one write, the state after both), or at its
+end when it sends none: every record is written before ``ask`` returns its children.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import random
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -47,6 +48,7 @@ from evolution.grid import NEW, TIE, Decision
 from evolution.llm.bandit import Arm, Bandit, improvement
 from evolution.llm.cells import Elite, empty_cells, nearest
 from evolution.llm.cells import archive_elites as archive_elites  # re-exported
+from evolution.llm.draws import Draws
 from evolution.llm.edits import edit_source
 from evolution.llm.errors import StrategyRejected
 from evolution.llm.port import (
@@ -150,13 +152,15 @@ class LlmEmitter(LlmState, Emitter):
         )
         self.journal = journal
         self._models = dict(models)
-        self._rng = random.Random(seed)
+        self._rng = Draws(seed)
         self._ids = 0  # request ids used (a refused request's id is not reused)
         self._requests = 0
         self._pending: dict[str, _Request] = {}
         self.rewrites = Rewrites(rewrite_every, rewrite_min_children)
         # Children not taken by the loop yet, with the reply each came from (recorded when taken).
         self._ready: collections.deque[tuple[CandidateSpec, LlmReply]] = collections.deque()
+        self._arrived: list[LlmReply] = []  # polled by wait(), handled by the next ask()
+        self._unwritten: list[tuple[LlmReply, ReplyUse]] = []  # written with the next request
         self._children: dict[str, Owed] = {}  # spec key -> what to credit when told
         self._proposed: set[str] = set()
         self._outcomes: dict[int, Outcome] = {}
@@ -210,21 +214,27 @@ class LlmEmitter(LlmState, Emitter):
         if self._repairs.settle():  # after a restore, once the loop re-told the stored outcomes
             # Credits owed to children that were never proposed (lost with the old session).
             self._children = {k: v for k, v in self._children.items() if k in self._proposed}
-        replies = self.port.poll(0)
+        replies, self._arrived = [*self._arrived, *self.port.poll(0)], []
         for reply in replies:
             self._on_reply(reply)
         if replies and self._retry_after_reply:
             # Refused while others were in flight: their worst cases were held against the
             # caps, and what they really spent may leave room; try once more.
             self._refused = self._retry_after_reply = False
-        self._top_up()
-        self._maybe_rewrite()
         out = []
         while self._ready and len(out) < n:
             spec, reply = self._ready.popleft()
             self._record(reply, ReplyUse(candidate_key=spec.key))
             out.append(spec)
+        self._top_up()
+        self._maybe_rewrite()
+        self._write_replies()
         return out
+
+    def wait(self, timeout_s: float) -> bool:
+        """Wait up to ``timeout_s`` for a reply (the next :meth:`ask` takes it)."""
+        self._arrived.extend(self.port.poll(timeout_s))
+        return True
 
     def tell(self, spec: CandidateSpec, outcome: Outcome, decision: Decision) -> None:
         """Credit the arm that wrote ``spec``; a failed candidate waits for a repair."""
@@ -289,7 +299,8 @@ class LlmEmitter(LlmState, Emitter):
         refusal, record that and stop asking until a reply comes back."""
         self._ids += 1
         if self.journal is not None:
-            self.journal.sent(request, meta, self.state())
+            replies, self._unwritten = self._unwritten, []
+            self.journal.sent(request, meta, self.state(), replies=replies)
         if self.port.submit(request):
             self._requests += 1
             return True
@@ -415,7 +426,14 @@ class LlmEmitter(LlmState, Emitter):
 
     def _record(self, reply: LlmReply, use: ReplyUse) -> None:
         if self.journal is not None:
-            self.journal.replied(reply, use, self.state())
+            self._unwritten.append((reply, use))
+
+    def _write_replies(self) -> None:
+        """Write the replies no request took along (see the module notes)."""
+        if self.journal is not None and self._unwritten:
+            replies, self._unwritten = self._unwritten, []
+            for reply, use in replies:
+                self.journal.replied(reply, use, self.state())
 
     def _on_reply(self, reply: LlmReply) -> None:
         rewritten = self.rewrites.pending.pop(reply.request_id, None)
@@ -456,3 +474,4 @@ class LlmEmitter(LlmState, Emitter):
             self._children.pop(spec.key, None)
             message = "the search ended before this child was proposed"
             self._record(reply, ReplyUse(reason="not_proposed", message=message))
+        self._write_replies()

@@ -20,7 +20,10 @@ from evolution.llm.bandit import Arm, Bandit
 from evolution.llm.errors import StateError
 from evolution.llm.strategies import ChildOutcome, StrategyPool
 
-STATE_VERSION = 2
+STATE_VERSION = 3
+READABLE_VERSIONS = (2, 3)
+"""Version 2 kept Mersenne Twister states (still read: see
+:meth:`evolution.llm.draws.Draws.restore`)."""
 MAX_STORED_CHILDREN = 256
 """Evaluated children kept (the newest) to score the strategies; the state is written with
 every request and reply, so it stays small."""
@@ -56,12 +59,11 @@ class LlmState:
 
     def state(self) -> dict[str, Any]:
         """The emitter's choices as a JSON-ready dict (see :meth:`restore`)."""
-        version, internal, gauss = self._rng.getstate()
         return {
             "version": STATE_VERSION,
             "bandit": self.bandit.to_json(),
             "strategies": self.strategies.to_json(),
-            "rng": [version, list(internal), gauss],
+            "rng": self._rng.to_json(),
             "ids": self._ids,
             "requests": self._requests,
             "failures": dict(self.failures),
@@ -82,14 +84,13 @@ class LlmState:
 
         Raises :class:`~evolution.llm.errors.StateError` for another version or a bad shape.
         """
-        if state.get("version") != STATE_VERSION:
+        if state.get("version") not in READABLE_VERSIONS:
             got = state.get("version")
             raise StateError(f"LLM emitter state version {got!r} is not {STATE_VERSION}")
         try:
             self.bandit = Bandit.from_json(state["bandit"])
             self.strategies = StrategyPool.from_json(state["strategies"])
-            version, internal, gauss = state["rng"]
-            self._rng.setstate((version, tuple(internal), gauss))
+            self._rng.restore(state["rng"])
             self._ids = int(state["ids"])
             self._requests = int(state["requests"])
             self.failures = collections.Counter(state["failures"])

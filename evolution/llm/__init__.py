@@ -19,6 +19,9 @@ Modules
     A reply to a source (:func:`~edits.edit_source`): SEARCH/REPLACE blocks or a full rewrite,
     typed failures (``malformed``, ``no_match``, ``ambiguous``, ``empty``, ``too_large``,
     ``no_change``) in an :class:`~edits.EditResult`; :func:`~edits.diff_blocks` writes blocks.
+``draws``
+    :class:`~draws.Draws`, a :class:`random.Random` on SplitMix64 whose state is one word
+    (the emitter's and the bandit's, saved with every request and reply).
 ``bandit``
     :class:`~bandit.Bandit`, UCB1 over ``(model, operator, strategy)`` arms credited with
     improvement per thousand tokens (:func:`~bandit.improvement`); exact JSON state.

@@ -39,10 +39,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
-import random
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 
+from evolution.llm.draws import Draws
 from evolution.llm.errors import StateError
 
 Arm = tuple[str, str, str]
@@ -51,7 +51,10 @@ Arm = tuple[str, str, str]
 NEW_CELL_BONUS = 0.1
 """Improvement credited for filling a cell that was empty (a tenth of ``e``-fold speedup)."""
 MIN_COST = 1e-3
-STATE_VERSION = 1
+STATE_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+"""Version 1 kept a Mersenne Twister's state (still read: see
+:meth:`evolution.llm.draws.Draws.restore`)."""
 
 
 def improvement(
@@ -131,7 +134,7 @@ class Bandit:
     ) -> None:
         self.c, self.prior_pulls, self.prior_reward = c, prior_pulls, prior_reward
         self.gpu_second_cost = gpu_second_cost
-        self._rng = random.Random(seed)
+        self._rng = Draws(seed)
         self._models: dict[str, float] = {}
         self._operators: list[str] = []
         self._strategies: list[str] = []
@@ -226,7 +229,6 @@ class Bandit:
 
     def to_json(self) -> dict[str, Any]:
         """The whole state as a JSON-ready dict (see :meth:`from_json`)."""
-        version, internal, gauss = self._rng.getstate()
         return {
             "version": STATE_VERSION,
             "params": {
@@ -239,21 +241,20 @@ class Bandit:
             "operators": list(self._operators),
             "strategies": list(self._strategies),
             "stats": [[*arm, *dataclasses.astuple(s)] for arm, s in self._stats.items()],
-            "rng": [version, list(internal), gauss],
+            "rng": self._rng.to_json(),
         }
 
     @classmethod
     def from_json(cls, data: Mapping[str, Any]) -> Bandit:
         """The bandit :meth:`to_json` described; raises StateError for another version or shape."""
-        if not isinstance(data, Mapping) or data.get("version") != STATE_VERSION:
+        if not isinstance(data, Mapping) or data.get("version") not in READABLE_VERSIONS:
             got = data.get("version") if isinstance(data, Mapping) else type(data).__name__
             raise StateError(f"bandit state version {got!r} is not {STATE_VERSION}")
         try:
             bandit = cls(data["models"], data["operators"], data["strategies"], **data["params"])
             for m, o, s, pulls, reward, tokens, gpu, gain in data["stats"]:
                 bandit._stats[(m, o, s)] = ArmStats(int(pulls), reward, int(tokens), gpu, gain)
-            version, internal, gauss = data["rng"]
-            bandit._rng.setstate((version, tuple(internal), gauss))
+            bandit._rng.restore(data["rng"])
         except (KeyError, TypeError, ValueError) as exc:
             raise StateError(f"bandit state cannot be restored: {exc}") from exc
         return bandit

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import enum
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol, runtime_checkable
 
@@ -160,8 +160,15 @@ class LlmJournal(Protocol):
     ``state`` is the emitter's JSON-ready state (``LlmEmitter.state()``) after the event.
     """
 
-    def sent(self, request: LlmRequest, meta: RequestMeta, state: Mapping[str, Any]) -> None:
-        """Record ``request`` (prompt included) just before it is submitted."""
+    def sent(
+        self,
+        request: LlmRequest,
+        meta: RequestMeta,
+        state: Mapping[str, Any],
+        replies: Sequence[tuple[LlmReply, ReplyUse]] = (),
+    ) -> None:
+        """Record ``request`` (prompt included) just before it is submitted, with ``replies``
+        (as :meth:`replied` would, before the request) in the same write."""
         ...
 
     def unsent(self, request_id: str, state: Mapping[str, Any]) -> None:

@@ -234,6 +234,41 @@ def test_a_log_whose_lease_was_lost_writes_nothing(sessions) -> None:
     assert log.load_state() == {"v": 2}
 
 
+def test_a_request_takes_the_replies_before_it_along_in_one_transaction(sessions) -> None:
+    run_id = _run(sessions)
+    fence, take_over = _lease_fence(sessions, run_id)
+    log = LlmLog(sessions, run_id, fence=fence)
+    _send(log, "llm-1", state={"v": 1})
+    _send(log, "llm-2", state={"v": 2})
+    took = [
+        (_reply("llm-1"), ReplyUse(candidate_key="k" * 64)),
+        (_reply("llm-2", text=None, failure=Failure.TIMEOUT), ReplyUse()),
+    ]
+    request = LlmRequest("llm-3", "m-small", PROMPT, max_tokens=800)
+    log.sent(request, RequestMeta("mutate", "tiling", (1,), 900), {"v": 3}, replies=took)
+    rows = _rows(sessions, run_id)
+    assert {k: (r.status, r.reason) for k, r in rows.items()} == {
+        "llm-1": ("replied", None),
+        "llm-2": ("failed", "timeout"),
+        "llm-3": ("sent", None),
+    }
+    assert rows["llm-1"].candidate_key == "k" * 64 and log.load_state() == {"v": 3}
+
+    # All or nothing: a write refused by the fence leaves the replies unrecorded too.
+    take_over()
+    request = LlmRequest("llm-4", "m-small", PROMPT, max_tokens=800)
+    with pytest.raises(LeaseLost):
+        log.sent(
+            request,
+            RequestMeta("mutate", "tiling"),
+            {"v": 4},
+            replies=[(_reply("llm-3"), ReplyUse(candidate_key="j" * 64))],
+        )
+    rows = _rows(sessions, run_id)
+    assert rows["llm-3"].status == "sent" and "llm-4" not in rows
+    assert log.load_state() == {"v": 3}
+
+
 def _evaluate(store: RunStore, spec: CandidateSpec, verdict: str, job_id: str) -> int:
     """Propose ``spec``, dispatch it and ingest its result; returns the candidate id."""
     cid = store.propose(spec).candidate_id

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-FIGURES = {"ms_per_child", "ask_ms", "tell_ms", "gate_ms", "idle_ms", "rate", "loop_share"}
+FIGURES = {"ms_per_child", "target_ms", "key_ms", "journal_ms", "gate_ms", "idle_ms", "rate"}
 
 
 @pytest.mark.timeout(240)
@@ -39,12 +39,14 @@ def test_quick_run_prints_the_table_and_the_targets_line(tmp_path):
     )
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     text = proc.stdout
-    for column in ("emitter+gate ms", "tell ms", "gate ms", "children/s", "loop CPU"):
+    columns = ("emitter+gate ms", "p+d+g+d ms", "key ms", "journal ms", "gate ms", "children/s")
+    for column in columns:
         assert column in text
     for row in ("memory     0 ms", "sqlite     0 ms", "memory    20 ms", "sqlite    20 ms"):
         assert row in text
     last = text.strip().splitlines()[-1]
-    assert last.startswith("targets: controller time per proposal") and "proposals/s" in last
+    assert last.startswith("targets, instant replies: parse, diff, gate and dedupe")
+    assert "all of the emitter's controller time" in last and "proposals/s" in last
     data = json.loads(out.read_text())
     assert len(data["runs"]) == 4
     for run in data["runs"]:

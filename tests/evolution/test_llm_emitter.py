@@ -150,10 +150,8 @@ def model(request: LlmRequest) -> str:
     if "## Target cell" in prompt and "## Starting point" not in prompt:
         return faster_rewrite(request)  # nothing to diff against: a whole file
     if int(request.request_id.rsplit("-", 1)[1]) % 3 == 0:
-        found = _MS.search(base_of(request))
-        if found is not None:
-            line = found.group(0)
-            return f"<<<<<<< SEARCH\n{line}\n=======\n{line}\nFAIL = 1\n>>>>>>> REPLACE\n"
+        # Whatever the parent (the seed's family or another's elite): its file, broken.
+        return "```python\n" + base_of(request).rstrip("\n") + "\nFAIL = 1\n```\n"
     return faster_diff(request)
 
 
@@ -208,4 +206,5 @@ def test_a_refusal_while_requests_are_in_flight_is_retried_once_a_reply_is_back(
     assert emitter.ask(4) == [] and port.refused == 1 and not emitter.exhausted
     children = emitter.ask(4)
     assert len(children) == 1 and children[0].parent_ids == (1,)
-    assert emitter.requests == 2 and not emitter.exhausted
+    # The child taken, both places are free again: the retry and one more are sent.
+    assert emitter.requests == 3 and port.in_flight == 2 and not emitter.exhausted

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import random
 import re
 import threading
 
@@ -106,9 +107,9 @@ class RecordingJournal(MemoryJournal):
         super().__init__()
         self.sent_states: list[dict] = []
 
-    def sent(self, request, meta, state):
+    def sent(self, request, meta, state, replies=()):
         self.sent_states.append(json.loads(json.dumps(state)))
-        super().sent(request, meta, state)
+        super().sent(request, meta, state, replies)
 
 
 def test_each_request_is_journaled_before_it_is_submitted_and_each_reply_with_its_use():
@@ -249,7 +250,15 @@ def breaking(request: LlmRequest) -> str:
 
 def test_a_restored_repair_queue_holds_the_saved_waiting_ids():
     store, journal = MemoryStore(), MemoryJournal()
-    stop, kw = stop_after(10)
+    stop = threading.Event()
+
+    def both_kinds(_progress) -> None:
+        # Stopped once some failures were repaired while others still wait (when that happens
+        # depends on the bandit's draws, not on a count of evaluations).
+        repairs = (journal.state or {}).get("repairs") or {}
+        if repairs.get("waiting") and repairs.get("done"):
+            stop.set()
+
     operators = ("mutate", "repair")
     loop1, _, _, _ = build(
         ScriptedLlm([breaking] * 60),
@@ -257,9 +266,11 @@ def test_a_restored_repair_queue_holds_the_saved_waiting_ids():
         journal=journal,
         budget=40,
         operators=operators,
-        loop_kw=kw,
+        loop_kw={"on_progress": both_kinds},
+        max_in_flight=4,
     )
     loop1.run(stop)
+    assert stop.is_set()
     state = journal.state
     waiting = state["repairs"]["waiting"]
     assert waiting and state["repairs"]["done"]  # some repaired, some waiting
@@ -286,9 +297,32 @@ def test_state_survives_json_and_another_version_is_refused():
     twin.restore(json.loads(json.dumps(state)))
     assert twin.state() == state
     with pytest.raises(StateError, match="version"):
-        twin.restore({**state, "version": state["version"] - 1})
+        twin.restore({**state, "version": state["version"] + 1})  # written by a newer kernelmap
+    with pytest.raises(StateError, match="version"):
+        twin.restore({**state, "version": 1})
     with pytest.raises(StateError):
         twin.restore({k: v for k, v in state.items() if k != "owed"})
+
+
+def test_a_state_of_the_version_before_restores():
+    # Version 2 (bandit version 1) kept Mersenne Twister states: 625 integers each.
+    loop, emitter, _, _ = build(ScriptedLlm([model] * 30), budget=10)
+    loop.run()
+    state = json.loads(json.dumps(emitter.state()))
+    mt = random.Random(1).getstate()
+    old_rng = [mt[0], list(mt[1]), mt[2]]
+    old = {**state, "version": 2, "rng": old_rng}
+    old["bandit"] = {**state["bandit"], "version": 1, "rng": old_rng}
+    twins = []
+    for _ in range(2):
+        _, twin, _, _ = build(ScriptedLlm([]))
+        twin.restore(json.loads(json.dumps(old)))
+        twins.append(twin.state())
+    assert twins[0] == twins[1]  # the same continuation every time
+    assert twins[0]["version"] == state["version"] and twins[0]["bandit"] == {
+        **state["bandit"],
+        "rng": twins[0]["bandit"]["rng"],
+    }
 
 
 # --- meta-prompt evolution ----------------------------------------------------------------------
@@ -337,7 +371,9 @@ def test_a_rewritten_strategy_joins_the_pool_and_the_bandit_and_is_used():
     # A rewrite is not a kernel: it credits no arm.
     asked = {r.request_id for r, _ in rewrites}
     kernels = [u for r, u in journal.replies if r.request_id not in asked]
-    assert pulls(emitter) == len(kernels) - len(emitter._children)
+    recorded = {u.candidate_key for u in kernels}
+    owed = [key for key in emitter._children if key in recorded]  # not ready ones never taken
+    assert pulls(emitter) == len(kernels) - len(owed)
 
 
 def test_a_rejected_rewrite_is_counted_and_adds_nothing():
@@ -474,9 +510,9 @@ def test_waiting_is_true_exactly_while_a_request_is_in_flight():
     assert not emitter.waiting
     for _ in range(2):
         assert emitter.ask(1) == [] and emitter.waiting  # the reply is on its way
-    # Back: the child is handed over (a reply not taken counts against max_in_flight).
-    assert len(emitter.ask(1)) == 1 and not emitter.waiting
-    assert port.polls == 3 and len(port.requests) == 1
+    # Back: the child is handed over, and then its place is free: the next request goes.
+    assert len(emitter.ask(1)) == 1 and emitter.waiting
+    assert port.polls == 3 and len(port.requests) == 2
     assert emitter.ask(1) == [] and emitter.waiting and len(port.requests) == 2
     while len(port.requests) < 3 or emitter.waiting:
         emitter.ask(1)
@@ -578,3 +614,68 @@ def test_the_tie_scenario_above_really_ties():
     )
     loop.run(stop)
     assert TIE in seen
+
+
+class CallLog(MemoryJournal):
+    """Keeps each write: ``(kind, request id or None, ids of the replies written)``."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.calls: list[tuple[str, str | None, list[str]]] = []
+
+    def sent(self, request, meta, state, replies=()):
+        self.calls.append(("sent", request.request_id, [r.request_id for r, _ in replies]))
+        super().sent(request, meta, state, replies)
+
+    def replied(self, reply, use, state):
+        self.calls.append(("replied", None, [reply.request_id]))
+        super().replied(reply, use, state)
+
+
+def test_the_replies_an_ask_used_go_with_its_next_request_in_one_write():
+    journal = CallLog()
+    port = ScriptedLlm([faster_diff, "no code here", faster_diff])
+    emitter = LlmEmitter(
+        port,
+        TASK,
+        [("m1", 1.0)],
+        [],
+        lambda: [Elite(1, SEED, {}, 0.47, 0, (0.0,))],
+        operators=("mutate",),
+        max_in_flight=1,
+        journal=journal,
+    )
+    assert emitter.ask(1) == []
+    assert journal.calls == [("sent", "llm-1", [])]
+    assert len(emitter.ask(1)) == 1  # the child of llm-1, recorded with the request after it
+    assert journal.calls[-1] == ("sent", "llm-2", ["llm-1"])
+    assert emitter.ask(1) == []  # llm-2 failed (no code): written with llm-3
+    assert journal.calls[-1] == ("sent", "llm-3", ["llm-2"])
+    # The script is over: llm-4 takes llm-3's child along and is refused.
+    children = emitter.ask(1)
+    assert len(children) == 1 and journal.calls[-1] == ("sent", "llm-4", ["llm-3"])
+    assert journal.unsent_ids == ["llm-4"]
+    keys = [u.candidate_key for _, u in journal.replies]
+    assert keys[1] is None and keys[2] == children[0].key
+    assert journal.state == json.loads(json.dumps(emitter.state()))
+
+
+def test_replies_no_request_takes_along_are_written_before_ask_returns():
+    journal = CallLog()
+    port = ScriptedLlm([faster_diff, faster_diff])
+    emitter = LlmEmitter(
+        port,
+        TASK,
+        [("m1", 1.0)],
+        [],
+        lambda: [Elite(1, SEED, {}, 0.47, 0, (0.0,))],
+        operators=("mutate",),
+        max_in_flight=2,
+        journal=journal,
+    )
+    assert emitter.ask(1) == [] and [c[1] for c in journal.calls] == ["llm-1", "llm-2"]
+    first = emitter.ask(1)  # both replies back: one child taken, llm-3 sent with it, refused
+    assert len(first) == 1 and journal.calls[-1] == ("sent", "llm-3", ["llm-1"])
+    second = emitter.ask(1)  # refused: nothing is sent, the child is written alone
+    assert len(second) == 1 and journal.calls[-1] == ("replied", None, ["llm-2"])
+    assert [u.candidate_key for _, u in journal.replies] == [first[0].key, second[0].key]
