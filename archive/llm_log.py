@@ -70,6 +70,13 @@ class LlmSpent:
 _ROWS = m.LlmRequestRow
 
 
+def _update(where: sa.ColumnElement[bool], values: Mapping[str, Any]) -> sa.Update:
+    """``UPDATE llm_requests SET values WHERE where`` (Core: no rows loaded)."""
+    return (
+        sa.update(_ROWS).where(where).values(**values).execution_options(synchronize_session=False)
+    )
+
+
 class LlmLog:
     """:class:`evolution.llm.port.LlmJournal` of run ``run_id`` (see the module notes).
 
@@ -127,12 +134,16 @@ class LlmLog:
         with self._sessions() as session:
             for reply, use in replies:
                 self._write_reply(session, reply, use)
-            row = self._row(session, request.request_id)
-            if row is None:
-                session.add(_ROWS(run_id=self.run_id, request_id=request.request_id, **values))
-            elif row.status == LlmStatus.REFUSED:
-                for name, value in values.items():
-                    setattr(row, name, value)
+            at = self._at(request.request_id)
+            status = session.scalar(sa.select(_ROWS.status).where(at))
+            if status is None:
+                session.execute(
+                    sa.insert(_ROWS).values(
+                        run_id=self.run_id, request_id=request.request_id, **values
+                    )
+                )
+            elif status == LlmStatus.REFUSED:
+                session.execute(_update(at, values))
             self._save_state(session, state)
             self._commit(session)
 
@@ -177,10 +188,10 @@ class LlmLog:
             "strategy_id": use.strategy_id,
             "replied_at": m.utcnow(),
         }
-        row = self._row(session, reply.request_id)
-        if row is None:
-            session.add(
-                _ROWS(
+        at = self._at(reply.request_id)
+        if session.execute(_update(at, values)).rowcount == 0:
+            session.execute(
+                sa.insert(_ROWS).values(
                     run_id=self.run_id,
                     request_id=reply.request_id,
                     model=reply.model,
@@ -191,9 +202,6 @@ class LlmLog:
                     **values,
                 )
             )
-        else:
-            for name, value in values.items():
-                setattr(row, name, value)
 
     # --- resume and reports -------------------------------------------------------------------
 
@@ -241,10 +249,9 @@ class LlmLog:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _row(self, session: Session, request_id: str) -> m.LlmRequestRow | None:
-        return session.scalar(
-            sa.select(_ROWS).where(_ROWS.run_id == self.run_id, _ROWS.request_id == request_id)
-        )
+    def _at(self, request_id: str) -> sa.ColumnElement[bool]:
+        """The row of ``request_id`` in this run."""
+        return sa.and_(_ROWS.run_id == self.run_id, _ROWS.request_id == request_id)
 
     def _save_state(self, session: Session, state: Mapping[str, Any]) -> None:
         session.execute(

@@ -240,7 +240,11 @@ class Bandit:
             "models": dict(self._models),
             "operators": list(self._operators),
             "strategies": list(self._strategies),
-            "stats": [[*arm, *dataclasses.astuple(s)] for arm, s in self._stats.items()],
+            # Field by field: dataclasses.astuple deep-copies, and this runs with every event.
+            "stats": [
+                [*arm, s.pulls, s.reward, s.tokens, s.gpu_seconds, s.improvement]
+                for arm, s in self._stats.items()
+            ],
             "rng": self._rng.to_json(),
         }
 

@@ -11,6 +11,8 @@ wording is :data:`CONSTRUCTS`, keyed by the ``WHY_*`` constant's name, and a tes
 
 from __future__ import annotations
 
+import functools
+
 from evaluator_worker import gate_rules
 
 CANDIDATE_CONTRACT = """\
@@ -72,8 +74,10 @@ def _by_reason() -> dict[str, list[str]]:
     return out
 
 
+@functools.lru_cache(maxsize=8)
 def gate_rules_text(examples: int = 8) -> str:
-    """The static gate's rules as a bulleted list, one line per reason.
+    """The static gate's rules as a bulleted list, one line per reason (made once: the tables
+    are constants, and every prompt holds it).
 
     Parameters
     ----------

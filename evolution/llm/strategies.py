@@ -307,7 +307,10 @@ class StrategyPool:
             "version": STATE_VERSION,
             "max_active": self.max_active,
             "next": self._next,
-            "strategies": [dataclasses.asdict(s) for s in self._all.values()],
+            "strategies": [
+                {"id": s.id, "text": s.text, "parent_id": s.parent_id, "generation": s.generation}
+                for s in self._all.values()
+            ],
             "active": list(self._active),
         }
 
