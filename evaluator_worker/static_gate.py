@@ -100,7 +100,7 @@ def check_source(source: str, filename: str = "<candidate>") -> GateReport:
         ``ok`` is True only when the source parses and no rule fired.
     """
     try:
-        tree = parsing.parse(source, filename=filename)
+        tree = parsing.parse_shared(source, filename=filename)
     except SyntaxError as exc:
         message = f"line {exc.lineno or 1}: {exc.msg}"
         return GateReport(False, [message], message, False, False, [], None)
@@ -135,7 +135,7 @@ def _import_aliases(tree: ast.Module) -> dict[str, str]:
     ``Stream -> torch.cuda.Stream``. Scopes are ignored: the gate is a filter, not a resolver.
     """
     aliases: dict[str, str] = {}
-    for node in ast.walk(tree):
+    for node in _statements(tree):
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.asname:
@@ -148,6 +148,26 @@ def _import_aliases(tree: ast.Module) -> dict[str, str]:
                 if alias.name != "*":
                     aliases[alias.asname or alias.name] = f"{node.module}.{alias.name}"
     return aliases
+
+
+_BLOCKS = (ast.stmt, ast.excepthandler, ast.match_case)
+
+
+def _statements(tree: ast.Module) -> list[ast.AST]:
+    """Every statement of the module (and its except handlers and match cases), nested ones too.
+
+    The same nodes, in the same breadth-first order, that ``ast.walk`` yields of those kinds:
+    expressions cannot hold statements, so only lists of statements and blocks are descended into,
+    which skips the expressions that make up most of a tree. Later imports of a name win, as they
+    did when the aliases were collected over ``ast.walk``.
+    """
+    queue: list[ast.AST] = [tree]
+    for node in queue:  # the list grows while it is read: a breadth-first queue
+        for field in node._fields:
+            value = getattr(node, field, None)
+            if isinstance(value, list):
+                queue.extend(item for item in value if isinstance(item, _BLOCKS))
+    return queue[1:]
 
 
 def _search_space(tree: ast.Module, visitor: _Visitor) -> dict | None:
@@ -186,6 +206,37 @@ class _Visitor(ast.NodeVisitor):
         self.uses_triton = False
         self.uses_cupy = False
         self._owners: list[str] = []  # enclosing assignment targets / functions, to name kernels
+
+    def visit(self, node: ast.AST) -> None:
+        """Call ``visit_<NodeClass>`` (or ``generic_visit``), looked up once per node class.
+
+        Same dispatch as :meth:`ast.NodeVisitor.visit` and the same frames per node (this method,
+        then the handler), so a source too deep to walk fails at the same depth as it did there.
+        """
+        try:
+            handler = _DISPATCH[node.__class__]
+        except KeyError:
+            name = "visit_" + node.__class__.__name__
+            handler = _DISPATCH[node.__class__] = getattr(_Visitor, name, _Visitor.generic_visit)
+        handler(self, node)
+
+    def generic_visit(self, node: ast.AST) -> None:
+        """Visit the child nodes of ``node`` in field order, as :class:`ast.NodeVisitor` does."""
+        leaf = True
+        for field in node._fields:
+            value = getattr(node, field, None)  # a missing field is skipped, as iter_fields does
+            if isinstance(value, list):
+                for item in value:
+                    if isinstance(item, ast.AST):
+                        leaf = False
+                        self.visit(item)
+            elif isinstance(value, ast.AST):
+                leaf = False
+                self.visit(value)
+        if leaf:
+            # NodeVisitor's iter_fields generator costs a frame even at a leaf (Load, Add, ...):
+            # spend it too, so the depth that raises RecursionError stays what it was.
+            _one_frame()
 
     def flag(self, node: ast.AST, what: str, why: str) -> None:
         """Record one violation at ``node``'s line."""
@@ -317,8 +368,9 @@ class _Visitor(ast.NodeVisitor):
     visit_AsyncFunctionDef = visit_FunctionDef
 
     def visit_Assign(self, node: ast.Assign | ast.AnnAssign) -> None:
-        targets = node.targets if isinstance(node, ast.Assign) else [node.target]
-        self._owners.append(ast.unparse(targets[0]))
+        target = node.targets[0] if isinstance(node, ast.Assign) else node.target
+        # ast.unparse of a plain name is the name itself; anything else is still unparsed here.
+        self._owners.append(target.id if type(target) is ast.Name else ast.unparse(target))
         self.generic_visit(node)
         self._owners.pop()
 
@@ -435,3 +487,10 @@ class _Visitor(ast.NodeVisitor):
         for token in TIMER_TOKENS:
             if token in value:
                 self.flag(node, f"asm reads timer register '{token}'", WHY_TIMER)
+
+
+_DISPATCH: dict[type, object] = {}  # node class -> the _Visitor function that handles it
+
+
+def _one_frame() -> None:
+    """Do nothing one call deeper (see :meth:`_Visitor.generic_visit`)."""
