@@ -18,35 +18,46 @@ Measured, per LLM child proposed:
 - (a) controller time: the CPU time of the controller thread (``time.thread_time``) spent in
   ``LlmEmitter.ask`` (polling the pool, parsing the reply, applying the diff, dedupe, the
   journal with the emitter's JSON state, building and submitting the next prompt) plus in the
-  gate prefilter. ``thread_time`` leaves out the pool's threads (HTTP, the reply's JSON) and the
-  server's; it also leaves out time spent waiting for the GIL those threads hold (shown apart as
-  wall time in the same calls). ``ask`` calls that found no reply and returned nothing (the loop
-  asking again while the replies are on their way) are counted apart as ``idle``.
+  gate prefilter; apart, the parts the target names: parse and diff (``edit_source``), the
+  gate, dedupe (``candidate_key``), and the journal's writes. ``thread_time`` leaves out the
+  pool's threads (HTTP, the reply's JSON); it also leaves out time spent waiting for the GIL
+  those threads hold (shown apart as wall time in the same calls). ``ask`` calls that found no
+  reply and returned nothing are counted apart as ``idle``. The key cache and the shared parse
+  trees are emptied before each run (every run's replies are the same children).
 - (b) throughput: LLM children evaluated per second of the loop's wall clock, and the CPU
-  share of the loop's thread and of the whole process (server and pool threads included) over
-  that wall clock.
+  share of the loop's thread and of the whole process (pool threads included) over that wall
+  clock.
 
-Each configuration runs with the in-memory journal and store (``MemoryJournal``,
-``MemoryStore``) and with the database ones on SQLite in a temporary directory
-(:class:`archive.llm_log.LlmLog`: a transaction per request and per reply;
-:class:`archive.run_store.RunStore`), with instant replies and with ``--latency-ms`` (100 by
-default: 8 in flight give at most 80/s). With ``--waiting-dispatcher`` a further row uses a
-dispatcher whose ``poll`` waits its timeout when nothing is in flight, as the Celery and lease
-dispatchers do.
+The test server runs in a process of its own (a model's endpoint is never in the controller's
+process; in it, the server's threads would take the controller's GIL); ``--server-in-process``
+puts it back in. Each configuration runs with the in-memory journal and store
+(``MemoryJournal``, ``MemoryStore``) and with the database ones on SQLite in a temporary
+directory (:class:`archive.llm_log.LlmLog`: one transaction per request, taking the replies
+used before it along; :class:`archive.run_store.RunStore`), with instant replies and with
+``--latency-ms`` (100 by default: 8 in flight give at most 80/s). With ``--waiting-dispatcher``
+a further row uses a dispatcher whose ``poll`` waits its timeout when nothing is in flight, as
+the Celery and lease dispatchers do.
 
-Targets (issue 15): at most 5 ms of controller time per proposal, and with 8 replies in
-flight the controller keeps up with 50 proposals/s. They are reported, not asserted: the exit
-status is 0 unless the bench itself fails (a run that proposes nothing, an exception).
+Targets (issue 15), with instant replies: the LLM emitter adds at most 5 ms of controller time
+per proposal (parse, diff, gate, dedupe), and with 8 replies in flight the controller keeps up
+with 50 proposals/s. They are reported, not asserted: the exit status is 0 unless the bench
+itself fails (a run that proposes nothing, an exception).
 
-Measured 2026-12-03 on the 2-core development VM (no GPU, load average about 0.8), budget 300,
-medians, controller-thread CPU per child: in-memory journal 12.1 ms and 46.5 children/s with
-instant replies (11.5 ms, 40.1/s with 100 ms replies); SQLite journal 17.6 ms and 41.5/s
-(16.4 ms, 40.3/s). Both targets missed on this machine. Where the time goes (cProfile): the
-static gate's AST walk of the 4.3 KB child 4-5 ms, its normalisation for the duplicate key
-(parse + unparse) about 5 ms once per child (keys are cached per source), building the next
-prompt about 3 ms, the SQLite journal (two transactions with the emitter's state) about 5 ms.
-Before this session's fixes (keys normalised 5 times per child, the state's JSON walked by
-the cleaning pass): 20.8 ms / 31.5/s and 32.8 ms / 20.8/s.
+Measured 2026-12-03 on the 2-vCPU development VM (no GPU), budget 300, one repeat each of the
+commit before this session's changes (8953c28) and of this one, interleaved twice, instant
+replies. In-memory journal: emitter+gate 13.2 and 17.8 ms per child, 36.5 and 34.9 children/s
+before; 12.7 and 11.2 ms, 50.5 and 57.6/s after (10.9 ms and 54.6/s with the server in
+process), of which parse, diff, gate and dedupe 10.0 and 7.6 ms. SQLite journal: 20.4 and 27.1
+ms, 34.6 and 25.4/s before; 24.6 and 21.9 ms, 30.5 and 35.4/s after (its one write per child
+7-8 ms of controller CPU). The VM's speed wanders by up to 2x between minutes, and the figures
+in the run are 2-4x what the same work costs in a single-threaded timing (the pool's eight
+threads take the GIL in turn and the caches with it): alone, a 4.3 KB child's parse is 0.6 ms,
+its normalisation for the key 1.0 ms more, the gate's walk 0.7 ms (2.2 ms for the whole gate
+before this session, 1.35 ms now, its parse shared with the key), a prompt 0.29 ms (0.53 ms),
+the emitter's state 16 KB of JSON (29 KB: the two Mersenne Twister states were 14 KB of it).
+On this machine the time target is missed (the parts it names cost 7.6-15 ms per child in the
+run), and the rate target is met with the in-memory journal (50-58/s; 46.5/s in one run with
+the server in process) but not on SQLite (30-35/s).
 
 Usage::
 
@@ -62,6 +73,7 @@ import hashlib
 import itertools
 import json
 import logging
+import multiprocessing
 import os
 import re
 import statistics
@@ -178,6 +190,61 @@ class Replies:
             prompt_tokens=len(content) // 4,
             completion_tokens=len(text) // 4,
         )
+
+
+class Endpoint:
+    """The test server answering with :class:`Replies`: in a process of its own (a model's
+    endpoint is never in the controller's process, and the server's Python threads would take
+    the controller's GIL), or with ``in_process`` in this one.
+
+    ``base_url`` while it runs; :meth:`stop` returns and keeps ``max_concurrent`` (the most
+    requests the server held at once) and ``no_parent`` (replies written without a parent).
+    """
+
+    def __init__(self, latency_s: float, seed: str, in_process: bool = False) -> None:
+        self.max_concurrent = self.no_parent = 0
+        self._server: LlmTestServer | None = None
+        self._proc: Any = None
+        if in_process:
+            self._replies = Replies(latency_s, seed)
+            self._server = LlmTestServer().start()
+            self._server.responder = self._replies
+            self.base_url = self._server.base_url
+            return
+        ctx = multiprocessing.get_context("fork")  # fast, and nothing of this one is needed
+        self._conn, theirs = ctx.Pipe()
+        self._proc = ctx.Process(target=_serve, args=(theirs, latency_s, seed), daemon=True)
+        self._proc.start()
+        if not self._conn.poll(30):
+            raise SystemExit("the test server process did not start")
+        self.base_url = self._conn.recv()
+
+    def stop(self) -> None:
+        """Stop serving and read the server's counts."""
+        if self._server is not None:
+            self._server.stop()
+            self.max_concurrent, self.no_parent = (
+                self._server.max_concurrent,
+                self._replies.no_parent,
+            )
+            return
+        self._conn.send("stop")
+        if self._conn.poll(30):
+            self.max_concurrent, self.no_parent = self._conn.recv()
+        self._proc.join(10)
+        if self._proc.is_alive():
+            self._proc.kill()
+
+
+def _serve(conn: Any, latency_s: float, seed: str) -> None:
+    """The server process: serve until told to stop, then send the counts back."""
+    server = LlmTestServer().start()
+    replies = Replies(latency_s, seed)
+    server.responder = replies
+    conn.send(server.base_url)
+    conn.recv()
+    server.stop()
+    conn.send((server.max_concurrent, replies.no_parent))
 
 
 def evaluate(job: Job) -> dict[str, Any]:
@@ -313,7 +380,13 @@ def journal_and_store(kind: str, tmp: Path) -> Iterator[tuple[Any, Any]]:
 
 
 def run_once(
-    kind: str, latency_s: float, budget: int, concurrency: int, waiting: bool, tmp: Path
+    kind: str,
+    latency_s: float,
+    budget: int,
+    concurrency: int,
+    waiting: bool,
+    tmp: Path,
+    in_process: bool = False,
 ) -> dict[str, Any]:
     """One search of ``budget`` evaluations; returns its timings and counts."""
     # The replies of every run are the same children: keys and trees kept from the run before
@@ -321,9 +394,7 @@ def run_once(
     normalised_digest.cache_clear()
     parsing.clear_shared()
     seed = seed_source()
-    server = LlmTestServer().start()
-    replies = Replies(latency_s, seed)
-    server.responder = replies
+    server = Endpoint(latency_s, seed, in_process)
     endpoint = make_endpoint(
         base_url=server.base_url,
         api_key=None,
@@ -384,7 +455,7 @@ def run_once(
         "children": children,
         "requests": llm.requests,
         "failures": dict(llm.failures),
-        "no_parent": replies.no_parent,
+        "no_parent": server.no_parent,
         "max_concurrent": server.max_concurrent,
         "source_bytes": statistics.median(sizes) if sizes else 0,
         "wall_s": wall,
@@ -458,6 +529,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--waiting-dispatcher", action="store_true", help="also a dispatcher whose poll waits"
     )
+    p.add_argument(
+        "--server-in-process",
+        action="store_true",
+        help="run the test server in the bench's process (its threads share the GIL)",
+    )
     p.add_argument("--quick", action="store_true", help="budget 12, 1 repeat (a smoke run)")
     p.add_argument("--json", type=Path, default=None, help="write every run's figures here")
     p.add_argument("--tmpdir", type=Path, default=None, help="where the SQLite files go")
@@ -478,7 +554,9 @@ def main(argv: list[str] | None = None) -> int:
     runs: list[dict[str, Any]] = []
     for i in range(1, args.repeats + 1):
         for kind, latency, waiting in configs:
-            r = run_once(kind, latency, args.budget, args.concurrency, waiting, tmp)
+            r = run_once(
+                kind, latency, args.budget, args.concurrency, waiting, tmp, args.server_in_process
+            )
             r["repeat"] = i
             r["figures"] = figures(r)
             runs.append(r)
