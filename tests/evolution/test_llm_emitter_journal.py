@@ -632,19 +632,25 @@ class CallLog(MemoryJournal):
         super().replied(reply, use, state)
 
 
-def test_the_replies_an_ask_used_go_with_its_next_request_in_one_write():
-    journal = CallLog()
-    port = ScriptedLlm([faster_diff, "no code here", faster_diff])
-    emitter = LlmEmitter(
+def on_one_elite(port, journal, max_in_flight: int) -> LlmEmitter:
+    """An emitter that mutates the seed's one elite, asked directly (no loop)."""
+    elites = [Elite(1, SEED, {}, 0.47, 0, (0.0,))]
+    return LlmEmitter(
         port,
         TASK,
         [("m1", 1.0)],
         [],
-        lambda: [Elite(1, SEED, {}, 0.47, 0, (0.0,))],
+        lambda: elites,
         operators=("mutate",),
-        max_in_flight=1,
+        max_in_flight=max_in_flight,
         journal=journal,
     )
+
+
+def test_the_replies_an_ask_used_go_with_its_next_request_in_one_write():
+    journal = CallLog()
+    port = ScriptedLlm([faster_diff, "no code here", faster_diff])
+    emitter = on_one_elite(port, journal, max_in_flight=1)
     assert emitter.ask(1) == []
     assert journal.calls == [("sent", "llm-1", [])]
     assert len(emitter.ask(1)) == 1  # the child of llm-1, recorded with the request after it
@@ -662,17 +668,7 @@ def test_the_replies_an_ask_used_go_with_its_next_request_in_one_write():
 
 def test_replies_no_request_takes_along_are_written_before_ask_returns():
     journal = CallLog()
-    port = ScriptedLlm([faster_diff, faster_diff])
-    emitter = LlmEmitter(
-        port,
-        TASK,
-        [("m1", 1.0)],
-        [],
-        lambda: [Elite(1, SEED, {}, 0.47, 0, (0.0,))],
-        operators=("mutate",),
-        max_in_flight=2,
-        journal=journal,
-    )
+    emitter = on_one_elite(ScriptedLlm([faster_diff, faster_diff]), journal, max_in_flight=2)
     assert emitter.ask(1) == [] and [c[1] for c in journal.calls] == ["llm-1", "llm-2"]
     first = emitter.ask(1)  # both replies back: one child taken, llm-3 sent with it, refused
     assert len(first) == 1 and journal.calls[-1] == ("sent", "llm-3", ["llm-1"])
