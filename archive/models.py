@@ -131,8 +131,8 @@ class Run(Base):
 class Candidate(Base):
     """A distinct candidate kernel of a task: source plus parameters, stored once per task.
 
-    ``key_sha256`` is :func:`evolution.candidate.candidate_key` (normalised source and
-    parameters); ``source_sha256`` the sha256 of the normalised source alone, shared by every
+    ``key_sha256`` is :func:`evolution.candidate.candidate_key` (canonical form of the source and
+    parameters); ``source_sha256`` the sha256 of the canonical form alone, shared by every
     parameter choice of one kernel. ``run_id`` is the run that first proposed it.
     """
 

@@ -46,8 +46,8 @@ def candidate_keys(spec: CandidateSpec) -> tuple[str, str]:
     """``(key_sha256, source_sha256)`` of a spec, as stored on its candidate.
 
     ``key_sha256`` is :attr:`CandidateSpec.key` (:func:`evolution.candidate.candidate_key`),
-    computed from a cached normalisation of the source; ``source_sha256`` is the sha256 of
-    the normalised source.
+    computed from the source's cached canonical form; ``source_sha256`` is the sha256 of
+    the canonical form (:mod:`evolution.canonical`).
     """
     source_hash = normalised_digest(spec.source)  # cached: once per distinct source
     key = source_hash.copy()

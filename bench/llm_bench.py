@@ -98,6 +98,7 @@ from evolution.fakes import FakeDispatcher, MemoryJournal, MemoryStore, fake_res
 from evolution.grid import MapArchive  # noqa: E402
 from evolution.loop import SearchLoop  # noqa: E402
 from evolution.ports import Job  # noqa: E402
+from services.heap import freeze_startup_heap  # noqa: E402
 from services.llm.budget import Caps  # noqa: E402
 from services.llm.client import LlmPool  # noqa: E402
 from services.llm.config import make_endpoint  # noqa: E402
@@ -406,6 +407,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="run the test server in the bench's process (its threads share the GIL)",
     )
+    p.add_argument(
+        "--no-freeze",
+        action="store_true",
+        help="leave the start-up heap to the collector's full passes (the controller's commands"
+        " freeze it: services.heap)",
+    )
     p.add_argument("--quick", action="store_true", help="budget 12, 1 repeat (a smoke run)")
     p.add_argument("--json", type=Path, default=None, help="write every run's figures here")
     p.add_argument("--tmpdir", type=Path, default=None, help="where the SQLite files go")
@@ -421,8 +428,11 @@ def main(argv: list[str] | None = None) -> int:
     print(
         f"LLM emitter: budget {args.budget}, {args.concurrency} requests in flight, seed"
         f" {len(seed_source())} bytes, {args.repeats} repeat(s), interleaved;"
-        f" {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f}"
+        f" {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f},"
+        f" start-up heap {'left to the collector' if args.no_freeze else 'frozen'}"
     )
+    if not args.no_freeze:
+        freeze_startup_heap()  # as `kernelmap run`, `serve` and `controller` do
     runs: list[dict[str, Any]] = []
     for i in range(1, args.repeats + 1):
         for kind, latency, waiting in configs:

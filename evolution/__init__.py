@@ -37,6 +37,9 @@ The map and what goes in it
 ``candidate``
     :class:`~candidate.CandidateSpec` (what the search proposes; its duplicate key) and
     :class:`~candidate.Outcome` (what it learns back, from an evaluator result).
+``canonical``
+    The canonical form of a source (its syntax tree written out, layout and comments gone):
+    what the duplicate key hashes.
 
 Where candidates come from
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import ast
 import dataclasses
 import functools
 import hashlib
@@ -10,32 +9,22 @@ import json
 import math
 from typing import Any
 
-from evaluator_worker import parsing
-
-
-def normalise_source(source: str) -> str:
-    """Source with comments, blank lines and formatting removed (via the AST).
-
-    Two candidates that differ only in layout or comments normalise to the same text, so they
-    are the same candidate. Unparseable source is kept as it is (the static gate rejects it).
-    """
-    try:
-        return ast.unparse(parsing.parse_shared(source))
-    except (SyntaxError, ValueError, RecursionError):
-        return source
+from evolution.canonical import canonical_form
 
 
 @functools.lru_cache(maxsize=1024)
 def normalised_digest(source: str) -> Any:
-    """sha256 (a hash object, copy it before updating) of :func:`normalise_source`: parsing and
-    unparsing takes milliseconds for a real kernel file, and one source is keyed many times (a
-    parameter family proposes it thousands of times, the LLM emitter and the store each key a
-    child), so each distinct source is normalised once."""
-    return hashlib.sha256(normalise_source(source).encode())
+    """sha256 (a hash object, copy it before updating) of the source's canonical form
+    (:func:`evolution.canonical.canonical_form`: its syntax tree, whatever the layout and
+    comments). One source is keyed many times (a parameter family proposes it thousands of
+    times, the LLM emitter and the store each key a child), so each distinct source is
+    written out once."""
+    return hashlib.sha256(canonical_form(source).encode())
 
 
 def candidate_key(source: str, params: dict[str, Any]) -> str:
-    """sha256 of the normalised source and the parameters: equal keys are duplicates."""
+    """sha256 of the source's canonical form and the parameters: equal keys are duplicates
+    (the parameters' JSON follows the form's last NUL; JSON holds none)."""
     h = normalised_digest(source).copy()
     h.update(b"\0" + json.dumps(params, sort_keys=True, default=str).encode())
     return h.hexdigest()

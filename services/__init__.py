@@ -33,6 +33,9 @@ Modules
     :class:`Settings`, the one settings object, read from ``KERNELMAP_*`` variables.
 ``keys``
     API keys: making, checking and revoking them (hashing: :mod:`archive.credentials`).
+``heap``
+    The start-up heap (torch, pyribs... imported) frozen out of the cycle collector's full
+    passes, once per process.
 
 The whole picture (components, one evaluation's path, trust boundaries, modes) is in
 docs/architecture.md.

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import copy
-import gc
 import logging
 import os
 import signal
@@ -30,6 +29,7 @@ from kernelmap_errors import KernelmapError
 from services.cli.options import settings_from
 from services.cli.worker_token import enrolment_token
 from services.config import Settings
+from services.heap import freeze_startup_heap
 
 log = logging.getLogger(__name__)
 
@@ -186,12 +186,10 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # controller, the worker and the broker (SIGTERM's default would kill us first).
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, _raise_stop)
-        # Everything imported so far (torch, pyribs and theirs: ~400,000 objects) lives as
-        # long as the process: kept out of the collector's full passes, which otherwise pause
-        # the API for ~200 ms every few seconds under load (bench/api_load_bench.py).
+        # Everything imported and built so far (the OpenAPI schema included) lives as long
+        # as the process: out of the collector's full passes (services.heap).
         app.openapi()
-        gc.collect()
-        gc.freeze()
+        freeze_startup_heap()
         with contextlib.suppress(_Stop):
             server.run()
     return 0
@@ -214,8 +212,10 @@ def cmd_controller(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
+    controller = Controller(settings, sessions, name=args.id)
+    freeze_startup_heap()  # services.heap: torch, pyribs... out of the collector's full passes
     try:
-        Controller(settings, sessions, name=args.id).serve_forever(stop)
+        controller.serve_forever(stop)
     finally:
         engine.dispose()
     return 0

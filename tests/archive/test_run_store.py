@@ -13,7 +13,8 @@ from archive import db, repository
 from archive import models as m
 from archive.errors import RunNotFound
 from archive.run_store import RunStore
-from evolution.candidate import CandidateSpec, normalise_source
+from evolution.candidate import CandidateSpec
+from evolution.canonical import canonical_form
 from evolution.descriptors import parse_dims
 from evolution.emitters import ParamEmitter
 from evolution.fakes import FakeDispatcher, bowl_ms, fake_result
@@ -399,7 +400,7 @@ def test_propose_many_finds_duplicates_in_the_task_and_in_the_batch(sessions):
         for spec, p in zip(specs, got, strict=True):
             cand = repository.get_candidate(s, p.candidate_id)
             assert cand.key_sha256 == spec.key
-            assert cand.source_sha256 == repository.sha256(normalise_source(spec.source))
+            assert cand.source_sha256 == repository.sha256(canonical_form(spec.source))
     assert [c for c, _ in second.pending()] == sorted([got[0].candidate_id, got[4].candidate_id])
 
 
