@@ -33,7 +33,7 @@ from archive import db, repository
 from archive import models as m
 from archive.run_store import RunStore
 from evolution.loop import SearchLoop
-from services.heap import freeze_startup_heap
+from services.heap import tune_collector
 from services.runs.ownership import RunOwnership
 
 #: A lease long enough that no bench run is taken over by accident.
@@ -49,7 +49,7 @@ def _drive(args: tuple[str, str, list[int], int, int, int, Any, Any]) -> dict[st
     sessions = db.session_factory(engine)
     with sessions() as s:  # connected before the clock starts
         s.execute(sa.select(1))
-    freeze_startup_heap()  # as `kernelmap controller` does once it is set up
+    tune_collector()  # as `kernelmap controller` does once it is set up
     out.put({"ready": name})
     go.wait()
     t0, cpu0 = time.perf_counter(), time.process_time()

@@ -44,21 +44,25 @@ per proposal (parse, diff, gate, dedupe), and with 8 replies in flight the contr
 with 50 proposals/s. They are reported, not asserted: the exit status is 0 unless the bench
 itself fails (a run that proposes nothing, an exception).
 
-Measured 2026-12-03 on the 2-vCPU development VM (no GPU), budget 300, one repeat each of the
-commit before this session's changes (8953c28) and of this one, interleaved twice, instant
-replies. In-memory journal: emitter+gate 13.2 and 17.8 ms per child, 36.5 and 34.9 children/s
-before; 12.7 and 11.2 ms, 50.5 and 57.6/s after (10.9 ms and 54.6/s with the server in
-process), of which parse, diff, gate and dedupe 10.0 and 7.6 ms. SQLite journal: 20.4 and 27.1
-ms, 34.6 and 25.4/s before; 24.6 and 21.9 ms, 30.5 and 35.4/s after (its one write per child
-7-8 ms of controller CPU). The VM's speed wanders by up to 2x between minutes, and the figures
-in the run are 2-4x what the same work costs in a single-threaded timing (the pool's eight
-threads take the GIL in turn and the caches with it): alone, a 4.3 KB child's parse is 0.6 ms,
-its normalisation for the key 1.0 ms more, the gate's walk 0.7 ms (2.2 ms for the whole gate
-before this session, 1.35 ms now, its parse shared with the key), a prompt 0.29 ms (0.53 ms),
-the emitter's state 16 KB of JSON (29 KB: the two Mersenne Twister states were 14 KB of it).
-On this machine the time target is missed (the parts it names cost 7.6-15 ms per child in the
-run), and the rate target is met with the in-memory journal (50-58/s; 46.5/s in one run with
-the server in process) but not on SQLite (30-35/s).
+Measured 2026-12-04 on the 2-vCPU development VM (no GPU), budget 300, instant replies, one
+repeat each of the commit before that day's changes (c7d3f4c), of this one, and of this one with
+``--default-gc``, interleaved twice (medians of one run each; the VM's speed wanders by up to 2x
+between minutes). Parse, diff, gate and dedupe per child, in-memory journal: 7.7 and 7.6 ms
+before, 3.3 and 4.2 ms now (5.0 and 5.5 ms with the default collector); SQLite journal: 11.2 and
+12.7 ms before, 4.5 and 5.9 ms now (8.4 and 10.4 ms). Children per second, in-memory: 65.8 and
+67.6 before, 101 and 80 now (92 and 70); SQLite: 38.9 and 39.3 before, 65.2 and 49.2 now (56.8
+and 45.3). The day's changes: the duplicate key hashes the tree written out as tokens
+(:mod:`evolution.canonical`, about a quarter of ``ast.unparse``: the key went from 6.2 to 2.0-2.5
+ms per child in the run), and the controller's commands tune the collector
+(:mod:`services.heap`: the start-up heap frozen, the young generation collected every 10,000
+allocations; the collector had taken ~1.1 s of the controller thread's 3.4 s in a run). Both
+targets are met with the in-memory journal; on SQLite the rate target was met in one of the two
+rounds and the time target in one (4.5 ms; 5.9 ms in the slower round). What is left on SQLite
+is the journal's one write per request, 5-7 ms of controller CPU per child: three quarters of
+the 15 KB state it writes each time is the 256 newest children that score the strategies.
+Single-threaded, a 4.3 KB child's parse is 0.6-1.5 ms, its canonical form 0.35-0.6 ms
+(``ast.unparse``: 1.3-2.2 ms), the gate's walk 0.7 ms; in the run the figures are 2-4x those (the
+pool's eight threads take the GIL in turn and the caches with it).
 
 Usage::
 
@@ -98,7 +102,7 @@ from evolution.fakes import FakeDispatcher, MemoryJournal, MemoryStore, fake_res
 from evolution.grid import MapArchive  # noqa: E402
 from evolution.loop import SearchLoop  # noqa: E402
 from evolution.ports import Job  # noqa: E402
-from services.heap import freeze_startup_heap  # noqa: E402
+from services.heap import tune_collector  # noqa: E402
 from services.llm.budget import Caps  # noqa: E402
 from services.llm.client import LlmPool  # noqa: E402
 from services.llm.config import make_endpoint  # noqa: E402
@@ -408,10 +412,10 @@ def main(argv: list[str] | None = None) -> int:
         help="run the test server in the bench's process (its threads share the GIL)",
     )
     p.add_argument(
-        "--no-freeze",
+        "--default-gc",
         action="store_true",
-        help="leave the start-up heap to the collector's full passes (the controller's commands"
-        " freeze it: services.heap)",
+        help="leave the cycle collector as Python sets it (the controller's commands tune it:"
+        " services.heap)",
     )
     p.add_argument("--quick", action="store_true", help="budget 12, 1 repeat (a smoke run)")
     p.add_argument("--json", type=Path, default=None, help="write every run's figures here")
@@ -429,10 +433,10 @@ def main(argv: list[str] | None = None) -> int:
         f"LLM emitter: budget {args.budget}, {args.concurrency} requests in flight, seed"
         f" {len(seed_source())} bytes, {args.repeats} repeat(s), interleaved;"
         f" {os.cpu_count()} CPUs, load average {os.getloadavg()[0]:.2f},"
-        f" start-up heap {'left to the collector' if args.no_freeze else 'frozen'}"
+        f" collector {'as Python sets it' if args.default_gc else 'tuned (services.heap)'}"
     )
-    if not args.no_freeze:
-        freeze_startup_heap()  # as `kernelmap run`, `serve` and `controller` do
+    if not args.default_gc:
+        tune_collector()  # as `kernelmap run`, `serve` and `controller` do
     runs: list[dict[str, Any]] = []
     for i in range(1, args.repeats + 1):
         for kind, latency, waiting in configs:

@@ -34,8 +34,8 @@ Modules
 ``keys``
     API keys: making, checking and revoking them (hashing: :mod:`archive.credentials`).
 ``heap``
-    The start-up heap (torch, pyribs... imported) frozen out of the cycle collector's full
-    passes, once per process.
+    The cycle collector tuned for a long-lived process, once: the start-up heap (torch,
+    pyribs...) frozen out of its full passes, the young generation collected less often.
 
 The whole picture (components, one evaluation's path, trust boundaries, modes) is in
 docs/architecture.md.

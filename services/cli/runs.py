@@ -127,7 +127,7 @@ def llm_text(llm: dict) -> str:
 def cmd_run(args: argparse.Namespace) -> int:
     """``kernelmap run``: search, then print the summary and the report's path."""
     from services.cli.report import ProgressLine
-    from services.heap import freeze_startup_heap
+    from services.heap import tune_collector
     from services.runs.search import RunOptions, run_search
 
     if args.task is None and args.resume is None:
@@ -157,7 +157,7 @@ def cmd_run(args: argparse.Namespace) -> int:
         llm_max_cost=args.llm_max_cost,
     )
     progress = ProgressLine()
-    freeze_startup_heap()  # torch, pyribs... imported: out of the collector's full passes
+    tune_collector()  # services.heap: torch, pyribs... imported; fewer, shorter collections
     try:
         summary = run_search(settings, opts, on_progress=progress)
     finally:

@@ -29,7 +29,7 @@ from kernelmap_errors import KernelmapError
 from services.cli.options import settings_from
 from services.cli.worker_token import enrolment_token
 from services.config import Settings
-from services.heap import freeze_startup_heap
+from services.heap import tune_collector
 
 log = logging.getLogger(__name__)
 
@@ -189,7 +189,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         # Everything imported and built so far (the OpenAPI schema included) lives as long
         # as the process: out of the collector's full passes (services.heap).
         app.openapi()
-        freeze_startup_heap()
+        tune_collector()
         with contextlib.suppress(_Stop):
             server.run()
     return 0
@@ -213,7 +213,7 @@ def cmd_controller(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     controller = Controller(settings, sessions, name=args.id)
-    freeze_startup_heap()  # services.heap: torch, pyribs... out of the collector's full passes
+    tune_collector()  # services.heap: fewer, shorter collections from here on
     try:
         controller.serve_forever(stop)
     finally:
