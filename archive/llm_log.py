@@ -68,13 +68,81 @@ class LlmSpent:
 
 
 _ROWS = m.LlmRequestRow
+_TABLE: sa.Table = m.LlmRequestRow.__table__  # type: ignore[assignment]
+_RUNS: sa.Table = m.Run.__table__  # type: ignore[assignment]
+
+#: Columns a request writes (``sent``) and a reply writes (``replied``).
+_REQUEST_COLUMNS = (
+    "model",
+    "operator",
+    "strategy",
+    "parent_ids",
+    "messages",
+    "max_tokens",
+    "reserved_tokens",
+    "status",
+    "reason",
+    "message",
+    "created_at",
+)
+_REPLY_COLUMNS = (
+    "status",
+    "reason",
+    "message",
+    "response",
+    "prompt_tokens",
+    "completion_tokens",
+    "attempts",
+    "latency_s",
+    "cost",
+    "candidate_key",
+    "strategy_id",
+    "replied_at",
+)
 
 
-def _update(where: sa.ColumnElement[bool], values: Mapping[str, Any]) -> sa.Update:
-    """``UPDATE llm_requests SET values WHERE where`` (Core: no rows loaded)."""
-    return (
-        sa.update(_ROWS).where(where).values(**values).execution_options(synchronize_session=False)
-    )
+def _set(columns: Sequence[str]) -> dict[str, sa.BindParameter]:
+    """``SET column = :v_column`` for each column, typed as the column."""
+    return {c: sa.bindparam(f"v_{c}", type_=_TABLE.c[c].type) for c in columns}
+
+
+def _params(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {f"v_{c}": v for c, v in values.items()}
+
+
+# Fixed statements, compiled once per engine (the values go as parameters): building a
+# statement per write, with its values inline, was most of a write's CPU.
+_THE_ROW = sa.and_(
+    _TABLE.c.run_id == sa.bindparam("w_run"), _TABLE.c.request_id == sa.bindparam("w_id")
+)
+_STATUS = sa.select(_TABLE.c.status).where(_THE_ROW)
+_INSERT = sa.insert(_TABLE).values(
+    run_id=sa.bindparam("w_run"),
+    request_id=sa.bindparam("w_id"),
+    **_set(dict.fromkeys((*_REQUEST_COLUMNS, *_REPLY_COLUMNS))),
+)
+_RESEND = sa.update(_TABLE).where(_THE_ROW).values(**_set(_REQUEST_COLUMNS))
+_REPLY = sa.update(_TABLE).where(_THE_ROW).values(**_set(_REPLY_COLUMNS))
+_REFUSE = sa.update(_TABLE).where(_THE_ROW).values(**_set(("status", "reason")))
+_STATE = (
+    sa.update(_RUNS)
+    .where(_RUNS.c.id == sa.bindparam("w_run"))
+    .values(llm_state=sa.bindparam("v_state", type_=_RUNS.c.llm_state.type))
+)
+#: A reply's row when its request was never recorded: what the request would have said.
+_NO_REQUEST = {
+    "operator": "",
+    "strategy": "",
+    "parent_ids": [],
+    "messages": [],
+    "max_tokens": 0,
+    "reserved_tokens": 0,
+}
+_NO_REPLY = dict.fromkeys(_REPLY_COLUMNS) | {
+    "prompt_tokens": 0,
+    "completion_tokens": 0,
+    "attempts": 0,
+}
 
 
 class LlmLog:
@@ -134,16 +202,12 @@ class LlmLog:
         with self._sessions() as session:
             for reply, use in replies:
                 self._write_reply(session, reply, use)
-            at = self._at(request.request_id)
-            status = session.scalar(sa.select(_ROWS.status).where(at))
+            row = {"w_run": self.run_id, "w_id": request.request_id}
+            status = session.execute(_STATUS, row).scalar()
             if status is None:
-                session.execute(
-                    sa.insert(_ROWS).values(
-                        run_id=self.run_id, request_id=request.request_id, **values
-                    )
-                )
+                session.execute(_INSERT, row | _params(_NO_REPLY | values))
             elif status == LlmStatus.REFUSED:
-                session.execute(_update(at, values))
+                session.execute(_RESEND, row | _params(values))
             self._save_state(session, state)
             self._commit(session)
 
@@ -151,10 +215,12 @@ class LlmLog:
         """Mark ``request_id`` ``refused`` (reason ``budget``: a cap) and save ``state``."""
         with self._sessions() as session:
             session.execute(
-                sa.update(_ROWS)
-                .where(_ROWS.run_id == self.run_id, _ROWS.request_id == request_id)
-                .values(status=LlmStatus.REFUSED, reason=Failure.BUDGET.value)
-                .execution_options(synchronize_session=False)
+                _REFUSE,
+                {
+                    "w_run": self.run_id,
+                    "w_id": request_id,
+                    **_params({"status": LlmStatus.REFUSED, "reason": Failure.BUDGET.value}),
+                },
             )
             self._save_state(session, state)
             self._commit(session)
@@ -188,20 +254,10 @@ class LlmLog:
             "strategy_id": use.strategy_id,
             "replied_at": m.utcnow(),
         }
-        at = self._at(reply.request_id)
-        if session.execute(_update(at, values)).rowcount == 0:
-            session.execute(
-                sa.insert(_ROWS).values(
-                    run_id=self.run_id,
-                    request_id=reply.request_id,
-                    model=reply.model,
-                    operator="",
-                    strategy="",
-                    max_tokens=0,
-                    reserved_tokens=0,
-                    **values,
-                )
-            )
+        row = {"w_run": self.run_id, "w_id": reply.request_id}
+        if session.execute(_REPLY, row | _params(values)).rowcount == 0:
+            created = {"model": reply.model, "created_at": m.utcnow()}
+            session.execute(_INSERT, row | _params(_NO_REQUEST | created | values))
 
     # --- resume and reports -------------------------------------------------------------------
 
@@ -249,17 +305,8 @@ class LlmLog:
 
     # --- helpers ------------------------------------------------------------------------------
 
-    def _at(self, request_id: str) -> sa.ColumnElement[bool]:
-        """The row of ``request_id`` in this run."""
-        return sa.and_(_ROWS.run_id == self.run_id, _ROWS.request_id == request_id)
-
     def _save_state(self, session: Session, state: Mapping[str, Any]) -> None:
-        session.execute(
-            sa.update(m.Run)
-            .where(m.Run.id == self.run_id)
-            .values(llm_state=dict(state))
-            .execution_options(synchronize_session=False)
-        )
+        session.execute(_STATE, {"w_run": self.run_id, "v_state": dict(state)})
 
     def _commit(self, session: Session) -> None:
         # The writes are flushed first: the fence then holds the lease row (FOR SHARE) only
