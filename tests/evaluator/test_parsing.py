@@ -25,6 +25,26 @@ def test_only_the_newest_sources_are_kept():
     assert parsing.parse_shared(sources[0]) is not trees[0]  # pushed out by the newer ones
 
 
+def test_the_trees_kept_are_bounded_by_their_sources_total_size():
+    parsing.clear_shared()
+    # Each source just under the cap for one: a few of them fill the total.
+    size = parsing.SHARED_MAX_CHARS - 100
+    sources = [f"w = {i}\n" + "#" * size + "\n" for i in range(10)]
+    trees = [parsing.parse_shared(s) for s in sources]
+    fit = parsing.SHARED_TOTAL_CHARS // (size + 8)
+    assert 0 < fit < len(sources)
+    # The newest that fit are kept (looked up newest first: a miss parses and keeps again).
+    newest = [parsing.parse_shared(s) is t for s, t in zip(sources[::-1], trees[::-1], strict=True)]
+    assert newest[:fit] == [True] * fit and not any(newest[fit:])
+
+
+def test_clear_shared_forgets_every_tree():
+    source = "v = 1  # shared-tree test c\n"
+    tree = parsing.parse_shared(source)
+    parsing.clear_shared()
+    assert parsing.parse_shared(source) is not tree
+
+
 def test_a_long_source_is_not_kept():
     source = "z = 1\n" + "#" * parsing.SHARED_MAX_CHARS + "\n"
     assert parsing.parse_shared(source) is not parsing.parse_shared(source)
