@@ -44,25 +44,32 @@ per proposal (parse, diff, gate, dedupe), and with 8 replies in flight the contr
 with 50 proposals/s. They are reported, not asserted: the exit status is 0 unless the bench
 itself fails (a run that proposes nothing, an exception).
 
-Measured 2026-12-04 on the 2-vCPU development VM (no GPU), budget 300, instant replies, one
-repeat each of the commit before that day's changes (c7d3f4c), of this one, and of this one with
-``--default-gc``, interleaved twice (medians of one run each; the VM's speed wanders by up to 2x
-between minutes). Parse, diff, gate and dedupe per child, in-memory journal: 7.7 and 7.6 ms
-before, 3.3 and 4.2 ms now (5.0 and 5.5 ms with the default collector); SQLite journal: 11.2 and
-12.7 ms before, 4.5 and 5.9 ms now (8.4 and 10.4 ms). Children per second, in-memory: 65.8 and
-67.6 before, 101 and 80 now (92 and 70); SQLite: 38.9 and 39.3 before, 65.2 and 49.2 now (56.8
-and 45.3). The day's changes: the duplicate key hashes the tree written out as tokens
-(:mod:`evolution.canonical`, about a quarter of ``ast.unparse``: the key went from 6.2 to 2.0-2.5
-ms per child in the run), and the controller's commands tune the collector
-(:mod:`services.heap`: the start-up heap frozen, the young generation collected every 10,000
-allocations; the collector had taken ~1.1 s of the controller thread's 3.4 s in a run). Both
-targets are met with the in-memory journal; on SQLite the rate target was met in one of the two
-rounds and the time target in one (4.5 ms; 5.9 ms in the slower round). What is left on SQLite
-is the journal's one write per request, 5-7 ms of controller CPU per child: three quarters of
-the 15 KB state it writes each time is the 256 newest children that score the strategies.
+Measured 2026-12-04 on the 2-vCPU development VM (no GPU), budget 300, one repeat each of the
+commit before that day's changes (c7d3f4c) and of this one, interleaved three times (the VM's
+speed wanders by up to 2x between minutes), instant replies. Parse, diff, gate and dedupe per
+child, in-memory journal: 7.5, 6.3 and 6.8 ms before, 4.1, 3.8 and 4.2 ms now; SQLite journal:
+12.9, 10.9 and 10.6 ms before, 4.2, 3.5 and 4.0 ms now. Children per second, in-memory: 65.2,
+69.8 and 74.3 before, 85.7, 84.3 and 82.2 now; SQLite: 38.4, 44.5 and 42.3 before, 72.0, 80.8
+and 73.0 now (with 100 ms replies, at most 80/s: 39.0-42.2 before, 54.5-59.6 now). Both targets
+are met in every round. All of the emitter's controller time (prompts, the journal, the
+state) is 6.0-8.4 ms per child now (8.5-20 before). The day's changes, each measured apart:
+
+- the duplicate key hashes the tree written out as tokens (:mod:`evolution.canonical`, about a
+  quarter of ``ast.unparse``): the key went from 5-7.5 to 2.3-2.7 ms per child in the run;
+- the controller's commands tune the collector (:mod:`services.heap`: the start-up heap frozen,
+  the young generation collected every 10,000 allocations instead of 700): the collector had
+  taken ~1.1 s of the controller thread's 3.4 s in a run (``--default-gc`` shows the rest
+  without it: 5.0-10.4 ms and 45-92/s in two rounds);
+- the journal's writes are fixed statements with their values as parameters
+  (:class:`archive.llm_log.LlmLog`): 5-6.6 ms per child on SQLite before, 2.7-3.0 now (one
+  write alone: 3.25 -> 1.53 ms, most of the rest the commit);
+- the shared trees (:func:`evaluator_worker.parsing.parse_shared`) are kept for a whole batch of
+  the loop: with 8 kept, the gate re-parsed nearly every child of a SQLite run (gate 2.3-5.2 ms
+  per child; 1.0-1.3 ms now).
+
 Single-threaded, a 4.3 KB child's parse is 0.6-1.5 ms, its canonical form 0.35-0.6 ms
-(``ast.unparse``: 1.3-2.2 ms), the gate's walk 0.7 ms; in the run the figures are 2-4x those (the
-pool's eight threads take the GIL in turn and the caches with it).
+(``ast.unparse``: 1.3-2.2 ms), the gate's walk 0.7 ms; in the run the figures are up to 2x
+those (the pool's eight threads take the GIL in turn and the caches with it).
 
 Usage::
 
