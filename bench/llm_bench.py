@@ -58,8 +58,9 @@ state) is 6.0-8.4 ms per child now (8.5-20 before). The day's changes, each meas
   quarter of ``ast.unparse``): the key went from 5-7.5 to 2.3-2.7 ms per child in the run;
 - the controller's commands tune the collector (:mod:`services.heap`: the start-up heap frozen,
   the young generation collected every 10,000 allocations instead of 700): the collector had
-  taken ~1.1 s of the controller thread's 3.4 s in a run (``--default-gc`` shows the rest
-  without it: 5.0-10.4 ms and 45-92/s in two rounds);
+  taken 1.3 s of the controller thread's 3.4 s in a run (1.9 s of 5.5 s on SQLite); before the
+  two changes below, ``--default-gc`` gave 5.0-10.4 ms and 45-92/s against 3.3-5.9 ms and
+  49-101/s tuned, in two interleaved rounds;
 - the journal's writes are fixed statements with their values as parameters
   (:class:`archive.llm_log.LlmLog`): 5-6.6 ms per child on SQLite before, 2.7-3.0 now (one
   write alone: 3.25 -> 1.53 ms, most of the rest the commit);

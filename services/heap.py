@@ -3,11 +3,13 @@
 A controller process imports torch, pyribs, SQLAlchemy and theirs before its first search:
 about 400,000 objects that live as long as the process, and Python's full (generation 2)
 passes walk every one of them. Then each candidate it handles is parsed (the key, the static
-gate): thousands of short-lived nodes per 4 KB kernel, so the young generation, collected
-every 700 net allocations by default, was collected ~30 times per candidate. Measured in
-bench/llm_bench.py on the 2-vCPU development VM (SQLite journal, 300 evaluations, instant
-replies): the collector took ~1.1 s of the controller thread's 3.4 s with the defaults, ~0.45
-s with the start-up heap frozen, ~0.03 s with the young generation's threshold raised as well;
+gate, ~700 nodes and their lists for a 4 KB kernel) and its prompt, reply and state built, so
+the young generation, collected every 700 net allocations by default, was collected ~700
+times in a run of 300 evaluations, and every tenth of those passes over the middle one.
+Measured in bench/llm_bench.py on the 2-vCPU development VM (300 evaluations, instant replies,
+the collector's time on the controller thread): with the SQLite journal 1.9 s of the thread's
+5.5 s with the defaults, ~0.45 s with the start-up heap frozen, ~0.05 s with the young
+generation's threshold raised as well (1.3 s of 3.4 s, then ~0.35 s, in memory);
 in the API, the full passes paused requests for ~200 ms every few seconds
 (bench/api_load_bench.py).
 
