@@ -217,7 +217,12 @@ def test_an_llm_run_survives_every_kind_of_reply_and_keeps_hacks_and_the_key_out
     scenario = Scenario(PLAN)
     llm_server.request_responder = scenario
     data = tmp_path / "data"
-    settings = settings_for(data, llm_server, llm_timeout_s=2.0, llm_retries=2)
+    # One request at a time, so the plan settles in its order before any child after it is
+    # asked for: the budget (one seed, four planned children) needs three of those, so no planned
+    # request is still in flight when it is spent. With four at a time the timeout's 2 s often
+    # outlasted the whole search (3 s of evaluations), which abandoned it: 3 runs in 10 failed.
+    # The pool's concurrency is tested in tests/services/llm/test_client.py.
+    settings = settings_for(data, llm_server, llm_timeout_s=2.0, llm_retries=2, llm_concurrency=1)
     out = run_search(
         settings,
         RunOptions(task=TASK, budget=8, device="cpu", templates=False, llm=True),
@@ -256,7 +261,10 @@ def test_an_llm_run_survives_every_kind_of_reply_and_keeps_hacks_and_the_key_out
     retried = {by_kind["rate_limited_then_ok"], by_kind["server_error_then_ok"]}
     for rid in retried:
         assert sent[rid] == 2 and rows[rid]["attempts"] == 2
-        assert rows[rid]["status"] == "replied" and rows[rid]["candidate_key"]
+        assert rows[rid]["status"] == "replied" and rows[rid]["candidate_key"], (
+            rows[rid]["reason"],
+            rows[rid]["message"],
+        )
     assert all(n == 1 for rid, n in sent.items() if rid not in retried), sent
 
     cands = {
