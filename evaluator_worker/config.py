@@ -82,9 +82,13 @@ class EvalConfig:
     static_gate:
         Apply the AST static gate. Only tests of the sandbox's defence in depth turn it off.
     time_interpreted, interpreter_samples:
-        Also time Triton candidates running in the CPU interpreter (with this many samples),
-        for searches on machines without a GPU. The result is ``cpu_interpreter_ratio``, never
-        a speedup.
+        Also time Triton candidates running in the CPU interpreter (with this many samples, at
+        least 5), for searches on machines without a GPU. The result is
+        ``cpu_interpreter_ratio``, never a speedup.
+    interpreter_warmup_calls:
+        Warm-up calls of each variant before interpreted timing (instead of ``warmup_calls``):
+        the interpreter compiles nothing and caches nothing to warm, and one of its calls can
+        take seconds, so ten were a third of an interpreted evaluation's time.
     """
 
     device: Device = "auto"
@@ -110,12 +114,21 @@ class EvalConfig:
     static_gate: bool = True
     time_interpreted: bool = False
     interpreter_samples: int = 20
+    interpreter_warmup_calls: int = 2
 
     def __post_init__(self) -> None:
         if self.trials < 5:
             raise ValueError(f"trials must be at least 5, got {self.trials}")
         if self.samples < 100:
             raise ValueError(f"samples must be at least 100, got {self.samples}")
+        if self.interpreter_samples < 5:
+            raise ValueError(
+                f"interpreter_samples must be at least 5, got {self.interpreter_samples}"
+            )
+        if self.interpreter_warmup_calls < 1:
+            raise ValueError(
+                f"interpreter_warmup_calls must be at least 1, got {self.interpreter_warmup_calls}"
+            )
         if self.timeout_s <= 0:
             raise ValueError(f"timeout must be positive, got {self.timeout_s}")
         if self.sandbox not in ("strict", "relaxed"):

@@ -105,6 +105,7 @@ def measure(run: Evaluation, cand: CandidateProcess, n_samples: int) -> tuple[Ti
         v: {"samples_ms": [], "synced_ms": [], "wall_ms": []} for v in order
     }
     overhead: list[float] = []
+    warmup_calls = cfg.interpreter_warmup_calls if run.interpret else cfg.warmup_calls
     per_round = math.ceil(n_samples / cfg.rounds)
     n_pool = run.pool_size(per_round)
     pool: list[dict] = []
@@ -126,7 +127,7 @@ def measure(run: Evaluation, cand: CandidateProcess, n_samples: int) -> tuple[Ti
                         "pool": pool,
                         "n": per_round,
                         "start": r * per_round,
-                        "warmup_calls": cfg.warmup_calls,
+                        "warmup_calls": warmup_calls,
                         "warmup_s": cfg.warmup_s,
                     },
                     cfg.timeout_s,

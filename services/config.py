@@ -25,6 +25,12 @@ class Settings(BaseSettings):
     timeout_s: float = Field(default=60.0, gt=0, description="Bound on each stage of a candidate")
     trials: int = Field(default=5, ge=5)
     samples: int = Field(default=100, ge=100)
+    interpreter_samples: int = Field(
+        default=20,
+        ge=5,
+        description="Timed samples of a Triton candidate in the CPU interpreter (searches on"
+        " a machine without a GPU; interpreted time is reported apart, never as a speedup)",
+    )
     compile_baseline: Literal["auto", "always", "never"] = "auto"
     memory_limit_mb: int = Field(default=16384, gt=0)
     sandbox: Literal["strict", "relaxed"] = Field(
@@ -194,6 +200,7 @@ class Settings(BaseSettings):
             "timeout_s": self.timeout_s,
             "trials": self.trials,
             "samples": self.samples,
+            "interpreter_samples": self.interpreter_samples,
             "compile_baseline": self.compile_baseline,
             "memory_limit_mb": self.memory_limit_mb,
             "sandbox": self.sandbox,
